@@ -1,0 +1,6 @@
+//! Tenants and API keys.
+
+mod service;
+pub mod store;
+
+pub use service::AdminApi;

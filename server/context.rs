@@ -1,0 +1,36 @@
+//! What every service handler needs: the pool and the authenticator.
+
+use sqlx::PgPool;
+use tonic::Request;
+
+use crate::auth::{Authenticator, Caller};
+use crate::error::Result;
+use crate::pb::Role;
+
+/// Shared state of the services. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The database.
+    pub pool: PgPool,
+    auth: Authenticator,
+}
+
+impl Context {
+    /// State over `pool`.
+    pub fn new(pool: PgPool) -> Self {
+        Context { auth: Authenticator::new(pool.clone()), pool }
+    }
+
+    /// Authenticates `request` and checks the caller's role against `roles`.
+    /// Records the role and tenant on the current RPC span.
+    pub async fn caller<T>(&self, request: &Request<T>, roles: &[Role]) -> Result<Caller> {
+        let caller = self.auth.authenticate(request).await?;
+        let span = tracing::Span::current();
+        span.record("role", caller.role.db_name().unwrap_or_default());
+        if let Some(tenant) = caller.tenant_id {
+            span.record("tenant", tracing::field::display(tenant));
+        }
+        caller.require(roles)?;
+        Ok(caller)
+    }
+}

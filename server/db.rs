@@ -1,0 +1,92 @@
+//! Database connection, embedded migrations, and the one mapping of
+//! constraint violations to domain errors.
+
+use std::time::Duration;
+
+use sqlx::migrate::{MigrateDatabase, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+
+use crate::error::Error;
+
+/// The schema, embedded in the binary and applied at start-up.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Why the server could not get a usable database.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot use PostgreSQL at {url}: {reason}. Start PostgreSQL or point --database-url / DATABASE_URL at a reachable server")]
+pub struct StartupError {
+    url: String,
+    reason: String,
+}
+
+/// Creates the database if missing, connects a pool and applies migrations.
+pub async fn connect_and_migrate(url: &str, pool_size: u32) -> Result<PgPool, StartupError> {
+    let fail = |reason: String| StartupError { url: redact(url), reason };
+    let options: PgConnectOptions = url.parse().map_err(|e| fail(format!("invalid URL ({e})")))?;
+    if !Postgres::database_exists(url).await.map_err(|e| fail(e.to_string()))? {
+        tracing::info!(database = options.get_database().unwrap_or_default(), "creating database");
+        if let Err(e) = Postgres::create_database(url).await {
+            // Another replica may have created it in between.
+            if !Postgres::database_exists(url).await.unwrap_or(false) {
+                return Err(fail(e.to_string()));
+            }
+        }
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(pool_size)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    MIGRATOR.run(&pool).await.map_err(|e| fail(format!("migration failed: {e}")))?;
+    Ok(pool)
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((creds, host)) = rest.rsplit_once('@') else { return url.to_owned() };
+    match creds.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// Turns a constraint violation into the domain error it stands for; other
+/// database errors pass through unchanged.
+pub fn classify(err: sqlx::Error) -> Error {
+    let Some(db) = err.as_database_error() else { return Error::Database(err) };
+    let message = match db.constraint() {
+        Some("agent_manifests_agent_id_key") => {
+            return Error::AlreadyExists("a manifest with this agent_id already exists".into());
+        }
+        Some("agent_configurations_tenant_manifest_key") => {
+            return Error::AlreadyExists("the tenant already has a configuration for this manifest".into());
+        }
+        Some("tenants_name_key") => return Error::AlreadyExists("a tenant with this name already exists".into()),
+        // Deleting a referenced manifest (an insert racing a delete reads "insert or update").
+        Some("agent_configurations_manifest_id_fkey") if db.message().starts_with("update or delete") => {
+            "manifest is referenced by configurations; delete them first"
+        }
+        Some("agent_configurations_manifest_id_fkey") => return Error::NotFound("manifest".into()),
+        Some("agent_configurations_workload_range") => "max_workload cannot go below current_workload",
+        Some("api_keys_tenant_id_fkey") | Some("agent_configurations_tenant_id_fkey") => {
+            return Error::NotFound("tenant".into());
+        }
+        _ => return Error::Database(err),
+    };
+    Error::FailedPrecondition(message.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redacts_password_only() {
+        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact("postgres://postgres@127.0.0.1/agentry"), "postgres://postgres@127.0.0.1/agentry");
+        assert_eq!(redact("postgres://nobody@127.0.0.1:1/x"), "postgres://nobody@127.0.0.1:1/x");
+    }
+}

@@ -1,0 +1,148 @@
+//! Wiring: services, `grpc.health.v1`, reflection, graceful shutdown.
+
+use std::future::Future;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::admin::AdminApi;
+use crate::config::ServeConfig;
+use crate::configurations::ConfigurationApi;
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::manifests::ManifestApi;
+use crate::pb;
+use crate::pb::admin_service_server::AdminServiceServer;
+use crate::pb::configuration_service_server::ConfigurationServiceServer;
+use crate::pb::manifest_service_server::ManifestServiceServer;
+use crate::pb::registration_service_server::{RegistrationService, RegistrationServiceServer};
+use crate::pb::routing_service_server::{RoutingService, RoutingServiceServer};
+
+/// Registrations: answers `UNIMPLEMENTED` until the registrations issue lands.
+#[derive(Debug, Clone, Copy)]
+struct RegistrationApi;
+impl RegistrationService for RegistrationApi {}
+
+/// Routing: answers `UNIMPLEMENTED` until the routing issue lands.
+#[derive(Debug, Clone, Copy)]
+struct RoutingApi;
+impl RoutingService for RoutingApi {}
+
+/// Services whose `grpc.health.v1` status follows the database ("" is the whole server).
+const HEALTH_NAMES: &[&str] = &[
+    "",
+    <ManifestServiceServer<ManifestApi> as NamedService>::NAME,
+    <ConfigurationServiceServer<ConfigurationApi> as NamedService>::NAME,
+    <RegistrationServiceServer<RegistrationApi> as NamedService>::NAME,
+    <RoutingServiceServer<RoutingApi> as NamedService>::NAME,
+    <AdminServiceServer<AdminApi> as NamedService>::NAME,
+];
+
+/// Serves the API on `listener` until `shutdown` resolves, then drains: health
+/// turns NOT_SERVING first, new connections are refused, in-flight calls get up
+/// to `config.shutdown_grace` to finish.
+pub async fn serve(
+    listener: TcpListener,
+    pool: PgPool,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    set_health(&reporter, ServingStatus::Serving).await;
+    let (stopping_tx, stopping) = watch::channel(false);
+    let checker = tokio::spawn(watch_database(pool.clone(), reporter.clone(), config.health_check_interval, stopping.clone()));
+
+    // Both reflection versions: grpcurl 1.8 only speaks v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_error = |e| Error::Internal(format!("reflection: {e}"));
+    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
+
+    let ctx = Context::new(pool);
+    let router = Server::builder()
+        .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(ManifestServiceServer::new(ManifestApi::new(ctx.clone())))
+        .add_service(ConfigurationServiceServer::new(ConfigurationApi::new(ctx.clone())))
+        .add_service(RegistrationServiceServer::new(RegistrationApi))
+        .add_service(RoutingServiceServer::new(RoutingApi))
+        .add_service(AdminServiceServer::new(AdminApi::new(ctx)));
+
+    let signal = {
+        let reporter = reporter.clone();
+        async move {
+            shutdown.await;
+            // Stop the checker first so it cannot flip health back to SERVING.
+            let _ = stopping_tx.send(true);
+            set_health(&reporter, ServingStatus::NotServing).await;
+            tracing::info!("shutting down: health is NOT_SERVING, draining in-flight calls");
+        }
+    };
+    let addr = listener.local_addr().ok();
+    tracing::info!(addr = ?addr, "serving gRPC");
+    let server = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    let grace = {
+        let mut stopping = stopping.clone();
+        async move {
+            let _ = stopping.wait_for(|s| *s).await;
+            tokio::time::sleep(config.shutdown_grace).await;
+        }
+    };
+    let result = tokio::select! {
+        result = server => result.map_err(|e| Error::Internal(format!("transport: {e}"))),
+        () = grace => {
+            tracing::warn!(grace = ?config.shutdown_grace, "calls still running after the shutdown grace period; stopping anyway");
+            Ok(())
+        }
+    };
+    checker.abort();
+    tracing::info!("server stopped");
+    result
+}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    for name in HEALTH_NAMES {
+        reporter.set_service_status(*name, status).await;
+    }
+}
+
+/// Keeps `grpc.health.v1` SERVING exactly while the database answers.
+async fn watch_database(pool: PgPool, reporter: HealthReporter, interval: Duration, mut stopping: watch::Receiver<bool>) {
+    let mut healthy = true;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+        let probe = tokio::time::timeout(interval.max(Duration::from_secs(1)), sqlx::query("SELECT 1").execute(&pool)).await;
+        let ok = matches!(probe, Ok(Ok(_)));
+        if *stopping.borrow() {
+            return;
+        }
+        if ok != healthy {
+            healthy = ok;
+            if ok {
+                tracing::info!("database reachable again: SERVING");
+            } else {
+                tracing::warn!(error = ?probe.map(|r| r.err()), "database unreachable: NOT_SERVING");
+            }
+            let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
+            set_health(&reporter, status).await;
+        }
+    }
+}
