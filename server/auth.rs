@@ -64,11 +64,14 @@ impl Caller {
     pub fn scope(&self, requested: &str) -> Result<Scope> {
         match (self.tenant_id, requested.is_empty()) {
             (Some(own), true) => Ok(Scope::Tenant(own)),
-            (Some(_), false) => {
-                Err(Error::PermissionDenied("only admin keys may name a tenant_id".into()))
-            }
+            (Some(_), false) => Err(Error::PermissionDenied(
+                "only admin keys may name a tenant_id".into(),
+            )),
             (None, true) => Ok(Scope::All),
-            (None, false) => Ok(Scope::Tenant(crate::validate::uuid("tenant_id", requested)?)),
+            (None, false) => Ok(Scope::Tenant(crate::validate::uuid(
+                "tenant_id",
+                requested,
+            )?)),
         }
     }
 
@@ -95,13 +98,17 @@ impl Authenticator {
 
     /// The caller of `request`, if its bearer key is valid and not revoked.
     pub async fn authenticate<T>(&self, request: &Request<T>) -> Result<Caller> {
-        const MISSING: Error = Error::Unauthenticated("missing or malformed authorization: Bearer <api key>");
+        const MISSING: Error =
+            Error::Unauthenticated("missing or malformed authorization: Bearer <api key>");
         const INVALID: Error = Error::Unauthenticated("invalid or revoked API key");
         let header = request.metadata().get("authorization").ok_or(MISSING)?;
         let key = header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .ok_or(MISSING)?
             .trim();
         let key_id = parse_key_id(key).ok_or(INVALID)?;
@@ -115,7 +122,11 @@ impl Authenticator {
         if !bool::from(hash(key).as_slice().ct_eq(&stored)) {
             return Err(INVALID);
         }
-        Ok(Caller { key_id, role: Role::from_db_name(&role), tenant_id })
+        Ok(Caller {
+            key_id,
+            role: Role::from_db_name(&role),
+            tenant_id,
+        })
     }
 }
 
@@ -167,7 +178,13 @@ mod tests {
 
     #[test]
     fn malformed_keys_have_no_id() {
-        for key in ["", "agk_", "agk_nothex_x", "xyz_0123", "agk_0123456789abcdef0123456789abcdef"] {
+        for key in [
+            "",
+            "agk_",
+            "agk_nothex_x",
+            "xyz_0123",
+            "agk_0123456789abcdef0123456789abcdef",
+        ] {
             assert_eq!(parse_key_id(key), None, "{key}");
         }
     }

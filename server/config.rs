@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[command(name = "agentry-server", version)]
 pub struct Config {
     /// PostgreSQL URL. The database is created if missing and migrated at start-up.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/agentry")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/agentry"
+    )]
     pub database_url: String,
 
     /// Maximum number of pooled database connections.
@@ -46,6 +50,80 @@ pub struct ServeConfig {
     /// How long graceful shutdown waits for in-flight calls before giving up.
     #[arg(long, env = "AGENTRY_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    #[command(flatten)]
+    pub registry: RegistryConfig,
+}
+
+/// How registrations, health streams and the sweeper behave.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RegistryConfig {
+    /// Heartbeat interval the server asks agents for (sent in `Welcome`).
+    #[arg(long, env = "AGENTRY_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// Silence after which an instance is marked unknown; after three times this it is deactivated.
+    #[arg(long, env = "AGENTRY_STALE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub stale_timeout: Duration,
+
+    /// How long a new health stream may take to send its `Hello`.
+    #[arg(long, env = "AGENTRY_HELLO_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub hello_timeout: Duration,
+
+    /// How often heartbeat times are written to the database, in one statement for all streams.
+    #[arg(long, env = "AGENTRY_HEARTBEAT_FLUSH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub heartbeat_flush_interval: Duration,
+
+    /// How often the background sweeper looks for stale instances.
+    #[arg(long, env = "AGENTRY_SWEEP_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub sweep_interval: Duration,
+
+    /// Partition guard: share of a tenant's (or all) active instances whose
+    /// deactivation in one sweep is held back as a likely network partition.
+    #[arg(long, env = "AGENTRY_PARTITION_GUARD_RATIO", default_value_t = 0.5)]
+    pub partition_guard_ratio: f64,
+
+    /// Partition guard: fewest deactivations in one sweep that can trip it.
+    #[arg(
+        long,
+        env = "AGENTRY_PARTITION_GUARD_MIN_INSTANCES",
+        default_value_t = 3
+    )]
+    pub partition_guard_min_instances: i64,
+
+    /// Delete inactive registrations this long after deactivation (kept forever when unset).
+    #[arg(long, env = "AGENTRY_REGISTRATION_RETENTION", value_parser = humantime::parse_duration)]
+    pub registration_retention: Option<Duration>,
+
+    /// Delete registration events older than this.
+    #[arg(long, env = "AGENTRY_EVENT_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub event_retention: Duration,
+
+    /// Let a registration for an unknown agent_id create a placeholder manifest.
+    /// Off by default: otherwise any agent key could add system-wide manifests.
+    #[arg(
+        long,
+        env = "AGENTRY_CREATE_UNKNOWN_MANIFESTS",
+        default_value_t = false
+    )]
+    pub create_unknown_manifests: bool,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            heartbeat_interval: Duration::from_secs(10),
+            stale_timeout: Duration::from_secs(60),
+            hello_timeout: Duration::from_secs(10),
+            heartbeat_flush_interval: Duration::from_secs(1),
+            sweep_interval: Duration::from_secs(15),
+            partition_guard_ratio: 0.5,
+            partition_guard_min_instances: 3,
+            registration_retention: None,
+            event_retention: Duration::from_secs(7 * 24 * 3600),
+            create_unknown_manifests: false,
+        }
+    }
 }
 
 impl Default for ServeConfig {
@@ -54,6 +132,7 @@ impl Default for ServeConfig {
             listen_addr: ([127, 0, 0, 1], 50051).into(),
             health_check_interval: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),
+            registry: RegistryConfig::default(),
         }
     }
 }

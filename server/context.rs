@@ -1,11 +1,16 @@
-//! What every service handler needs: the pool and the authenticator.
+//! What every service handler needs: the pool, the authenticator, the live
+//! health streams and the registry settings.
+
+use std::sync::Arc;
 
 use sqlx::PgPool;
 use tonic::Request;
 
 use crate::auth::{Authenticator, Caller};
+use crate::config::RegistryConfig;
 use crate::error::Result;
 use crate::pb::Role;
+use crate::registrations::sessions::Sessions;
 
 /// Shared state of the services. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -13,12 +18,21 @@ pub struct Context {
     /// The database.
     pub pool: PgPool,
     auth: Authenticator,
+    /// Health streams held by this server.
+    pub sessions: Arc<Sessions>,
+    /// Registry settings.
+    pub registry: Arc<RegistryConfig>,
 }
 
 impl Context {
     /// State over `pool`.
-    pub fn new(pool: PgPool) -> Self {
-        Context { auth: Authenticator::new(pool.clone()), pool }
+    pub fn new(pool: PgPool, registry: RegistryConfig) -> Self {
+        Context {
+            auth: Authenticator::new(pool.clone()),
+            pool,
+            sessions: Arc::new(Sessions::default()),
+            registry: Arc::new(registry),
+        }
     }
 
     /// Authenticates `request` and checks the caller's role against `roles`.

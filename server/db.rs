@@ -14,7 +14,9 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// Why the server could not get a usable database.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot use PostgreSQL at {url}: {reason}. Start PostgreSQL or point --database-url / DATABASE_URL at a reachable server")]
+#[error(
+    "cannot use PostgreSQL at {url}: {reason}. Start PostgreSQL or point --database-url / DATABASE_URL at a reachable server"
+)]
 pub struct StartupError {
     url: String,
     reason: String,
@@ -22,10 +24,21 @@ pub struct StartupError {
 
 /// Creates the database if missing, connects a pool and applies migrations.
 pub async fn connect_and_migrate(url: &str, pool_size: u32) -> Result<PgPool, StartupError> {
-    let fail = |reason: String| StartupError { url: redact(url), reason };
-    let options: PgConnectOptions = url.parse().map_err(|e| fail(format!("invalid URL ({e})")))?;
-    if !Postgres::database_exists(url).await.map_err(|e| fail(e.to_string()))? {
-        tracing::info!(database = options.get_database().unwrap_or_default(), "creating database");
+    let fail = |reason: String| StartupError {
+        url: redact(url),
+        reason,
+    };
+    let options: PgConnectOptions = url
+        .parse()
+        .map_err(|e| fail(format!("invalid URL ({e})")))?;
+    if !Postgres::database_exists(url)
+        .await
+        .map_err(|e| fail(e.to_string()))?
+    {
+        tracing::info!(
+            database = options.get_database().unwrap_or_default(),
+            "creating database"
+        );
         if let Err(e) = Postgres::create_database(url).await {
             // Another replica may have created it in between.
             if !Postgres::database_exists(url).await.unwrap_or(false) {
@@ -39,14 +52,21 @@ pub async fn connect_and_migrate(url: &str, pool_size: u32) -> Result<PgPool, St
         .connect_with(options)
         .await
         .map_err(|e| fail(e.to_string()))?;
-    MIGRATOR.run(&pool).await.map_err(|e| fail(format!("migration failed: {e}")))?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .map_err(|e| fail(format!("migration failed: {e}")))?;
     Ok(pool)
 }
 
 /// The URL without its password, for messages.
 fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let Some((creds, host)) = rest.rsplit_once('@') else { return url.to_owned() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((creds, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
     match creds.split_once(':') {
         Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
         None => url.to_owned(),
@@ -56,21 +76,31 @@ fn redact(url: &str) -> String {
 /// Turns a constraint violation into the domain error it stands for; other
 /// database errors pass through unchanged.
 pub fn classify(err: sqlx::Error) -> Error {
-    let Some(db) = err.as_database_error() else { return Error::Database(err) };
+    let Some(db) = err.as_database_error() else {
+        return Error::Database(err);
+    };
     let message = match db.constraint() {
         Some("agent_manifests_agent_id_key") => {
             return Error::AlreadyExists("a manifest with this agent_id already exists".into());
         }
         Some("agent_configurations_tenant_manifest_key") => {
-            return Error::AlreadyExists("the tenant already has a configuration for this manifest".into());
+            return Error::AlreadyExists(
+                "the tenant already has a configuration for this manifest".into(),
+            );
         }
-        Some("tenants_name_key") => return Error::AlreadyExists("a tenant with this name already exists".into()),
+        Some("tenants_name_key") => {
+            return Error::AlreadyExists("a tenant with this name already exists".into());
+        }
         // Deleting a referenced manifest (an insert racing a delete reads "insert or update").
-        Some("agent_configurations_manifest_id_fkey") if db.message().starts_with("update or delete") => {
+        Some("agent_configurations_manifest_id_fkey")
+            if db.message().starts_with("update or delete") =>
+        {
             "manifest is referenced by configurations; delete them first"
         }
         Some("agent_configurations_manifest_id_fkey") => return Error::NotFound("manifest".into()),
-        Some("agent_configurations_workload_range") => "max_workload cannot go below current_workload",
+        Some("agent_configurations_workload_range") => {
+            "max_workload cannot go below current_workload"
+        }
         Some("api_keys_tenant_id_fkey") | Some("agent_configurations_tenant_id_fkey") => {
             return Error::NotFound("tenant".into());
         }
@@ -85,8 +115,17 @@ mod tests {
 
     #[test]
     fn redacts_password_only() {
-        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
-        assert_eq!(redact("postgres://postgres@127.0.0.1/agentry"), "postgres://postgres@127.0.0.1/agentry");
-        assert_eq!(redact("postgres://nobody@127.0.0.1:1/x"), "postgres://nobody@127.0.0.1:1/x");
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(
+            redact("postgres://postgres@127.0.0.1/agentry"),
+            "postgres://postgres@127.0.0.1/agentry"
+        );
+        assert_eq!(
+            redact("postgres://nobody@127.0.0.1:1/x"),
+            "postgres://nobody@127.0.0.1:1/x"
+        );
     }
 }

@@ -41,7 +41,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An `INVALID_ARGUMENT` naming `field`.
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::InvalidArgument { field: field.into(), reason: reason.into() }
+        Error::InvalidArgument {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 
     /// Whether the database could not be reached (as opposed to refusing a statement).

@@ -10,16 +10,17 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
-pub mod context;
 pub mod configurations;
+pub mod context;
 pub mod db;
 pub mod error;
 pub mod manifests;
 pub mod pagination;
 pub mod pb;
+pub mod registrations;
 pub mod server;
 pub mod validate;
 
 pub use config::{Config, ServeConfig};
 pub use error::{Error, Result};
-pub use server::serve;
+pub use server::{Server, serve};

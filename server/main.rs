@@ -24,7 +24,9 @@ async fn main() -> ExitCode {
 
 fn init_logging(config: &Config) {
     let filter = EnvFilter::try_new(&config.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -32,16 +34,27 @@ fn init_logging(config: &Config) {
 }
 
 async fn run(config: Config) -> Result<(), String> {
-    let pool = db::connect_and_migrate(&config.database_url, config.db_pool_size).await.map_err(|e| e.to_string())?;
+    let pool = db::connect_and_migrate(&config.database_url, config.db_pool_size)
+        .await
+        .map_err(|e| e.to_string())?;
     match config.command {
         None => {
             let addr = config.serve.listen_addr;
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("cannot listen on {addr}: {e}. Choose another --listen-addr / AGENTRY_LISTEN_ADDR"))?;
-            agentry_server::serve(listener, pool, config.serve, shutdown_signal()).await.map_err(|e| e.to_string())
+            agentry_server::serve(listener, pool, config.serve, shutdown_signal())
+                .await
+                .map_err(|e| e.to_string())
         }
-        Some(Command::Keys { command: KeysCommand::Create { role, tenant, description } }) => {
+        Some(Command::Keys {
+            command:
+                KeysCommand::Create {
+                    role,
+                    tenant,
+                    description,
+                },
+        }) => {
             let role = match role {
                 RoleArg::Admin => Role::Admin,
                 RoleArg::Tenant => Role::Tenant,
@@ -49,17 +62,34 @@ async fn run(config: Config) -> Result<(), String> {
             };
             let tenant = match (role, tenant) {
                 (Role::Admin, None) => None,
-                (Role::Admin, Some(_)) => return Err("admin keys belong to no tenant: drop --tenant".into()),
+                (Role::Admin, Some(_)) => {
+                    return Err("admin keys belong to no tenant: drop --tenant".into());
+                }
                 (_, None) => return Err("tenant and agent keys need --tenant <name or id>".into()),
-                (_, Some(t)) => Some(admin::find_tenant(&pool, &t).await.map_err(|e| format!("{e}: {t}"))?.id),
+                (_, Some(t)) => Some(
+                    admin::find_tenant(&pool, &t)
+                        .await
+                        .map_err(|e| format!("{e}: {t}"))?
+                        .id,
+                ),
             };
-            let (key, secret) = admin::create_key(&pool, role, tenant, &description).await.map_err(|e| e.to_string())?;
-            eprintln!("created {} key {} (shown once; store it now)", role.db_name().unwrap_or_default(), key.id);
+            let (key, secret) = admin::create_key(&pool, role, tenant, &description)
+                .await
+                .map_err(|e| e.to_string())?;
+            eprintln!(
+                "created {} key {} (shown once; store it now)",
+                role.db_name().unwrap_or_default(),
+                key.id
+            );
             println!("{secret}");
             Ok(())
         }
-        Some(Command::Tenants { command: TenantsCommand::Create { name } }) => {
-            let tenant = admin::create_tenant(&pool, &name).await.map_err(|e| e.to_string())?;
+        Some(Command::Tenants {
+            command: TenantsCommand::Create { name },
+        }) => {
+            let tenant = admin::create_tenant(&pool, &name)
+                .await
+                .map_err(|e| e.to_string())?;
             eprintln!("created tenant {}", tenant.name);
             println!("{}", tenant.id);
             Ok(())

@@ -18,7 +18,10 @@ pub fn page_size(value: i32) -> Result<i64> {
     match i64::from(value) {
         0 => Ok(DEFAULT_PAGE_SIZE),
         n if (1..=MAX_PAGE_SIZE).contains(&n) => Ok(n),
-        _ => Err(Error::invalid("page_size", format!("must be between 0 and {MAX_PAGE_SIZE}"))),
+        _ => Err(Error::invalid(
+            "page_size",
+            format!("must be between 0 and {MAX_PAGE_SIZE}"),
+        )),
     }
 }
 
@@ -35,13 +38,20 @@ pub fn decode<K: PageKey>(token: &str) -> Result<Option<K>> {
 
 /// One page from `rows`, fetched with `LIMIT page_size + 1`: the extra row only
 /// tells that another page exists.
-pub fn page<T, K: PageKey>(mut rows: Vec<T>, page_size: i64, key: impl Fn(&T) -> K) -> (Vec<T>, String) {
+pub fn page<T, K: PageKey>(
+    mut rows: Vec<T>,
+    page_size: i64,
+    key: impl Fn(&T) -> K,
+) -> (Vec<T>, String) {
     let size = usize::try_from(page_size).unwrap_or(usize::MAX);
     if rows.len() <= size {
         return (rows, String::new());
     }
     rows.truncate(size);
-    let token = rows.last().map(|last| URL_SAFE_NO_PAD.encode(key(last).render())).unwrap_or_default();
+    let token = rows
+        .last()
+        .map(|last| URL_SAFE_NO_PAD.encode(key(last).render()))
+        .unwrap_or_default();
     (rows, token)
 }
 
@@ -93,8 +103,14 @@ mod tests {
         let rows: Vec<String> = vec!["a".into(), "b".into(), "c".into()];
         let (page, token) = page(rows, 2, |r| r.clone());
         assert_eq!(page, vec!["a", "b"]);
-        assert_eq!(decode::<String>(&token).expect("valid"), Some("b".to_owned()));
-        let key = TimeKey { at: chrono::DateTime::from_timestamp_micros(1_700_000_000_123_456).expect("ts"), id: uuid::Uuid::new_v4() };
+        assert_eq!(
+            decode::<String>(&token).expect("valid"),
+            Some("b".to_owned())
+        );
+        let key = TimeKey {
+            at: chrono::DateTime::from_timestamp_micros(1_700_000_000_123_456).expect("ts"),
+            id: uuid::Uuid::new_v4(),
+        };
         assert_eq!(TimeKey::parse(&key.render()), Some(key));
     }
 

@@ -10,14 +10,18 @@ mod generated {
 pub use generated::*;
 
 /// Encoded descriptor set of the API, served by reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/agentry_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/agentry_descriptor.bin"));
 
 use chrono::{DateTime, Utc};
 use prost_types::{ListValue, Struct, Timestamp, Value, value::Kind};
 
 /// A database timestamp as a protobuf one.
 pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
-    Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
+    Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
 }
 
 /// An optional database timestamp as an optional protobuf one.
@@ -28,9 +32,12 @@ pub fn opt_timestamp(t: Option<DateTime<Utc>>) -> Option<Timestamp> {
 /// A JSON object as a protobuf `Struct`; anything but an object becomes an empty struct.
 pub fn json_to_struct(value: serde_json::Value) -> Struct {
     match value {
-        serde_json::Value::Object(map) => {
-            Struct { fields: map.into_iter().map(|(k, v)| (k, json_to_value(v))).collect() }
-        }
+        serde_json::Value::Object(map) => Struct {
+            fields: map
+                .into_iter()
+                .map(|(k, v)| (k, json_to_value(v)))
+                .collect(),
+        },
         _ => Struct::default(),
     }
 }
@@ -41,9 +48,9 @@ fn json_to_value(value: serde_json::Value) -> Value {
         serde_json::Value::Bool(b) => Kind::BoolValue(b),
         serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
         serde_json::Value::String(s) => Kind::StringValue(s),
-        serde_json::Value::Array(items) => {
-            Kind::ListValue(ListValue { values: items.into_iter().map(json_to_value).collect() })
-        }
+        serde_json::Value::Array(items) => Kind::ListValue(ListValue {
+            values: items.into_iter().map(json_to_value).collect(),
+        }),
         obj @ serde_json::Value::Object(_) => Kind::StructValue(json_to_struct(obj)),
     };
     Value { kind: Some(kind) }
@@ -67,7 +74,10 @@ fn value_to_json(value: Value) -> Result<serde_json::Value, &'static str> {
             .ok_or("numbers must be finite")?,
         Some(Kind::StringValue(s)) => serde_json::Value::String(s),
         Some(Kind::ListValue(l)) => serde_json::Value::Array(
-            l.values.into_iter().map(value_to_json).collect::<Result<_, _>>()?,
+            l.values
+                .into_iter()
+                .map(value_to_json)
+                .collect::<Result<_, _>>()?,
         ),
         Some(Kind::StructValue(s)) => struct_to_json(s)?,
     })

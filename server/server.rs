@@ -4,11 +4,13 @@ use std::future::Future;
 use std::time::Duration;
 
 use sqlx::PgPool;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::Status;
 use tonic::server::NamedService;
-use tonic::transport::Server;
+use tonic::transport::Server as TonicServer;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -22,13 +24,10 @@ use crate::pb;
 use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::configuration_service_server::ConfigurationServiceServer;
 use crate::pb::manifest_service_server::ManifestServiceServer;
-use crate::pb::registration_service_server::{RegistrationService, RegistrationServiceServer};
+use crate::pb::registration_service_server::RegistrationServiceServer;
 use crate::pb::routing_service_server::{RoutingService, RoutingServiceServer};
-
-/// Registrations: answers `UNIMPLEMENTED` until the registrations issue lands.
-#[derive(Debug, Clone, Copy)]
-struct RegistrationApi;
-impl RegistrationService for RegistrationApi {}
+use crate::registrations::RegistrationApi;
+use crate::registrations::sessions::Sessions;
 
 /// Routing: answers `UNIMPLEMENTED` until the routing issue lands.
 #[derive(Debug, Clone, Copy)]
@@ -45,72 +44,164 @@ const HEALTH_NAMES: &[&str] = &[
     <AdminServiceServer<AdminApi> as NamedService>::NAME,
 ];
 
-/// Serves the API on `listener` until `shutdown` resolves, then drains: health
-/// turns NOT_SERVING first, new connections are refused, in-flight calls get up
-/// to `config.shutdown_grace` to finish.
+/// Serves the API on `listener` until `shutdown` resolves. See [`Server::run`].
 pub async fn serve(
     listener: TcpListener,
     pool: PgPool,
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    set_health(&reporter, ServingStatus::Serving).await;
-    let (stopping_tx, stopping) = watch::channel(false);
-    let checker = tokio::spawn(watch_database(pool.clone(), reporter.clone(), config.health_check_interval, stopping.clone()));
+    Server::new(pool, config).run(listener, shutdown).await
+}
 
-    // Both reflection versions: grpcurl 1.8 only speaks v1alpha.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_error = |e| Error::Internal(format!("reflection: {e}"));
-    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
-    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
+/// A configured server, before it runs.
+#[derive(Debug)]
+pub struct Server {
+    ctx: Context,
+    config: ServeConfig,
+}
 
-    let ctx = Context::new(pool);
-    let router = Server::builder()
-        .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(ManifestServiceServer::new(ManifestApi::new(ctx.clone())))
-        .add_service(ConfigurationServiceServer::new(ConfigurationApi::new(ctx.clone())))
-        .add_service(RegistrationServiceServer::new(RegistrationApi))
-        .add_service(RoutingServiceServer::new(RoutingApi))
-        .add_service(AdminServiceServer::new(AdminApi::new(ctx)));
+impl Server {
+    /// A server over `pool`.
+    pub fn new(pool: PgPool, config: ServeConfig) -> Self {
+        Server {
+            ctx: Context::new(pool, config.registry.clone()),
+            config,
+        }
+    }
 
-    let signal = {
-        let reporter = reporter.clone();
-        async move {
-            shutdown.await;
-            // Stop the checker first so it cannot flip health back to SERVING.
-            let _ = stopping_tx.send(true);
-            set_health(&reporter, ServingStatus::NotServing).await;
-            tracing::info!("shutting down: health is NOT_SERVING, draining in-flight calls");
+    /// The health streams this server holds, and their counters.
+    pub fn sessions(&self) -> Arc<Sessions> {
+        self.ctx.sessions.clone()
+    }
+
+    /// Serves the API on `listener` until `shutdown` resolves, then drains:
+    /// health turns NOT_SERVING, health streams are told to drain and closed,
+    /// heartbeat times are flushed, new connections are refused, and in-flight
+    /// calls get up to `shutdown_grace` to finish.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let Server { ctx, config } = self;
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        set_health(&reporter, ServingStatus::Serving).await;
+        let (stopping_tx, stopping) = watch::channel(false);
+        let background = [
+            tokio::spawn(watch_database(
+                ctx.pool.clone(),
+                reporter.clone(),
+                config.health_check_interval,
+                stopping.clone(),
+            )),
+            tokio::spawn(flush_heartbeats(ctx.clone(), stopping.clone())),
+            tokio::spawn(sweep(RegistrationApi::new(ctx.clone()), stopping.clone())),
+        ];
+
+        // Both reflection versions: grpcurl 1.8 only speaks v1alpha.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_error = |e| Error::Internal(format!("reflection: {e}"));
+        let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+        let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
+
+        let router = TonicServer::builder()
+            .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(ManifestServiceServer::new(ManifestApi::new(ctx.clone())))
+            .add_service(ConfigurationServiceServer::new(ConfigurationApi::new(
+                ctx.clone(),
+            )))
+            .add_service(RegistrationServiceServer::new(RegistrationApi::new(
+                ctx.clone(),
+            )))
+            .add_service(RoutingServiceServer::new(RoutingApi))
+            .add_service(AdminServiceServer::new(AdminApi::new(ctx.clone())));
+
+        let signal = {
+            let reporter = reporter.clone();
+            let ctx = ctx.clone();
+            async move {
+                shutdown.await;
+                // Stop the checker first so it cannot flip health back to SERVING.
+                let _ = stopping_tx.send(true);
+                set_health(&reporter, ServingStatus::NotServing).await;
+                let streams = ctx.sessions.len();
+                ctx.sessions.drain_all(
+                    "server shutting down",
+                    &Status::unavailable("server shutting down; reconnect"),
+                );
+                tracing::info!(
+                    streams,
+                    "shutting down: health is NOT_SERVING, streams drained, finishing in-flight calls"
+                );
+            }
+        };
+        tracing::info!(addr = ?listener.local_addr().ok(), "serving gRPC");
+        let server = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        let grace = {
+            let mut stopping = stopping.clone();
+            async move {
+                let _ = stopping.wait_for(|s| *s).await;
+                tokio::time::sleep(config.shutdown_grace).await;
+            }
+        };
+        let result = tokio::select! {
+            result = server => result.map_err(|e| Error::Internal(format!("transport: {e}"))),
+            () = grace => {
+                tracing::warn!(grace = ?config.shutdown_grace, "calls still running after the shutdown grace period; stopping anyway");
+                Ok(())
+            }
+        };
+        for task in background {
+            task.abort();
         }
-    };
-    let addr = listener.local_addr().ok();
-    tracing::info!(addr = ?addr, "serving gRPC");
-    let server = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
-    let grace = {
-        let mut stopping = stopping.clone();
-        async move {
-            let _ = stopping.wait_for(|s| *s).await;
-            tokio::time::sleep(config.shutdown_grace).await;
+        // Whatever heartbeats arrived since the last flush.
+        if let Err(e) = ctx.sessions.flush(&ctx.pool).await {
+            tracing::warn!(error = %e, "last heartbeat flush failed");
         }
-    };
-    let result = tokio::select! {
-        result = server => result.map_err(|e| Error::Internal(format!("transport: {e}"))),
-        () = grace => {
-            tracing::warn!(grace = ?config.shutdown_grace, "calls still running after the shutdown grace period; stopping anyway");
-            Ok(())
+        tracing::info!("server stopped");
+        result
+    }
+}
+
+/// Writes heartbeat times in one statement per flush interval.
+async fn flush_heartbeats(ctx: Context, mut stopping: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(ctx.registry.heartbeat_flush_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stopping.wait_for(|s| *s) => return,
         }
-    };
-    checker.abort();
-    tracing::info!("server stopped");
-    result
+        if let Err(e) = ctx.sessions.flush(&ctx.pool).await {
+            tracing::warn!(error = %e, "heartbeat flush failed; retrying next interval");
+        }
+    }
+}
+
+/// Runs the stale sweep every sweep interval.
+async fn sweep(api: RegistrationApi, mut stopping: watch::Receiver<bool>) {
+    let interval = api.ctx.registry.sweep_interval;
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+        if let Err(e) =
+            crate::registrations::sweeper::sweep(&api.ctx.pool, &api.sweep_settings()).await
+        {
+            tracing::warn!(error = %e, "sweep failed; retrying next interval");
+        }
+    }
 }
 
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
@@ -120,7 +211,12 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
 }
 
 /// Keeps `grpc.health.v1` SERVING exactly while the database answers.
-async fn watch_database(pool: PgPool, reporter: HealthReporter, interval: Duration, mut stopping: watch::Receiver<bool>) {
+async fn watch_database(
+    pool: PgPool,
+    reporter: HealthReporter,
+    interval: Duration,
+    mut stopping: watch::Receiver<bool>,
+) {
     let mut healthy = true;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -129,7 +225,11 @@ async fn watch_database(pool: PgPool, reporter: HealthReporter, interval: Durati
             _ = ticker.tick() => {}
             _ = stopping.wait_for(|s| *s) => return,
         }
-        let probe = tokio::time::timeout(interval.max(Duration::from_secs(1)), sqlx::query("SELECT 1").execute(&pool)).await;
+        let probe = tokio::time::timeout(
+            interval.max(Duration::from_secs(1)),
+            sqlx::query("SELECT 1").execute(&pool),
+        )
+        .await;
         let ok = matches!(probe, Ok(Ok(_)));
         if *stopping.borrow() {
             return;
@@ -141,7 +241,11 @@ async fn watch_database(pool: PgPool, reporter: HealthReporter, interval: Durati
             } else {
                 tracing::warn!(error = ?probe.map(|r| r.err()), "database unreachable: NOT_SERVING");
             }
-            let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
             set_health(&reporter, status).await;
         }
     }

@@ -26,7 +26,11 @@ pub fn uuid(field: &str, value: &str) -> Result<Uuid> {
 
 /// An optional UUID field: empty means absent.
 pub fn opt_uuid(field: &str, value: &str) -> Result<Option<Uuid>> {
-    if value.is_empty() { Ok(None) } else { uuid(field, value).map(Some) }
+    if value.is_empty() {
+        Ok(None)
+    } else {
+        uuid(field, value).map(Some)
+    }
 }
 
 /// A lowercase slug such as `ide-agent`: letters, digits and `-` (and `_` when
@@ -34,7 +38,9 @@ pub fn opt_uuid(field: &str, value: &str) -> Result<Option<Uuid>> {
 pub fn slug(field: &str, value: &str, max: usize) -> Result<()> {
     let ok = !value.is_empty()
         && value.len() <= max
-        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !value.starts_with('-')
         && !value.ends_with('-');
     if ok {
@@ -42,7 +48,9 @@ pub fn slug(field: &str, value: &str, max: usize) -> Result<()> {
     } else {
         Err(Error::invalid(
             field,
-            format!("must be a lowercase slug of 1..={max} characters (a-z, 0-9, '-'), e.g. \"ide-agent\""),
+            format!(
+                "must be a lowercase slug of 1..={max} characters (a-z, 0-9, '-'), e.g. \"ide-agent\""
+            ),
         ))
     }
 }
@@ -58,7 +66,10 @@ pub fn name(field: &str, value: &str, max: usize) -> Result<()> {
 /// An optional text field of at most `max` characters.
 pub fn text(field: &str, value: &str, max: usize) -> Result<()> {
     if value.chars().count() > max {
-        return Err(Error::invalid(field, format!("must be at most {max} characters")));
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {max} characters"),
+        ));
     }
     Ok(())
 }
@@ -66,7 +77,10 @@ pub fn text(field: &str, value: &str, max: usize) -> Result<()> {
 /// A semantic version such as `1.4.0` or `2.0.0-rc.1`.
 pub fn semver(field: &str, value: &str) -> Result<()> {
     if value.len() > 64 || semver::Version::parse(value).is_err() {
-        return Err(Error::invalid(field, "must be a semantic version such as 1.4.0"));
+        return Err(Error::invalid(
+            field,
+            "must be a semantic version such as 1.4.0",
+        ));
     }
     Ok(())
 }
@@ -74,17 +88,29 @@ pub fn semver(field: &str, value: &str) -> Result<()> {
 /// A list of capabilities: non-empty, trimmed, unique strings, bounded in number and size.
 pub fn capabilities(field: &str, values: &[String]) -> Result<()> {
     if values.len() > MAX_CAPABILITIES {
-        return Err(Error::invalid(field, format!("at most {MAX_CAPABILITIES} capabilities")));
+        return Err(Error::invalid(
+            field,
+            format!("at most {MAX_CAPABILITIES} capabilities"),
+        ));
     }
     for (i, cap) in values.iter().enumerate() {
         if cap.trim().is_empty() || cap.trim() != cap {
-            return Err(Error::invalid(format!("{field}[{i}]"), "must be a non-empty string without surrounding spaces"));
+            return Err(Error::invalid(
+                format!("{field}[{i}]"),
+                "must be a non-empty string without surrounding spaces",
+            ));
         }
         if cap.chars().count() > MAX_CAPABILITY_CHARS {
-            return Err(Error::invalid(format!("{field}[{i}]"), format!("must be at most {MAX_CAPABILITY_CHARS} characters")));
+            return Err(Error::invalid(
+                format!("{field}[{i}]"),
+                format!("must be at most {MAX_CAPABILITY_CHARS} characters"),
+            ));
         }
         if values[..i].contains(cap) {
-            return Err(Error::invalid(format!("{field}[{i}]"), format!("duplicate capability {cap:?}")));
+            return Err(Error::invalid(
+                format!("{field}[{i}]"),
+                format!("duplicate capability {cap:?}"),
+            ));
         }
     }
     Ok(())
@@ -94,9 +120,14 @@ pub fn capabilities(field: &str, values: &[String]) -> Result<()> {
 pub fn json(field: &str, value: Option<prost_types::Struct>) -> Result<serde_json::Value> {
     let value = crate::pb::struct_to_json(value.unwrap_or_default())
         .map_err(|reason| Error::invalid(field, reason))?;
-    let size = serde_json::to_vec(&value).map(|v| v.len()).unwrap_or(usize::MAX);
+    let size = serde_json::to_vec(&value)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
     if size > MAX_JSON_BYTES {
-        return Err(Error::invalid(field, format!("must encode to at most {MAX_JSON_BYTES} bytes of JSON")));
+        return Err(Error::invalid(
+            field,
+            format!("must encode to at most {MAX_JSON_BYTES} bytes of JSON"),
+        ));
     }
     Ok(value)
 }
@@ -106,7 +137,9 @@ pub fn enum_value<E: TryFrom<i32>>(field: &str, value: i32) -> Result<Option<E>>
     if value == 0 {
         return Ok(None);
     }
-    E::try_from(value).map(Some).map_err(|_| Error::invalid(field, format!("unknown value {value}")))
+    E::try_from(value)
+        .map(Some)
+        .map_err(|_| Error::invalid(field, format!("unknown value {value}")))
 }
 
 /// A required message field.

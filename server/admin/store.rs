@@ -20,7 +20,11 @@ pub struct TenantRow {
 
 impl From<TenantRow> for pb::Tenant {
     fn from(row: TenantRow) -> Self {
-        pb::Tenant { id: row.id.to_string(), name: row.name, create_time: Some(pb::timestamp(row.created_at)) }
+        pb::Tenant {
+            id: row.id.to_string(),
+            name: row.name,
+            create_time: Some(pb::timestamp(row.created_at)),
+        }
     }
 }
 
@@ -61,16 +65,22 @@ pub async fn create_tenant(pool: &PgPool, name: &str) -> Result<TenantRow> {
 /// A tenant by UUID or by name.
 pub async fn find_tenant(pool: &PgPool, name_or_id: &str) -> Result<TenantRow> {
     let id = Uuid::try_parse(name_or_id).ok();
-    sqlx::query_as("SELECT id, name, created_at FROM tenants WHERE id = $1 OR ($1 IS NULL AND name = $2)")
-        .bind(id)
-        .bind(name_or_id)
-        .fetch_optional(pool)
-        .await?
-        .ok_or_else(|| Error::NotFound("tenant".into()))
+    sqlx::query_as(
+        "SELECT id, name, created_at FROM tenants WHERE id = $1 OR ($1 IS NULL AND name = $2)",
+    )
+    .bind(id)
+    .bind(name_or_id)
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| Error::NotFound("tenant".into()))
 }
 
 /// Tenants ordered by name, `limit + 1` at most.
-pub async fn list_tenants(pool: &PgPool, after: Option<String>, limit: i64) -> Result<Vec<TenantRow>> {
+pub async fn list_tenants(
+    pool: &PgPool,
+    after: Option<String>,
+    limit: i64,
+) -> Result<Vec<TenantRow>> {
     Ok(sqlx::query_as(
         "SELECT id, name, created_at FROM tenants WHERE ($1::text IS NULL OR name > $1) ORDER BY name LIMIT $2",
     )
@@ -81,7 +91,12 @@ pub async fn list_tenants(pool: &PgPool, after: Option<String>, limit: i64) -> R
 }
 
 /// Creates a key and returns it with its secret, which is not stored.
-pub async fn create_key(pool: &PgPool, role: Role, tenant: Option<Uuid>, description: &str) -> Result<(ApiKeyRow, String)> {
+pub async fn create_key(
+    pool: &PgPool,
+    role: Role,
+    tenant: Option<Uuid>,
+    description: &str,
+) -> Result<(ApiKeyRow, String)> {
     let key = mint_key()?;
     let row = sqlx::query_as(
         "INSERT INTO api_keys (id, role, tenant_id, secret_hash, description) VALUES ($1, $2, $3, $4, $5) \

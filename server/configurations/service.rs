@@ -32,16 +32,22 @@ impl ConfigurationApi {
 /// Validates the writable fields of `c`; `name` is already resolved.
 fn fields(c: pb::Configuration) -> Result<ConfigurationFields> {
     validate::name("configuration.name", &c.name, validate::MAX_NAME_CHARS)?;
-    validate::text("configuration.system_prompt", &c.system_prompt, validate::MAX_PROMPT_CHARS)?;
-    if let Some(t) = c.temperature {
-        if !(0.0..=2.0).contains(&t) {
-            return Err(Error::invalid("configuration.temperature", "must be between 0.0 and 2.0"));
-        }
+    validate::text(
+        "configuration.system_prompt",
+        &c.system_prompt,
+        validate::MAX_PROMPT_CHARS,
+    )?;
+    if c.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+        return Err(Error::invalid(
+            "configuration.temperature",
+            "must be between 0.0 and 2.0",
+        ));
     }
-    if let Some(n) = c.max_tokens {
-        if n <= 0 {
-            return Err(Error::invalid("configuration.max_tokens", "must be greater than 0"));
-        }
+    if c.max_tokens.is_some_and(|n| n <= 0) {
+        return Err(Error::invalid(
+            "configuration.max_tokens",
+            "must be greater than 0",
+        ));
     }
     if !(1..=MAX_WORKLOAD_LIMIT).contains(&c.max_workload) {
         return Err(Error::invalid(
@@ -62,15 +68,24 @@ fn fields(c: pb::Configuration) -> Result<ConfigurationFields> {
 }
 
 /// Copies the fields named in `paths` from `src` onto `dst`.
-fn apply_mask(dst: &mut pb::Configuration, mut src: pb::Configuration, paths: &[String]) -> Result<()> {
+fn apply_mask(
+    dst: &mut pb::Configuration,
+    mut src: pb::Configuration,
+    paths: &[String],
+) -> Result<()> {
     if paths.is_empty() {
-        return Err(Error::invalid("update_mask", "is required: name the fields to change"));
+        return Err(Error::invalid(
+            "update_mask",
+            "is required: name the fields to change",
+        ));
     }
     for path in paths {
         match path.as_str() {
             "name" => dst.name = std::mem::take(&mut src.name),
             "enabled" => {
-                dst.enabled = Some(src.enabled.ok_or_else(|| Error::invalid("configuration.enabled", "is required when in update_mask"))?);
+                dst.enabled = Some(src.enabled.ok_or_else(|| {
+                    Error::invalid("configuration.enabled", "is required when in update_mask")
+                })?);
             }
             "configuration" => dst.configuration = src.configuration.take(),
             "system_prompt" => dst.system_prompt = std::mem::take(&mut src.system_prompt),
@@ -79,7 +94,10 @@ fn apply_mask(dst: &mut pb::Configuration, mut src: pb::Configuration, paths: &[
             "model_id" => dst.model_id = std::mem::take(&mut src.model_id),
             "max_workload" => dst.max_workload = src.max_workload,
             other => {
-                return Err(Error::invalid("update_mask", format!("unknown or read-only field {other:?}")));
+                return Err(Error::invalid(
+                    "update_mask",
+                    format!("unknown or read-only field {other:?}"),
+                ));
             }
         }
     }
@@ -88,7 +106,11 @@ fn apply_mask(dst: &mut pb::Configuration, mut src: pb::Configuration, paths: &[
 
 #[tonic::async_trait]
 impl ConfigurationService for ConfigurationApi {
-    #[instrument(name = "configuration.create", skip_all, fields(role, tenant, manifest))]
+    #[instrument(
+        name = "configuration.create",
+        skip_all,
+        fields(role, tenant, manifest)
+    )]
     async fn create_configuration(
         &self,
         request: Request<pb::CreateConfigurationRequest>,
@@ -152,8 +174,10 @@ impl ConfigurationService for ConfigurationApi {
             limit: pagination::page_size(r.page_size)?,
         };
         let rows = store::list(&self.ctx.pool, &filter).await?;
-        let (rows, next_page_token) =
-            pagination::page(rows, filter.limit, |c| TimeKey { at: c.created_at, id: c.id });
+        let (rows, next_page_token) = pagination::page(rows, filter.limit, |c| TimeKey {
+            at: c.created_at,
+            id: c.id,
+        });
         Ok(Response::new(pb::ListConfigurationsResponse {
             configurations: rows.into_iter().map(Into::into).collect(),
             next_page_token,
@@ -187,7 +211,9 @@ impl ConfigurationService for ConfigurationApi {
         let row = store::update(&mut *tx, id, &fields).await?;
         tx.commit().await.map_err(Error::from)?;
         tracing::info!(fields = ?paths, "configuration updated");
-        Ok(Response::new(row.into()))
+        let configuration: pb::Configuration = row.into();
+        self.ctx.sessions.configuration_changed(&configuration);
+        Ok(Response::new(configuration))
     }
 
     #[instrument(name = "configuration.delete", skip_all, fields(role, tenant, id))]
@@ -203,7 +229,11 @@ impl ConfigurationService for ConfigurationApi {
         Ok(Response::new(pb::DeleteConfigurationResponse {}))
     }
 
-    #[instrument(name = "configuration.update_workload", skip_all, fields(role, tenant, id, delta))]
+    #[instrument(
+        name = "configuration.update_workload",
+        skip_all,
+        fields(role, tenant, id, delta)
+    )]
     async fn update_workload(
         &self,
         request: Request<pb::UpdateWorkloadRequest>,
@@ -212,12 +242,17 @@ impl ConfigurationService for ConfigurationApi {
         let r = request.into_inner();
         let id = validate::uuid("id", &r.id)?;
         if r.delta == 0 || r.delta.unsigned_abs() > MAX_WORKLOAD_LIMIT as u32 {
-            return Err(Error::invalid("delta", format!("must be non-zero and at most {MAX_WORKLOAD_LIMIT} in size")).into());
+            return Err(Error::invalid(
+                "delta",
+                format!("must be non-zero and at most {MAX_WORKLOAD_LIMIT} in size"),
+            )
+            .into());
         }
         let span = tracing::Span::current();
         span.record("id", tracing::field::display(id));
         span.record("delta", r.delta);
-        let row = store::add_workload(&self.ctx.pool, caller.scope("")?.filter(), id, r.delta).await?;
+        let row =
+            store::add_workload(&self.ctx.pool, caller.scope("")?.filter(), id, r.delta).await?;
         Ok(Response::new(row.into()))
     }
 }

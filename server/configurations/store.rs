@@ -83,7 +83,12 @@ macro_rules! select_from {
     };
 }
 
-pub async fn insert(pool: &PgPool, tenant: Uuid, manifest_id: Uuid, f: &ConfigurationFields) -> Result<ConfigurationRow> {
+pub async fn insert(
+    pool: &PgPool,
+    tenant: Uuid,
+    manifest_id: Uuid,
+    f: &ConfigurationFields,
+) -> Result<ConfigurationRow> {
     sqlx::query_as(concat!(
         "WITH inserted AS (INSERT INTO agent_configurations (id, tenant_id, manifest_id, name, enabled, \
          configuration, system_prompt, temperature, max_tokens, model_id, max_workload) \
@@ -107,11 +112,22 @@ pub async fn insert(pool: &PgPool, tenant: Uuid, manifest_id: Uuid, f: &Configur
 }
 
 /// One configuration within `tenant` (`None`: any tenant), optionally locked.
-pub async fn get<'e>(db: impl PgExecutor<'e>, tenant: Option<Uuid>, id: Uuid, for_update: bool) -> Result<ConfigurationRow> {
+pub async fn get<'e>(
+    db: impl PgExecutor<'e>,
+    tenant: Option<Uuid>,
+    id: Uuid,
+    for_update: bool,
+) -> Result<ConfigurationRow> {
     let sql = if for_update {
-        concat!(select_from!("agent_configurations"), " WHERE c.id = $1 AND ($2::uuid IS NULL OR c.tenant_id = $2) FOR UPDATE OF c")
+        concat!(
+            select_from!("agent_configurations"),
+            " WHERE c.id = $1 AND ($2::uuid IS NULL OR c.tenant_id = $2) FOR UPDATE OF c"
+        )
     } else {
-        concat!(select_from!("agent_configurations"), " WHERE c.id = $1 AND ($2::uuid IS NULL OR c.tenant_id = $2)")
+        concat!(
+            select_from!("agent_configurations"),
+            " WHERE c.id = $1 AND ($2::uuid IS NULL OR c.tenant_id = $2)"
+        )
     };
     sqlx::query_as(sql)
         .bind(id)
@@ -144,7 +160,11 @@ pub async fn list(pool: &PgPool, f: &ConfigurationFilter) -> Result<Vec<Configur
 }
 
 /// Overwrites the writable fields of configuration `id`.
-pub async fn update<'e>(db: impl PgExecutor<'e>, id: Uuid, f: &ConfigurationFields) -> Result<ConfigurationRow> {
+pub async fn update<'e>(
+    db: impl PgExecutor<'e>,
+    id: Uuid,
+    f: &ConfigurationFields,
+) -> Result<ConfigurationRow> {
     sqlx::query_as(concat!(
         "WITH updated AS (UPDATE agent_configurations SET name = $2, enabled = $3, configuration = $4, \
          system_prompt = $5, temperature = $6, max_tokens = $7, model_id = $8, max_workload = $9, \
@@ -167,12 +187,14 @@ pub async fn update<'e>(db: impl PgExecutor<'e>, id: Uuid, f: &ConfigurationFiel
 }
 
 pub async fn delete(pool: &PgPool, tenant: Option<Uuid>, id: Uuid) -> Result<()> {
-    let done = sqlx::query("DELETE FROM agent_configurations WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)")
-        .bind(id)
-        .bind(tenant)
-        .execute(pool)
-        .await
-        .map_err(classify)?;
+    let done = sqlx::query(
+        "DELETE FROM agent_configurations WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)",
+    )
+    .bind(id)
+    .bind(tenant)
+    .execute(pool)
+    .await
+    .map_err(classify)?;
     if done.rows_affected() == 0 {
         return Err(Error::NotFound("configuration".into()));
     }
@@ -181,7 +203,12 @@ pub async fn delete(pool: &PgPool, tenant: Option<Uuid>, id: Uuid) -> Result<()>
 
 /// Adds `delta` to current_workload in one statement that can only succeed
 /// while the result stays within 0..=max_workload, whatever runs concurrently.
-pub async fn add_workload(pool: &PgPool, tenant: Option<Uuid>, id: Uuid, delta: i32) -> Result<ConfigurationRow> {
+pub async fn add_workload(
+    pool: &PgPool,
+    tenant: Option<Uuid>,
+    id: Uuid,
+    delta: i32,
+) -> Result<ConfigurationRow> {
     let updated: Option<ConfigurationRow> = sqlx::query_as(concat!(
         "WITH updated AS (UPDATE agent_configurations SET current_workload = current_workload + $3, \
          updated_at = now() WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2) \
@@ -200,8 +227,13 @@ pub async fn add_workload(pool: &PgPool, tenant: Option<Uuid>, id: Uuid, delta: 
     let row = get(pool, tenant, id, false).await?;
     let (current, max) = (row.current_workload, row.fields.max_workload);
     Err(if delta > 0 {
-        Error::ResourceExhausted(format!("workload {current} + {delta} would exceed max_workload {max}"))
+        Error::ResourceExhausted(format!(
+            "workload {current} + {delta} would exceed max_workload {max}"
+        ))
     } else {
-        Error::FailedPrecondition(format!("workload {current} - {} would go below zero", -i64::from(delta)))
+        Error::FailedPrecondition(format!(
+            "workload {current} - {} would go below zero",
+            -i64::from(delta)
+        ))
     })
 }

@@ -36,8 +36,13 @@ fn fields(m: pb::Manifest, prefix: &str) -> Result<ManifestFields> {
     validate::text(&f("description"), &m.description, validate::MAX_TEXT_CHARS)?;
     validate::semver(&f("version"), &m.version)?;
     validate::capabilities(&f("capabilities"), &m.capabilities)?;
-    validate::text(&f("requirements"), &m.requirements, validate::MAX_TEXT_CHARS)?;
-    let status = validate::enum_value(&f("status"), m.status)?.unwrap_or(pb::ManifestStatus::Active);
+    validate::text(
+        &f("requirements"),
+        &m.requirements,
+        validate::MAX_TEXT_CHARS,
+    )?;
+    let status =
+        validate::enum_value(&f("status"), m.status)?.unwrap_or(pb::ManifestStatus::Active);
     Ok(ManifestFields {
         metadata: validate::json(&f("metadata"), m.metadata)?,
         agent_id: m.agent_id,
@@ -54,7 +59,10 @@ fn fields(m: pb::Manifest, prefix: &str) -> Result<ManifestFields> {
 /// Copies the fields named in `paths` from `src` onto `dst`.
 fn apply_mask(dst: &mut pb::Manifest, src: pb::Manifest, paths: &[String]) -> Result<()> {
     if paths.is_empty() {
-        return Err(Error::invalid("update_mask", "is required: name the fields to change"));
+        return Err(Error::invalid(
+            "update_mask",
+            "is required: name the fields to change",
+        ));
     }
     let mut src = src;
     for path in paths {
@@ -68,7 +76,10 @@ fn apply_mask(dst: &mut pb::Manifest, src: pb::Manifest, paths: &[String]) -> Re
             "metadata" => dst.metadata = src.metadata.take(),
             "status" => dst.status = src.status,
             other => {
-                return Err(Error::invalid("update_mask", format!("unknown or immutable field {other:?}")));
+                return Err(Error::invalid(
+                    "update_mask",
+                    format!("unknown or immutable field {other:?}"),
+                ));
             }
         }
     }
@@ -98,14 +109,18 @@ impl ManifestService for ManifestApi {
     ) -> Result<Response<pb::Manifest>, Status> {
         self.ctx.caller(&request, ANY_ROLE).await?;
         let key = match request.into_inner().key {
-            Some(pb::get_manifest_request::Key::Id(id)) => ManifestKey::Id(validate::uuid("id", &id)?),
+            Some(pb::get_manifest_request::Key::Id(id)) => {
+                ManifestKey::Id(validate::uuid("id", &id)?)
+            }
             Some(pb::get_manifest_request::Key::AgentId(agent_id)) => {
                 validate::slug("agent_id", &agent_id, 64)?;
                 ManifestKey::AgentId(agent_id)
             }
             None => return Err(Error::invalid("key", "set id or agent_id").into()),
         };
-        Ok(Response::new(store::get(&self.ctx.pool, &key, false).await?.into()))
+        Ok(Response::new(
+            store::get(&self.ctx.pool, &key, false).await?.into(),
+        ))
     }
 
     #[instrument(name = "manifest.list", skip_all, fields(role, tenant))]
@@ -143,7 +158,9 @@ impl ManifestService for ManifestApi {
         tracing::Span::current().record("id", tracing::field::display(id));
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         let mut tx = self.ctx.pool.begin().await.map_err(Error::from)?;
-        let mut current: pb::Manifest = store::get(&mut *tx, &ManifestKey::Id(id), true).await?.into();
+        let mut current: pb::Manifest = store::get(&mut *tx, &ManifestKey::Id(id), true)
+            .await?
+            .into();
         apply_mask(&mut current, patch, &paths)?;
         let fields = fields(current, "manifest")?;
         let row = store::update(&mut *tx, id, &fields).await?;

@@ -100,9 +100,12 @@ macro_rules! columns {
 }
 
 pub async fn insert(pool: &PgPool, m: &ManifestFields) -> Result<ManifestRow> {
-    sqlx::query_as(concat!("INSERT INTO agent_manifests (id, agent_id, agent_type, name, description, version, \
+    sqlx::query_as(concat!(
+        "INSERT INTO agent_manifests (id, agent_id, agent_type, name, description, version, \
          capabilities, requirements, metadata, status) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ", columns!()))
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ",
+        columns!()
+    ))
     .bind(Uuid::new_v4())
     .bind(&m.agent_id)
     .bind(&m.agent_type)
@@ -119,31 +122,49 @@ pub async fn insert(pool: &PgPool, m: &ManifestFields) -> Result<ManifestRow> {
 }
 
 /// One manifest, optionally locked for update within a transaction.
-pub async fn get<'e>(db: impl PgExecutor<'e>, key: &ManifestKey, for_update: bool) -> Result<ManifestRow> {
+pub async fn get<'e>(
+    db: impl PgExecutor<'e>,
+    key: &ManifestKey,
+    for_update: bool,
+) -> Result<ManifestRow> {
     let query = match (key, for_update) {
-        (ManifestKey::Id(id), false) => {
-            sqlx::query_as(concat!("SELECT ", columns!(), " FROM agent_manifests WHERE id = $1")).bind(*id)
-        }
-        (ManifestKey::Id(id), true) => {
-            sqlx::query_as(concat!("SELECT ", columns!(), " FROM agent_manifests WHERE id = $1 FOR UPDATE"))
-                .bind(*id)
-        }
-        (ManifestKey::AgentId(agent_id), _) => {
-            sqlx::query_as(concat!("SELECT ", columns!(), " FROM agent_manifests WHERE agent_id = $1"))
-                .bind(agent_id.as_str())
-        }
+        (ManifestKey::Id(id), false) => sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM agent_manifests WHERE id = $1"
+        ))
+        .bind(*id),
+        (ManifestKey::Id(id), true) => sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM agent_manifests WHERE id = $1 FOR UPDATE"
+        ))
+        .bind(*id),
+        (ManifestKey::AgentId(agent_id), _) => sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM agent_manifests WHERE agent_id = $1"
+        ))
+        .bind(agent_id.as_str()),
     };
-    query.fetch_optional(db).await?.ok_or_else(|| Error::NotFound("manifest".into()))
+    query
+        .fetch_optional(db)
+        .await?
+        .ok_or_else(|| Error::NotFound("manifest".into()))
 }
 
 /// Manifests ordered by agent_id, `limit + 1` of them at most.
 pub async fn list(pool: &PgPool, f: &ManifestFilter) -> Result<Vec<ManifestRow>> {
-    Ok(sqlx::query_as(concat!("SELECT ", columns!(), " FROM agent_manifests \
+    Ok(sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM agent_manifests \
          WHERE ($1::text IS NULL OR agent_type = $1) \
            AND ($2::text IS NULL OR status = $2) \
            AND ($3::text IS NULL OR capabilities ? $3) \
            AND ($4::text IS NULL OR agent_id > $4) \
-         ORDER BY agent_id LIMIT $5"))
+         ORDER BY agent_id LIMIT $5"
+    ))
     .bind(&f.agent_type)
     .bind(f.status.and_then(pb::ManifestStatus::db_name))
     .bind(&f.capability)
@@ -154,10 +175,17 @@ pub async fn list(pool: &PgPool, f: &ManifestFilter) -> Result<Vec<ManifestRow>>
 }
 
 /// Overwrites the writable fields of manifest `id` (agent_id stays).
-pub async fn update<'e>(db: impl PgExecutor<'e>, id: Uuid, m: &ManifestFields) -> Result<ManifestRow> {
-    sqlx::query_as(concat!("UPDATE agent_manifests SET agent_type = $2, name = $3, description = $4, version = $5, \
+pub async fn update<'e>(
+    db: impl PgExecutor<'e>,
+    id: Uuid,
+    m: &ManifestFields,
+) -> Result<ManifestRow> {
+    sqlx::query_as(concat!(
+        "UPDATE agent_manifests SET agent_type = $2, name = $3, description = $4, version = $5, \
          capabilities = $6, requirements = $7, metadata = $8, status = $9, updated_at = now() \
-         WHERE id = $1 RETURNING ", columns!()))
+         WHERE id = $1 RETURNING ",
+        columns!()
+    ))
     .bind(id)
     .bind(&m.agent_type)
     .bind(&m.name)

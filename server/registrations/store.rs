@@ -1,0 +1,408 @@
+//! SQL of registrations and their events. Every statement carries the tenant
+//! (or the registration id a session already proved it owns) and, where a
+//! stale writer could overwrite a newer one, the epoch.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor, PgPool};
+use uuid::Uuid;
+
+use crate::db::classify;
+use crate::error::{Error, Result};
+use crate::pagination::TimeKey;
+use crate::pb::{self, HealthStatus};
+
+/// A registration as stored, with its manifest's agent_id.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RegistrationRow {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub manifest_id: Uuid,
+    pub agent_id: String,
+    pub configuration_id: Uuid,
+    pub instance_id: String,
+    pub name: String,
+    pub registration_status: String,
+    pub health_status: String,
+    pub connection_details: serde_json::Value,
+    pub runtime_config: serde_json::Value,
+    pub capacity: Option<i32>,
+    pub epoch: i64,
+    pub failure_count: i32,
+    pub last_health_check: DateTime<Utc>,
+    pub activation_date: DateTime<Utc>,
+    pub deactivation_date: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<RegistrationRow> for pb::Registration {
+    fn from(r: RegistrationRow) -> Self {
+        pb::Registration {
+            id: r.id.to_string(),
+            tenant_id: r.tenant_id.to_string(),
+            manifest_id: r.manifest_id.to_string(),
+            agent_id: r.agent_id,
+            configuration_id: r.configuration_id.to_string(),
+            instance_id: r.instance_id,
+            name: r.name,
+            registration_status: pb::RegistrationStatus::from_db_name(&r.registration_status)
+                .into(),
+            health_status: HealthStatus::from_db_name(&r.health_status).into(),
+            connection_details: Some(pb::json_to_struct(r.connection_details)),
+            runtime_config: Some(pb::json_to_struct(r.runtime_config)),
+            epoch: r.epoch,
+            failure_count: r.failure_count,
+            capacity: r.capacity,
+            last_health_check: Some(pb::timestamp(r.last_health_check)),
+            activation_date: Some(pb::timestamp(r.activation_date)),
+            deactivation_date: pb::opt_timestamp(r.deactivation_date),
+            create_time: Some(pb::timestamp(r.created_at)),
+            update_time: Some(pb::timestamp(r.updated_at)),
+        }
+    }
+}
+
+/// What an instance says about itself when it registers.
+#[derive(Debug, Clone)]
+pub struct Announcement {
+    pub instance_id: String,
+    pub agent_id: String,
+    pub name: String,
+    pub connection_details: serde_json::Value,
+    pub runtime_config: serde_json::Value,
+    pub capacity: Option<i32>,
+}
+
+/// Kinds of registration events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Registered,
+    Reconnected,
+    HealthChanged,
+    Superseded,
+    Deactivated,
+    Swept,
+    Failed,
+}
+
+impl EventKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Registered => "registered",
+            EventKind::Reconnected => "reconnected",
+            EventKind::HealthChanged => "health_changed",
+            EventKind::Superseded => "superseded",
+            EventKind::Deactivated => "deactivated",
+            EventKind::Swept => "swept",
+            EventKind::Failed => "failed",
+        }
+    }
+}
+
+/// Filters of a registration listing.
+#[derive(Debug, Clone, Default)]
+pub struct RegistrationFilter {
+    pub tenant: Option<Uuid>,
+    pub registration_status: Option<&'static str>,
+    pub health_status: Option<&'static str>,
+    pub agent_id: Option<String>,
+    pub configuration_id: Option<Uuid>,
+    pub after: Option<TimeKey>,
+    pub limit: i64,
+}
+
+/// How to find one registration.
+#[derive(Debug, Clone)]
+pub enum RegistrationKey {
+    Id(Uuid),
+    InstanceId(String),
+}
+
+macro_rules! select_from {
+    ($source:literal) => {
+        concat!(
+            "SELECT r.id, r.tenant_id, r.manifest_id, m.agent_id, r.configuration_id, r.instance_id, r.name, \
+             r.registration_status, r.health_status, r.connection_details, r.runtime_config, r.capacity, \
+             r.epoch, r.failure_count, r.last_health_check, r.activation_date, r.deactivation_date, \
+             r.created_at, r.updated_at FROM ",
+            $source,
+            " r JOIN agent_manifests m ON m.id = r.manifest_id"
+        )
+    };
+}
+
+/// Registers `a` for `tenant` in one transaction: the manifest must exist
+/// (or is created when `create_manifest`), the tenant's configuration of it is
+/// created with defaults when missing, and the registration is upserted with a
+/// new epoch. Returns the row and whether it was created.
+pub async fn register(
+    pool: &PgPool,
+    tenant: Uuid,
+    a: &Announcement,
+    create_manifest: bool,
+) -> Result<(RegistrationRow, bool)> {
+    let mut tx = pool.begin().await?;
+    if create_manifest {
+        sqlx::query(
+            "INSERT INTO agent_manifests (id, agent_id, agent_type, name, version) \
+             VALUES ($1, $2, 'unknown', $2, '0.0.0') ON CONFLICT (agent_id) DO NOTHING",
+        )
+        .bind(Uuid::new_v4())
+        .bind(&a.agent_id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let manifest: Option<(Uuid, String)> =
+        sqlx::query_as("SELECT id, name FROM agent_manifests WHERE agent_id = $1")
+            .bind(&a.agent_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((manifest_id, manifest_name)) = manifest else {
+        return Err(Error::NotFound(format!(
+            "manifest with agent_id {:?}",
+            a.agent_id
+        )));
+    };
+    // ON CONFLICT keeps concurrent first registrations of a tenant race-free.
+    sqlx::query(
+        "INSERT INTO agent_configurations (id, tenant_id, manifest_id, name) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (tenant_id, manifest_id) DO NOTHING",
+    )
+    .bind(Uuid::new_v4())
+    .bind(tenant)
+    .bind(manifest_id)
+    .bind(&manifest_name)
+    .execute(&mut *tx)
+    .await
+    .map_err(classify)?;
+    let (configuration_id,): (Uuid,) = sqlx::query_as(
+        "SELECT id FROM agent_configurations WHERE tenant_id = $1 AND manifest_id = $2",
+    )
+    .bind(tenant)
+    .bind(manifest_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let (id, created): (Uuid, bool) = sqlx::query_as(
+        "INSERT INTO agent_registrations (id, tenant_id, manifest_id, configuration_id, instance_id, name, \
+         connection_details, runtime_config, capacity) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (tenant_id, instance_id) DO UPDATE SET \
+           manifest_id = EXCLUDED.manifest_id, configuration_id = EXCLUDED.configuration_id, \
+           name = EXCLUDED.name, connection_details = EXCLUDED.connection_details, \
+           runtime_config = EXCLUDED.runtime_config, capacity = EXCLUDED.capacity, \
+           registration_status = 'active', health_status = 'healthy', last_health_check = now(), \
+           activation_date = CASE WHEN agent_registrations.registration_status = 'inactive' \
+                                  THEN now() ELSE agent_registrations.activation_date END, \
+           deactivation_date = NULL, epoch = agent_registrations.epoch + 1, updated_at = now() \
+         RETURNING id, (xmax = 0) AS created",
+    )
+    .bind(Uuid::new_v4())
+    .bind(tenant)
+    .bind(manifest_id)
+    .bind(configuration_id)
+    .bind(&a.instance_id)
+    .bind(&a.name)
+    .bind(&a.connection_details)
+    .bind(&a.runtime_config)
+    .bind(a.capacity)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(classify)?;
+    let row = get(&mut *tx, Some(tenant), &RegistrationKey::Id(id)).await?;
+    let kind = if created {
+        EventKind::Registered
+    } else {
+        EventKind::Reconnected
+    };
+    record(&mut tx, &row, kind).await?;
+    tx.commit().await?;
+    Ok((row, created))
+}
+
+/// Appends an event for `row` in its current state.
+pub async fn record(conn: &mut PgConnection, row: &RegistrationRow, kind: EventKind) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO registration_events (tenant_id, registration_id, configuration_id, kind, health_status, epoch) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(row.tenant_id)
+    .bind(row.id)
+    .bind(row.configuration_id)
+    .bind(kind.as_str())
+    .bind(&row.health_status)
+    .bind(row.epoch)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// One registration of `tenant` (`None`: any tenant).
+pub async fn get<'e>(
+    db: impl PgExecutor<'e>,
+    tenant: Option<Uuid>,
+    key: &RegistrationKey,
+) -> Result<RegistrationRow> {
+    let query = match key {
+        RegistrationKey::Id(id) => sqlx::query_as(concat!(
+            select_from!("agent_registrations"),
+            " WHERE r.id = $1 AND ($2::uuid IS NULL OR r.tenant_id = $2)"
+        ))
+        .bind(*id),
+        RegistrationKey::InstanceId(instance) => sqlx::query_as(concat!(
+            select_from!("agent_registrations"),
+            " WHERE r.instance_id = $1 AND ($2::uuid IS NULL OR r.tenant_id = $2)"
+        ))
+        .bind(instance.as_str()),
+    };
+    query
+        .bind(tenant)
+        .fetch_optional(db)
+        .await?
+        .ok_or_else(|| Error::NotFound("registration".into()))
+}
+
+/// Registrations oldest first, `limit + 1` at most.
+pub async fn list(pool: &PgPool, f: &RegistrationFilter) -> Result<Vec<RegistrationRow>> {
+    Ok(sqlx::query_as(concat!(
+        select_from!("agent_registrations"),
+        " WHERE ($1::uuid IS NULL OR r.tenant_id = $1) \
+           AND ($2::text IS NULL OR r.registration_status = $2) \
+           AND ($3::text IS NULL OR r.health_status = $3) \
+           AND ($4::text IS NULL OR m.agent_id = $4) \
+           AND ($5::uuid IS NULL OR r.configuration_id = $5) \
+           AND ($6::timestamptz IS NULL OR (r.created_at, r.id) > ($6, $7)) \
+         ORDER BY r.created_at, r.id LIMIT $8"
+    ))
+    .bind(f.tenant)
+    .bind(f.registration_status)
+    .bind(f.health_status)
+    .bind(&f.agent_id)
+    .bind(f.configuration_id)
+    .bind(f.after.map(|k| k.at))
+    .bind(f.after.map(|k| k.id))
+    .bind(f.limit + 1)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// A change of one registration's state, fenced by epoch.
+#[derive(Debug, Clone, Copy)]
+pub enum Transition {
+    /// Health reported by the instance (healthy or degraded); healthy resets failures.
+    Report(HealthStatus),
+    /// The instance's stream broke: unknown, one more failure.
+    Broken,
+    /// The instance left or was deactivated.
+    Deactivate,
+}
+
+/// Why a fenced change did not apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    NotFound,
+    StaleEpoch(i64),
+    Inactive,
+}
+
+impl From<Refusal> for Error {
+    fn from(r: Refusal) -> Error {
+        match r {
+            Refusal::NotFound => Error::NotFound("registration".into()),
+            Refusal::StaleEpoch(current) => Error::Aborted(format!(
+                "epoch is stale: the registration is at epoch {current}"
+            )),
+            Refusal::Inactive => {
+                Error::FailedPrecondition("the registration is inactive; register it again".into())
+            }
+        }
+    }
+}
+
+/// Applies `t` to the registration (`tenant`, `key`) when its epoch matches
+/// (`epoch` 0 skips the check) and it is active; records an event when the
+/// health changed. The row lock makes check and change one step.
+pub async fn transition(
+    pool: &PgPool,
+    tenant: Option<Uuid>,
+    key: &RegistrationKey,
+    epoch: i64,
+    t: Transition,
+) -> Result<Result<RegistrationRow, Refusal>> {
+    let mut tx = pool.begin().await?;
+    let current = match key {
+        RegistrationKey::Id(id) => sqlx::query_as::<_, (Uuid, i64, String, String)>(
+            "SELECT id, epoch, registration_status, health_status FROM agent_registrations \
+             WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2) FOR UPDATE",
+        )
+        .bind(*id),
+        RegistrationKey::InstanceId(instance) => sqlx::query_as(
+            "SELECT id, epoch, registration_status, health_status FROM agent_registrations \
+             WHERE instance_id = $1 AND ($2::uuid IS NULL OR tenant_id = $2) FOR UPDATE",
+        )
+        .bind(instance.as_str()),
+    }
+    .bind(tenant)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((id, current_epoch, status, health)) = current else {
+        return Ok(Err(Refusal::NotFound));
+    };
+    if epoch != 0 && epoch != current_epoch {
+        return Ok(Err(Refusal::StaleEpoch(current_epoch)));
+    }
+    if status != "active" {
+        return Ok(Err(Refusal::Inactive));
+    }
+    let (sql, new_health, kind) = match t {
+        Transition::Report(h) => (
+            "UPDATE agent_registrations SET health_status = $2, last_health_check = now(), \
+             failure_count = CASE WHEN $2 = 'healthy' THEN 0 ELSE failure_count END, updated_at = now() \
+             WHERE id = $1",
+            h.db_name().unwrap_or("unknown"),
+            EventKind::HealthChanged,
+        ),
+        Transition::Broken => (
+            "UPDATE agent_registrations SET health_status = $2, failure_count = failure_count + 1, \
+             updated_at = now() WHERE id = $1",
+            "unknown",
+            EventKind::Failed,
+        ),
+        Transition::Deactivate => (
+            "UPDATE agent_registrations SET registration_status = 'inactive', health_status = $2, \
+             deactivation_date = now(), updated_at = now() WHERE id = $1",
+            "disconnected",
+            EventKind::Deactivated,
+        ),
+    };
+    sqlx::query(sql)
+        .bind(id)
+        .bind(new_health)
+        .execute(&mut *tx)
+        .await?;
+    let row = get(&mut *tx, None, &RegistrationKey::Id(id)).await?;
+    if health != new_health || matches!(t, Transition::Deactivate | Transition::Broken) {
+        record(&mut tx, &row, kind).await?;
+    }
+    tx.commit().await?;
+    Ok(Ok(row))
+}
+
+/// Persists heartbeat times of many sessions in one statement. Rows whose
+/// epoch moved on (another connection took over) or that were deactivated are
+/// left alone; the ids that were updated are returned.
+pub async fn touch_many(
+    pool: &PgPool,
+    ids: &[Uuid],
+    epochs: &[i64],
+    seen: &[DateTime<Utc>],
+) -> Result<Vec<Uuid>> {
+    Ok(sqlx::query_scalar(
+        "UPDATE agent_registrations r SET last_health_check = greatest(r.last_health_check, v.seen) \
+         FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[]) AS v(id, epoch, seen) \
+         WHERE r.id = v.id AND r.epoch = v.epoch AND r.registration_status = 'active' RETURNING r.id",
+    )
+    .bind(ids)
+    .bind(epochs)
+    .bind(seen)
+    .fetch_all(pool)
+    .await?)
+}

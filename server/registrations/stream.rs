@@ -1,0 +1,251 @@
+//! The bidirectional `HealthStream`: `Hello` registers, heartbeats are acked
+//! from memory, health changes are written at once, and the server pushes
+//! configuration changes, drain and superseded notices.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use super::service::{REGISTRANTS, RegistrationApi, announcement};
+use super::sessions::{Control, Session};
+use super::store::{self, RegistrationKey, Transition};
+use crate::error::Error;
+use crate::pb::health_stream_request::Message as In;
+use crate::pb::health_stream_response::Message as Out;
+use crate::pb::{self, HealthStatus};
+
+/// The server half of a health stream.
+pub(super) type ResponseStream =
+    Pin<Box<dyn Stream<Item = Result<pb::HealthStreamResponse, Status>> + Send + 'static>>;
+
+/// Responses a slow agent may leave unread before the server stops reading its heartbeats.
+const OUTBOX: usize = 16;
+
+fn out(message: Out) -> Result<pb::HealthStreamResponse, Status> {
+    Ok(pb::HealthStreamResponse {
+        message: Some(message),
+    })
+}
+
+fn duration(d: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(d).unwrap_or_default()
+}
+
+/// Waits for `Hello`, registers, answers `Welcome` and hands the stream to a task.
+pub(super) async fn open(
+    api: &RegistrationApi,
+    request: Request<Streaming<pb::HealthStreamRequest>>,
+) -> Result<Response<ResponseStream>, Status> {
+    let caller = api.ctx.caller(&request, REGISTRANTS).await?;
+    let tenant = caller.owning_tenant("")?;
+    let mut inbound = request.into_inner();
+    let first = tokio::time::timeout(api.ctx.registry.hello_timeout, inbound.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded("no Hello within the hello timeout"))??;
+    let hello = match first.and_then(|m| m.message) {
+        Some(In::Hello(hello)) => hello,
+        Some(_) => {
+            return Err(Error::invalid(
+                "message",
+                "the first message of a health stream must be hello",
+            )
+            .into());
+        }
+        None => return Err(Error::invalid("hello", "the stream ended before its hello").into()),
+    };
+    tracing::Span::current().record("instance", hello.instance_id.as_str());
+    let a = announcement(
+        "hello",
+        hello.instance_id,
+        hello.agent_id,
+        hello.name,
+        hello.connection_details,
+        hello.runtime_config,
+        hello.capacity,
+    )?;
+    let (row, _created) = api.register(tenant, &a).await?;
+    let configuration =
+        crate::configurations::store::get(&api.ctx.pool, Some(tenant), row.configuration_id, false)
+            .await?;
+
+    let (session, control) = Session::new(row.id, row.configuration_id, row.epoch);
+    api.ctx.sessions.attach(session.clone());
+    let (tx, rx) = mpsc::channel(OUTBOX);
+    let welcome = pb::Welcome {
+        epoch: row.epoch,
+        heartbeat_interval: Some(duration(api.ctx.registry.heartbeat_interval)),
+        stale_timeout: Some(duration(api.ctx.registry.stale_timeout)),
+        configuration: Some(configuration.into()),
+        registration: Some(row.into()),
+    };
+    // The channel is new and empty: this cannot fail for lack of room.
+    let _ = tx.try_send(out(Out::Welcome(welcome)));
+    let span = tracing::Span::current();
+    tokio::spawn(run(api.clone(), session, inbound, control, tx).instrument(span));
+    Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+}
+
+/// How a session ended.
+enum End {
+    /// Goodbye: deactivate.
+    Goodbye,
+    /// A newer connection took over: leave the row to it.
+    Superseded,
+    /// The stream broke, the agent sent something invalid, or the server closed
+    /// it: mark the instance unknown.
+    Broken,
+}
+
+async fn run(
+    api: RegistrationApi,
+    session: Arc<Session>,
+    mut inbound: Streaming<pb::HealthStreamRequest>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    tx: mpsc::Sender<Result<pb::HealthStreamResponse, Status>>,
+) {
+    let mut health = HealthStatus::Healthy;
+    let end = loop {
+        tokio::select! {
+            message = inbound.message() => match message {
+                Ok(Some(pb::HealthStreamRequest { message: Some(In::Heartbeat(hb)) })) => {
+                    match heartbeat(&api, &session, &mut health, hb).await {
+                        Ok(ack) => {
+                            if tx.send(out(Out::Ack(ack))).await.is_err() {
+                                break End::Broken;
+                            }
+                        }
+                        Err((status, end)) => {
+                            let _ = tx.send(Err(status)).await;
+                            break end;
+                        }
+                    }
+                }
+                Ok(Some(pb::HealthStreamRequest { message: Some(In::Goodbye(bye)) })) => {
+                    tracing::info!(reason = %bye.reason, "agent said goodbye");
+                    break End::Goodbye;
+                }
+                Ok(Some(_)) => {
+                    let status = Status::from(Error::invalid("message", "expected heartbeat or goodbye after hello"));
+                    let _ = tx.send(Err(status)).await;
+                    break End::Broken;
+                }
+                Ok(None) => break End::Broken,
+                Err(status) => {
+                    tracing::debug!(%status, "health stream broke");
+                    break End::Broken;
+                }
+            },
+            command = control.recv() => match command {
+                Some(Control::Superseded(epoch)) => {
+                    let _ = tx.send(out(Out::Superseded(pb::Superseded { new_epoch: epoch }))).await;
+                    let _ = tx.send(Err(Status::aborted(format!("superseded by a newer connection (epoch {epoch})")))).await;
+                    break End::Superseded;
+                }
+                Some(Control::Drain(reason)) => {
+                    let _ = tx.send(out(Out::Drain(pb::Drain { reason }))).await;
+                }
+                Some(Control::ConfigurationChanged(configuration)) => {
+                    let message = Out::ConfigurationChanged(pb::ConfigurationChanged { configuration: Some(*configuration) });
+                    if tx.send(out(message)).await.is_err() {
+                        break End::Broken;
+                    }
+                }
+                Some(Control::Close(status)) => {
+                    let _ = tx.send(Err(status)).await;
+                    break End::Broken;
+                }
+                None => break End::Broken,
+            },
+            () = tx.closed() => break End::Broken,
+        }
+    };
+    api.ctx.sessions.detach(&session);
+    let key = RegistrationKey::Id(session.registration_id);
+    let transition = match end {
+        End::Goodbye => Transition::Deactivate,
+        End::Broken => Transition::Broken,
+        End::Superseded => {
+            tracing::info!("health stream superseded");
+            return;
+        }
+    };
+    match store::transition(&api.ctx.pool, None, &key, session.epoch, transition).await {
+        Ok(Ok(_)) => tracing::info!(ended = ?transition, "health stream ended"),
+        // A newer epoch or a deactivation got there first: nothing of ours to change.
+        Ok(Err(refusal)) => tracing::debug!(
+            ?refusal,
+            "health stream ended; registration already moved on"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not record the end of a health stream"),
+    }
+}
+
+/// Takes one heartbeat; on refusal, the status to end the stream with.
+async fn heartbeat(
+    api: &RegistrationApi,
+    session: &Session,
+    health: &mut HealthStatus,
+    hb: pb::Heartbeat,
+) -> Result<pb::Ack, (Status, End)> {
+    let invalid = |field: &str, reason: &str| {
+        (
+            Status::from(Error::invalid(format!("heartbeat.{field}"), reason)),
+            End::Broken,
+        )
+    };
+    if hb.epoch != 0 && hb.epoch != session.epoch {
+        let status = Status::aborted(format!(
+            "heartbeat epoch {} is not this session's epoch {}",
+            hb.epoch, session.epoch
+        ));
+        return Err((status, End::Broken));
+    }
+    let reported = match HealthStatus::try_from(hb.health_status) {
+        Ok(HealthStatus::Unspecified) => *health,
+        Ok(h @ (HealthStatus::Healthy | HealthStatus::Degraded)) => h,
+        _ => return Err(invalid("health_status", "must be HEALTHY or DEGRADED")),
+    };
+    if hb.current_load < 0 {
+        return Err(invalid("current_load", "must not be negative"));
+    }
+    if hb.message.chars().count() > 256 {
+        return Err(invalid("message", "must be at most 256 characters"));
+    }
+    let now = Utc::now();
+    api.ctx
+        .sessions
+        .stats
+        .heartbeats
+        .fetch_add(1, Ordering::Relaxed);
+    session.load.store(hb.current_load, Ordering::Relaxed);
+    if reported != *health {
+        // Health changes are what readers observe: written at once, fenced by epoch.
+        let key = RegistrationKey::Id(session.registration_id);
+        match store::transition(
+            &api.ctx.pool,
+            None,
+            &key,
+            session.epoch,
+            Transition::Report(reported),
+        )
+        .await
+        {
+            Ok(Ok(_)) => *health = reported,
+            Ok(Err(refusal)) => return Err((Status::from(Error::from(refusal)), End::Superseded)),
+            Err(e) => return Err((Status::from(e), End::Broken)),
+        }
+    } else {
+        session.seen(now);
+    }
+    Ok(pb::Ack {
+        sequence: hb.sequence,
+        server_time: Some(pb::timestamp(now)),
+    })
+}

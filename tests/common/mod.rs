@@ -1,0 +1,217 @@
+//! Test harness: a fresh database per test, a real server on 127.0.0.1:0, and
+//! clients of the real SDK for each role.
+#![allow(dead_code, unreachable_pub)]
+
+pub mod proxy;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use agentry_client::{Client, pb};
+use agentry_server::admin::store as admin;
+use agentry_server::pb::Role;
+use sqlx::{Connection, PgPool};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// Server holding the test databases; an explicit AGENTRY_TEST_DATABASE_URL wins.
+pub fn base_url() -> String {
+    std::env::var("AGENTRY_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A database of its own for one test, dropped (even on panic) when the test ends.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    /// Creates and migrates a fresh database through the server's own start-up path.
+    pub async fn new() -> TestDb {
+        let name = format!("agentry_test_{}", Uuid::new_v4().simple());
+        let base = base_url();
+        let url = match base.rsplit_once('/') {
+            Some((server, _db)) => format!("{server}/{name}"),
+            None => panic!("AGENTRY_TEST_DATABASE_URL needs a database path"),
+        };
+        let pool = agentry_server::db::connect_and_migrate(&url, 8)
+            .await
+            .expect("create test database");
+        TestDb { name, url, pool }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime: do the async cleanup on a thread of its own.
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&base_url()).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// A running server and an admin client for it.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub admin: Client,
+    pub pool: PgPool,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<agentry_server::Result<()>>>,
+    pub db: Option<TestDb>,
+}
+
+impl TestServer {
+    /// A server over a fresh database.
+    pub async fn start() -> TestServer {
+        let db = TestDb::new().await;
+        let mut server = TestServer::with_pool(db.pool.clone()).await;
+        server.db = Some(db);
+        server
+    }
+
+    /// A server over `pool` (which may go through a proxy).
+    pub async fn with_pool(pool: PgPool) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = agentry_server::ServeConfig {
+            listen_addr: addr,
+            health_check_interval: Duration::from_millis(100),
+            shutdown_grace: Duration::from_secs(5),
+            ..Default::default()
+        };
+        let task = tokio::spawn(agentry_server::serve(
+            listener,
+            pool.clone(),
+            config,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let (_, secret) = admin::create_key(&pool, Role::Admin, None, "test admin")
+            .await
+            .expect("admin key");
+        let admin = client(addr, &secret).await;
+        TestServer {
+            addr,
+            admin,
+            pool,
+            stop: Some(stop),
+            task: Some(task),
+            db: None,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A tenant with a tenant key and an agent key.
+    pub async fn tenant(&self, name: &str) -> Tenant {
+        let tenant = self.admin.create_tenant(name).await.expect("create tenant");
+        let key = |role: pb::Role| {
+            let admin = self.admin.clone();
+            let tenant_id = tenant.id.clone();
+            async move {
+                admin
+                    .create_api_key(agentry_client::CreateApiKey::new(role).tenant(tenant_id))
+                    .await
+                    .expect("create key")
+                    .secret
+            }
+        };
+        let tenant_key = key(pb::Role::Tenant).await;
+        let agent_key = key(pb::Role::Agent).await;
+        Tenant {
+            client: client(self.addr, &tenant_key).await,
+            agent: client(self.addr, &agent_key).await,
+            id: tenant.id,
+        }
+    }
+
+    /// A manifest with default fields, created by the admin.
+    pub async fn manifest(&self, agent_id: &str) -> pb::Manifest {
+        self.admin
+            .create_manifest(agentry_client::CreateManifest::new(
+                agent_id,
+                "ide",
+                "IDE Agent",
+                "1.0.0",
+            ))
+            .await
+            .expect("create manifest")
+    }
+
+    /// Stops the server through its shutdown signal and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server result");
+        }
+    }
+}
+
+/// A client of the SDK with `key`.
+pub async fn client(addr: SocketAddr, key: &str) -> Client {
+    Client::builder(format!("http://{addr}"))
+        .api_key(key)
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .expect("connect client")
+}
+
+/// A tenant's clients.
+pub struct Tenant {
+    pub id: String,
+    /// With the tenant's `tenant` key.
+    pub client: Client,
+    /// With the tenant's `agent` key.
+    pub agent: Client,
+}
+
+/// The gRPC code of a failed call.
+pub fn code<T: std::fmt::Debug>(result: agentry_client::Result<T>) -> agentry_client::Code {
+    match result {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e
+            .code()
+            .unwrap_or_else(|| panic!("expected a status, got {e:?}")),
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds or `deadline` passes.
+pub async fn eventually<F, Fut>(deadline: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
