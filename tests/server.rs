@@ -33,7 +33,7 @@ async fn health(addr: std::net::SocketAddr, service: &str) -> ServingStatus {
 
 #[tokio::test]
 async fn health_is_serving() {
-    let s = TestServer::start().await;
+    let mut s = TestServer::start().await;
     assert_eq!(health(s.addr, "").await, ServingStatus::Serving);
     assert_eq!(
         health(s.addr, "agentry.v1.ManifestService").await,
@@ -153,7 +153,7 @@ async fn database_outage_turns_health_not_serving_and_calls_unavailable() {
 
 #[tokio::test]
 async fn shutdown_refuses_new_connections_and_returns() {
-    let s = TestServer::start().await;
+    let mut s = TestServer::start().await;
     let addr = s.addr;
     s.stop().await;
     assert!(

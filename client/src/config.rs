@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::pb::admin_service_client::AdminServiceClient;
 use crate::pb::configuration_service_client::ConfigurationServiceClient;
 use crate::pb::manifest_service_client::ManifestServiceClient;
+use crate::pb::registration_service_client::RegistrationServiceClient;
 
 /// Default per-call timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -95,6 +96,11 @@ impl Client {
         }
     }
 
+    /// The per-call timeout.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub(crate) fn manifest_service(
         &self,
     ) -> ManifestServiceClient<InterceptedService<Channel, Auth>> {
@@ -105,6 +111,12 @@ impl Client {
         &self,
     ) -> ConfigurationServiceClient<InterceptedService<Channel, Auth>> {
         ConfigurationServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    pub(crate) fn registration_service(
+        &self,
+    ) -> RegistrationServiceClient<InterceptedService<Channel, Auth>> {
+        RegistrationServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     pub(crate) fn admin_service(&self) -> AdminServiceClient<InterceptedService<Channel, Auth>> {

@@ -45,12 +45,14 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod agent;
 mod builders;
 mod config;
 mod configurations;
 mod error;
 mod json;
 mod manifests;
+mod registrations;
 
 /// Code generated from `proto/agentry/v1/*.proto` by `tests/codegen.rs` of
 /// the workspace; do not edit.
@@ -74,8 +76,10 @@ pub mod pb {
 
 pub use builders::{
     CreateApiKey, CreateConfiguration, CreateManifest, ListApiKeys, ListConfigurations,
-    ListManifests, ListTenants, UpdateConfiguration, UpdateManifest,
+    ListManifests, ListRegistrations, ListTenants, RegisterInstance, UpdateConfiguration,
+    UpdateManifest,
 };
+pub use agent::{AgentSession, AgentSessionBuilder, Events, SessionEvent, SessionState};
 pub use config::{Client, ClientBuilder};
 pub use error::{Error, Result};
 pub use json::{json_to_struct, struct_to_json};

@@ -74,50 +74,72 @@ pub struct TestServer {
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<agentry_server::Result<()>>>,
     pub db: Option<TestDb>,
+    /// The server's health streams and their counters.
+    pub sessions: std::sync::Arc<agentry_server::registrations::sessions::Sessions>,
+    pub config: agentry_server::ServeConfig,
+}
+
+/// Settings of test servers: fast heartbeats, slow background sweeps (tests
+/// that need sweeps ask for them).
+pub fn test_config() -> agentry_server::ServeConfig {
+    let mut config = agentry_server::ServeConfig {
+        health_check_interval: Duration::from_millis(100),
+        shutdown_grace: Duration::from_secs(5),
+        ..Default::default()
+    };
+    config.registry.heartbeat_interval = Duration::from_millis(50);
+    config.registry.heartbeat_flush_interval = Duration::from_millis(100);
+    config.registry.hello_timeout = Duration::from_secs(2);
+    config.registry.sweep_interval = Duration::from_secs(3600);
+    config
 }
 
 impl TestServer {
     /// A server over a fresh database.
     pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    /// A server over a fresh database, with `configure` applied to [`test_config`].
+    pub async fn start_with(configure: impl FnOnce(&mut agentry_server::ServeConfig)) -> TestServer {
         let db = TestDb::new().await;
-        let mut server = TestServer::with_pool(db.pool.clone()).await;
+        let mut config = test_config();
+        configure(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut server = TestServer::run(listener, db.pool.clone(), config).await;
         server.db = Some(db);
         server
     }
 
     /// A server over `pool` (which may go through a proxy).
     pub async fn with_pool(pool: PgPool) -> TestServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        TestServer::run(listener, pool, test_config()).await
+    }
+
+    /// Runs a server on `listener`.
+    pub async fn run(listener: tokio::net::TcpListener, pool: PgPool, mut config: agentry_server::ServeConfig) -> TestServer {
         let addr = listener.local_addr().expect("addr");
+        config.listen_addr = addr;
         let (stop, stopped) = oneshot::channel::<()>();
-        let config = agentry_server::ServeConfig {
-            listen_addr: addr,
-            health_check_interval: Duration::from_millis(100),
-            shutdown_grace: Duration::from_secs(5),
-            ..Default::default()
-        };
-        let task = tokio::spawn(agentry_server::serve(
-            listener,
-            pool.clone(),
-            config,
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        let (_, secret) = admin::create_key(&pool, Role::Admin, None, "test admin")
-            .await
-            .expect("admin key");
+        let server = agentry_server::Server::new(pool.clone(), config.clone());
+        let sessions = server.sessions();
+        let task = tokio::spawn(server.run(listener, async {
+            let _ = stopped.await;
+        }));
+        let (_, secret) = admin::create_key(&pool, Role::Admin, None, "test admin").await.expect("admin key");
         let admin = client(addr, &secret).await;
-        TestServer {
-            addr,
-            admin,
-            pool,
-            stop: Some(stop),
-            task: Some(task),
-            db: None,
-        }
+        TestServer { addr, admin, pool, stop: Some(stop), task: Some(task), db: None, sessions, config }
+    }
+
+    /// Stops this server and starts a new one on the same address and database.
+    pub async fn restart(mut self) -> TestServer {
+        let (addr, pool, config, db) = (self.addr, self.pool.clone(), self.config.clone(), self.db.take());
+        self.stop().await;
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind the same port");
+        let mut server = TestServer::run(listener, pool, config).await;
+        server.db = db;
+        server
     }
 
     pub fn url(&self) -> String {
@@ -161,7 +183,7 @@ impl TestServer {
     }
 
     /// Stops the server through its shutdown signal and waits for it.
-    pub async fn stop(mut self) {
+    pub async fn stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -1,0 +1,129 @@
+//! `RegistrationService` unary calls. The health stream is in [`crate::agent`].
+
+use std::time::Duration;
+
+use crate::pb::get_registration_request::Key;
+use crate::{Client, Error, Result, pb};
+
+/// # Registration operations
+///
+/// Registrations are the running instances of the caller's tenant. Agents
+/// usually keep theirs alive with an [`AgentSession`](crate::AgentSession);
+/// these calls serve agents that cannot hold a stream, and callers that
+/// inspect instances.
+impl Client {
+    /// Registers an instance idempotently, usually from a
+    /// [`RegisterInstance`](crate::RegisterInstance): a repeat with the same
+    /// `instance_id` reuses the registration and increments its epoch.
+    ///
+    /// Fails with [`Error::NotFound`] when no manifest has the `agent_id`.
+    pub async fn register_instance(
+        &self,
+        request: impl Into<pb::RegisterInstanceRequest>,
+    ) -> Result<pb::RegisterInstanceResponse> {
+        self.write(request.into(), |r| {
+            let mut service = self.registration_service();
+            async move { service.register_instance(r).await }
+        })
+        .await
+    }
+
+    /// Returns the registration with UUID `id`.
+    pub async fn get_registration(&self, id: &str) -> Result<pb::Registration> {
+        self.fetch_registration(Key::Id(id.to_owned())).await
+    }
+
+    /// Returns the registration of `instance_id`.
+    pub async fn get_registration_by_instance_id(
+        &self,
+        instance_id: &str,
+    ) -> Result<pb::Registration> {
+        self.fetch_registration(Key::InstanceId(instance_id.to_owned()))
+            .await
+    }
+
+    async fn fetch_registration(&self, key: Key) -> Result<pb::Registration> {
+        self.read(pb::GetRegistrationRequest { key: Some(key) }, |r| {
+            let mut service = self.registration_service();
+            async move { service.get_registration(r).await }
+        })
+        .await
+    }
+
+    /// Lists registrations oldest first, one page at a time, usually from a
+    /// [`ListRegistrations`](crate::ListRegistrations).
+    pub async fn list_registrations(
+        &self,
+        request: impl Into<pb::ListRegistrationsRequest>,
+    ) -> Result<pb::ListRegistrationsResponse> {
+        self.read(request.into(), |r| {
+            let mut service = self.registration_service();
+            async move { service.list_registrations(r).await }
+        })
+        .await
+    }
+
+    /// Reports an instance's health (`Healthy` or `Degraded`). `epoch` is the
+    /// one registration returned (0 skips the check).
+    ///
+    /// Fails with [`Error::Aborted`] when a newer registration took over, and
+    /// with [`Error::FailedPrecondition`] when the registration is inactive.
+    pub async fn update_health(
+        &self,
+        instance_id: &str,
+        health: pb::HealthStatus,
+        epoch: i64,
+    ) -> Result<pb::Registration> {
+        let request = pb::UpdateHealthRequest {
+            instance_id: instance_id.to_owned(),
+            health_status: health.into(),
+            epoch,
+        };
+        self.write(request, |r| {
+            let mut service = self.registration_service();
+            async move { service.update_health(r).await }
+        })
+        .await
+    }
+
+    /// Deactivates a registration (inactive, disconnected). `epoch` 0 skips
+    /// the fencing check.
+    pub async fn deactivate_registration(
+        &self,
+        instance_id: &str,
+        epoch: i64,
+    ) -> Result<pb::Registration> {
+        let request = pb::DeactivateRegistrationRequest {
+            instance_id: instance_id.to_owned(),
+            epoch,
+        };
+        self.write(request, |r| {
+            let mut service = self.registration_service();
+            async move { service.deactivate_registration(r).await }
+        })
+        .await
+    }
+
+    /// Admin: runs the stale-instance sweep now. `stale_threshold` overrides
+    /// the server's setting; `ignore_partition_guard` deactivates even when
+    /// many instances went silent at once.
+    pub async fn cleanup(
+        &self,
+        stale_threshold: Option<Duration>,
+        ignore_partition_guard: bool,
+    ) -> Result<pb::CleanupResponse> {
+        let stale_threshold = stale_threshold
+            .map(prost_types::Duration::try_from)
+            .transpose()
+            .map_err(|e| Error::InvalidConfig(format!("stale_threshold: {e}")))?;
+        let request = pb::CleanupRequest {
+            stale_threshold,
+            ignore_partition_guard,
+        };
+        self.write(request, |r| {
+            let mut service = self.registration_service();
+            async move { service.cleanup(r).await }
+        })
+        .await
+    }
+}
