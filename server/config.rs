@@ -99,6 +99,10 @@ pub struct RegistryConfig {
     #[arg(long, env = "AGENTRY_EVENT_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
     pub event_retention: Duration,
 
+    /// Changes a `WatchAvailableAgents` subscriber may fall behind before it is resynced.
+    #[arg(long, env = "AGENTRY_WATCH_BUFFER", default_value_t = 4096)]
+    pub watch_buffer: usize,
+
     /// Let a registration for an unknown agent_id create a placeholder manifest.
     /// Off by default: otherwise any agent key could add system-wide manifests.
     #[arg(
@@ -121,6 +125,7 @@ impl Default for RegistryConfig {
             partition_guard_min_instances: 3,
             registration_retention: None,
             event_retention: Duration::from_secs(7 * 24 * 3600),
+            watch_buffer: 4096,
             create_unknown_manifests: false,
         }
     }

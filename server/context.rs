@@ -11,6 +11,7 @@ use crate::config::RegistryConfig;
 use crate::error::Result;
 use crate::pb::Role;
 use crate::registrations::sessions::Sessions;
+use crate::routing::view::View;
 
 /// Shared state of the services. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -22,6 +23,8 @@ pub struct Context {
     pub sessions: Arc<Sessions>,
     /// Registry settings.
     pub registry: Arc<RegistryConfig>,
+    /// The availability view that routing reads.
+    pub view: Arc<View>,
 }
 
 impl Context {
@@ -31,6 +34,7 @@ impl Context {
             auth: Authenticator::new(pool.clone()),
             pool,
             sessions: Arc::new(Sessions::default()),
+            view: Arc::new(View::new(registry.watch_buffer)),
             registry: Arc::new(registry),
         }
     }

@@ -18,6 +18,7 @@ pub mod manifests;
 pub mod pagination;
 pub mod pb;
 pub mod registrations;
+pub mod routing;
 pub mod server;
 pub mod validate;
 

@@ -25,14 +25,10 @@ use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::configuration_service_server::ConfigurationServiceServer;
 use crate::pb::manifest_service_server::ManifestServiceServer;
 use crate::pb::registration_service_server::RegistrationServiceServer;
-use crate::pb::routing_service_server::{RoutingService, RoutingServiceServer};
+use crate::pb::routing_service_server::RoutingServiceServer;
 use crate::registrations::RegistrationApi;
 use crate::registrations::sessions::Sessions;
-
-/// Routing: answers `UNIMPLEMENTED` until the routing issue lands.
-#[derive(Debug, Clone, Copy)]
-struct RoutingApi;
-impl RoutingService for RoutingApi {}
+use crate::routing::RoutingApi;
 
 /// Services whose `grpc.health.v1` status follows the database ("" is the whole server).
 const HEALTH_NAMES: &[&str] = &[
@@ -97,7 +93,22 @@ impl Server {
             )),
             tokio::spawn(flush_heartbeats(ctx.clone(), stopping.clone())),
             tokio::spawn(sweep(RegistrationApi::new(ctx.clone()), stopping.clone())),
+            tokio::spawn(crate::routing::view::follow(
+                ctx.view.clone(),
+                ctx.pool.clone(),
+                ctx.sessions.clone(),
+                stopping.clone(),
+            )),
         ];
+        // Routing reads need the view: give its first load a moment before serving.
+        if tokio::time::timeout(Duration::from_secs(10), ctx.view.ready())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "availability view not loaded yet; routing answers from an empty view until it is"
+            );
+        }
 
         // Both reflection versions: grpcurl 1.8 only speaks v1alpha.
         let reflection = || {
@@ -121,7 +132,7 @@ impl Server {
             .add_service(RegistrationServiceServer::new(RegistrationApi::new(
                 ctx.clone(),
             )))
-            .add_service(RoutingServiceServer::new(RoutingApi))
+            .add_service(RoutingServiceServer::new(RoutingApi::new(ctx.clone())))
             .add_service(AdminServiceServer::new(AdminApi::new(ctx.clone())));
 
         let signal = {

@@ -1,5 +1,5 @@
 //! The server as operators meet it: grpc.health.v1, reflection, database
-//! outages, graceful shutdown, and RPCs of later issues.
+//! outages and graceful shutdown.
 
 mod common;
 
@@ -160,17 +160,4 @@ async fn shutdown_refuses_new_connections_and_returns() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "listener closed after shutdown"
     );
-}
-
-#[tokio::test]
-async fn later_issue_rpcs_answer_unimplemented() {
-    let s = TestServer::start().await;
-    let mut raw = agentry_client::pb::routing_service_client::RoutingServiceClient::new(
-        channel(s.addr).await,
-    );
-    let status = raw
-        .get_available_agents(agentry_client::pb::GetAvailableAgentsRequest::default())
-        .await
-        .expect_err("stub");
-    assert_eq!(status.code(), Code::Unimplemented);
 }

@@ -211,9 +211,8 @@ impl ConfigurationService for ConfigurationApi {
         let row = store::update(&mut *tx, id, &fields).await?;
         tx.commit().await.map_err(Error::from)?;
         tracing::info!(fields = ?paths, "configuration updated");
-        let configuration: pb::Configuration = row.into();
-        self.ctx.sessions.configuration_changed(&configuration);
-        Ok(Response::new(configuration))
+        // Agents hear of it through the change feed (routing::view), on every replica.
+        Ok(Response::new(row.into()))
     }
 
     #[instrument(name = "configuration.delete", skip_all, fields(role, tenant, id))]

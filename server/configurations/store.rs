@@ -137,6 +137,13 @@ pub async fn get<'e>(
         .ok_or_else(|| Error::NotFound("configuration".into()))
 }
 
+/// Every configuration of every tenant (the routing view's initial load).
+pub async fn all(pool: &PgPool) -> Result<Vec<ConfigurationRow>> {
+    Ok(sqlx::query_as(select_from!("agent_configurations"))
+        .fetch_all(pool)
+        .await?)
+}
+
 /// Configurations oldest first, `limit + 1` of them at most.
 pub async fn list(pool: &PgPool, f: &ConfigurationFilter) -> Result<Vec<ConfigurationRow>> {
     Ok(sqlx::query_as(concat!(

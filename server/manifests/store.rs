@@ -153,6 +153,15 @@ pub async fn get<'e>(
         .ok_or_else(|| Error::NotFound("manifest".into()))
 }
 
+/// Every manifest (the routing view's initial load).
+pub async fn all(pool: &PgPool) -> Result<Vec<ManifestRow>> {
+    Ok(
+        sqlx::query_as(concat!("SELECT ", columns!(), " FROM agent_manifests"))
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
 /// Manifests ordered by agent_id, `limit + 1` of them at most.
 pub async fn list(pool: &PgPool, f: &ManifestFilter) -> Result<Vec<ManifestRow>> {
     Ok(sqlx::query_as(concat!(

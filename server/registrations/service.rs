@@ -301,7 +301,7 @@ impl RegistrationService for RegistrationApi {
             marked_unknown: report.marked_unknown,
             deactivated: report.deactivated,
             deleted: report.deleted,
-            leases_expired: 0,
+            leases_expired: report.leases_expired,
             partition_guard_tripped: report.guard_tripped,
         }))
     }

@@ -260,6 +260,16 @@ pub async fn get<'e>(
         .ok_or_else(|| Error::NotFound("registration".into()))
 }
 
+/// Every active registration (the routing view's initial load).
+pub async fn all_active(pool: &PgPool) -> Result<Vec<RegistrationRow>> {
+    Ok(sqlx::query_as(concat!(
+        select_from!("agent_registrations"),
+        " WHERE r.registration_status = 'active'"
+    ))
+    .fetch_all(pool)
+    .await?)
+}
+
 /// Registrations oldest first, `limit + 1` at most.
 pub async fn list(pool: &PgPool, f: &RegistrationFilter) -> Result<Vec<RegistrationRow>> {
     Ok(sqlx::query_as(concat!(

@@ -1,4 +1,5 @@
 //! The stale-instance sweep, run by a background task and by the `Cleanup` RPC.
+//! It also expires workload leases that were neither released nor renewed.
 //!
 //! One sweep is one transaction holding a transaction-level advisory lock, so
 //! replicas sharing a database never sweep at the same time; a replica that
@@ -45,6 +46,7 @@ pub struct SweepReport {
     pub marked_unknown: i64,
     pub deactivated: i64,
     pub deleted: i64,
+    pub leases_expired: i64,
     pub guard_tripped: bool,
     /// False when another replica held the sweep lock.
     pub ran: bool,
@@ -144,19 +146,27 @@ pub async fn sweep(pool: &PgPool, s: &SweepSettings) -> Result<SweepReport> {
         .rows_affected() as i64,
         None => 0,
     };
-    sqlx::query("DELETE FROM registration_events WHERE at < now() - $1")
-        .bind(interval(s.event_retention))
-        .execute(&mut *tx)
-        .await?;
+    // A crashed caller never leaks workload: its lease expires and the unit comes back.
+    let leases_expired = crate::routing::store::expire(&mut *tx).await?;
+    for history in [
+        "DELETE FROM registration_events WHERE at < now() - $1",
+        "DELETE FROM workload_leases WHERE released_at < now() - $1",
+    ] {
+        sqlx::query(history)
+            .bind(interval(s.event_retention))
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
     let report = SweepReport {
         marked_unknown,
         deactivated,
         deleted,
+        leases_expired,
         guard_tripped: !held.is_empty(),
         ran: true,
     };
-    if report.marked_unknown + report.deactivated + report.deleted > 0 {
+    if report.marked_unknown + report.deactivated + report.deleted + report.leases_expired > 0 {
         tracing::info!(?report, "swept stale registrations");
     }
     Ok(report)

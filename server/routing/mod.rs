@@ -1,0 +1,10 @@
+//! Routing: the in-memory availability view (`view`), workload leases
+//! (`store`), metrics (`metrics`) and the service (`service`, `watch`).
+
+mod metrics;
+mod service;
+pub mod store;
+pub mod view;
+mod watch;
+
+pub use service::RoutingApi;

@@ -1,0 +1,603 @@
+//! The in-memory availability view that serves routing reads.
+//!
+//! Every replica keeps one. It is loaded at start and kept current by the
+//! change notifications that triggers send on `agentry_changes` for every
+//! write, this replica's included, so there is one update path whatever
+//! replica made a change. Heartbeat-only writes notify nobody. When the
+//! listening connection drops, notifications may have been lost, so the view
+//! reloads whole.
+//!
+//! Per configuration it keeps the active instances and, ordered by rank, the
+//! routable ones, so a read walks configurations, not registrations.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::{broadcast, watch};
+use uuid::Uuid;
+
+use crate::configurations::store::{self as configurations, ConfigurationRow};
+use crate::error::{Error, Result};
+use crate::manifests::store::{self as manifests, ManifestKey, ManifestRow};
+use crate::pb::{self, HealthStatus};
+use crate::registrations::sessions::Sessions;
+use crate::registrations::store::{self as registrations, RegistrationKey, RegistrationRow};
+
+/// Channel the triggers of migration 0003 notify.
+pub const CHANNEL: &str = "agentry_changes";
+
+/// A change of the view: one configuration of a tenant, or all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    /// The tenant whose view changed.
+    pub tenant: Uuid,
+    /// The configuration whose availability may have changed; `None`: any.
+    pub configuration: Option<Uuid>,
+    /// The view's revision after the change.
+    pub revision: u64,
+}
+
+/// What a caller wants routed to.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub agent_id: Option<String>,
+    pub agent_type: Option<String>,
+    pub capabilities: Vec<String>,
+    pub include_degraded: bool,
+    pub include_deprecated: bool,
+}
+
+#[derive(Debug)]
+struct ManifestInfo {
+    agent_id: String,
+    agent_type: String,
+    version: String,
+    capabilities: Vec<String>,
+    status: String,
+}
+
+/// Ranks routable instances inside a configuration: healthy before degraded,
+/// fewer open leases (plus reported load) first, fewer recent failures first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Rank {
+    degraded: bool,
+    busy: i32,
+    failures: i32,
+    id: Uuid,
+}
+
+#[derive(Debug)]
+struct Instance {
+    registration: pb::Registration,
+    health: HealthStatus,
+    failures: i32,
+}
+
+#[derive(Debug)]
+struct ConfigState {
+    configuration: pb::Configuration,
+    manifest_id: Uuid,
+    /// Active instances, routable or not.
+    instances: HashMap<Uuid, Instance>,
+    /// Healthy and degraded instances, best first.
+    ranked: BTreeSet<Rank>,
+    healthy: u32,
+}
+
+impl ConfigState {
+    fn new(row: ConfigurationRow) -> Self {
+        ConfigState {
+            manifest_id: row.manifest_id,
+            configuration: row.into(),
+            instances: HashMap::new(),
+            ranked: BTreeSet::new(),
+            healthy: 0,
+        }
+    }
+
+    fn rank(&self, id: Uuid, leases: &HashMap<Uuid, i32>) -> Option<Rank> {
+        let instance = self.instances.get(&id)?;
+        let degraded = match instance.health {
+            HealthStatus::Healthy => false,
+            HealthStatus::Degraded => true,
+            _ => return None,
+        };
+        Some(Rank {
+            degraded,
+            busy: leases.get(&id).copied().unwrap_or(0),
+            failures: instance.failures,
+            id,
+        })
+    }
+
+    fn remove_instance(&mut self, id: Uuid, leases: &HashMap<Uuid, i32>) {
+        if let Some(rank) = self.rank(id, leases) {
+            self.ranked.remove(&rank);
+        }
+        if let Some(old) = self.instances.remove(&id) {
+            if old.health == HealthStatus::Healthy {
+                self.healthy -= 1;
+            }
+        }
+    }
+
+    fn insert_instance(&mut self, instance: Instance, leases: &HashMap<Uuid, i32>) {
+        let id = Uuid::try_parse(&instance.registration.id).unwrap_or_default();
+        self.remove_instance(id, leases);
+        if instance.health == HealthStatus::Healthy {
+            self.healthy += 1;
+        }
+        self.instances.insert(id, instance);
+        if let Some(rank) = self.rank(id, leases) {
+            self.ranked.insert(rank);
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct TenantState {
+    configs: HashMap<Uuid, ConfigState>,
+    /// Which configuration each active instance belongs to.
+    instance_config: HashMap<Uuid, Uuid>,
+    /// Open leases per instance (kept apart so instance reloads keep them).
+    leases: HashMap<Uuid, i32>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    revision: u64,
+    manifests: HashMap<Uuid, ManifestInfo>,
+    tenants: HashMap<Uuid, TenantState>,
+}
+
+/// The availability view of all tenants.
+#[derive(Debug)]
+pub struct View {
+    state: RwLock<State>,
+    changes: broadcast::Sender<Change>,
+    ready: watch::Sender<bool>,
+}
+
+impl View {
+    /// An empty view whose watchers may fall `buffer` changes behind before they resync.
+    pub fn new(buffer: usize) -> Self {
+        View {
+            state: RwLock::default(),
+            changes: broadcast::channel(buffer.max(1)).0,
+            ready: watch::channel(false).0,
+        }
+    }
+}
+
+/// One notification of `agentry_changes`.
+#[derive(Debug, Deserialize)]
+struct Notice {
+    k: String,
+    id: Uuid,
+    t: Option<Uuid>,
+    w: Option<i32>,
+    d: Option<i32>,
+    op: Option<String>,
+}
+
+impl View {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Subscribes to changes; a receiver that lags must resync from a snapshot.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    /// The current revision.
+    pub fn revision(&self) -> u64 {
+        self.read().revision
+    }
+
+    /// Waits until the view has been loaded once.
+    pub async fn ready(&self) {
+        let mut ready = self.ready.subscribe();
+        let _ = ready.wait_for(|r| *r).await;
+    }
+
+    fn publish(&self, state: &mut State, tenant: Uuid, configuration: Option<Uuid>) {
+        state.revision += 1;
+        let _ = self.changes.send(Change {
+            tenant,
+            configuration,
+            revision: state.revision,
+        });
+    }
+
+    /// Replaces the whole view from the database.
+    pub async fn load_all(&self, pool: &PgPool) -> Result<()> {
+        let manifests = manifests::all(pool).await?;
+        let configs = configurations::all(pool).await?;
+        let instances = registrations::all_active(pool).await?;
+        let leases: Vec<(Uuid, Uuid, i64)> = sqlx::query_as(
+            "SELECT tenant_id, registration_id, count(*) FROM workload_leases WHERE released_at IS NULL GROUP BY 1, 2",
+        )
+        .fetch_all(pool)
+        .await?;
+        let mut fresh = State::default();
+        for m in manifests {
+            fresh.manifests.insert(m.id, manifest_info(m));
+        }
+        for (tenant, registration, count) in leases {
+            fresh
+                .tenants
+                .entry(tenant)
+                .or_default()
+                .leases
+                .insert(registration, i32::try_from(count).unwrap_or(i32::MAX));
+        }
+        for c in configs {
+            fresh
+                .tenants
+                .entry(c.tenant_id)
+                .or_default()
+                .configs
+                .insert(c.id, ConfigState::new(c));
+        }
+        for r in instances {
+            let tenant = fresh.tenants.entry(r.tenant_id).or_default();
+            place_instance(tenant, r);
+        }
+        let tenants: Vec<Uuid> = fresh.tenants.keys().copied().collect();
+        let mut state = self.write();
+        fresh.revision = state.revision;
+        *state = fresh;
+        for tenant in tenants {
+            self.publish(&mut state, tenant, None);
+        }
+        drop(state);
+        self.ready.send_replace(true);
+        Ok(())
+    }
+
+    /// Applies one notification, reading the changed row where needed.
+    async fn apply(&self, pool: &PgPool, sessions: &Sessions, notice: Notice) -> Result<()> {
+        match (notice.k.as_str(), notice.t) {
+            ("w", Some(tenant)) => {
+                let mut state = self.write();
+                let config = state
+                    .tenants
+                    .get_mut(&tenant)
+                    .and_then(|t| t.configs.get_mut(&notice.id));
+                if let (Some(config), Some(w)) = (config, notice.w) {
+                    config.configuration.current_workload = w;
+                    self.publish(&mut state, tenant, Some(notice.id));
+                }
+            }
+            ("l", Some(tenant)) => {
+                let mut state = self.write();
+                let t = state.tenants.entry(tenant).or_default();
+                let config = t.instance_config.get(&notice.id).copied();
+                let old = config
+                    .and_then(|c| t.configs.get(&c))
+                    .and_then(|c| c.rank(notice.id, &t.leases));
+                *t.leases.entry(notice.id).or_default() += notice.d.unwrap_or(0);
+                if t.leases.get(&notice.id).is_some_and(|n| *n <= 0) {
+                    t.leases.remove(&notice.id);
+                }
+                if let (Some(config), Some(old)) = (config, old) {
+                    let TenantState {
+                        configs, leases, ..
+                    } = t;
+                    if let Some(c) = configs.get_mut(&config) {
+                        c.ranked.remove(&old);
+                        if let Some(new) = c.rank(notice.id, leases) {
+                            c.ranked.insert(new);
+                        }
+                    }
+                    self.publish(&mut state, tenant, Some(config));
+                }
+            }
+            ("c", Some(tenant)) => {
+                let row = match configurations::get(pool, Some(tenant), notice.id, false).await {
+                    Ok(row) => Some(row),
+                    Err(Error::NotFound(_)) => None,
+                    Err(e) => return Err(e),
+                };
+                if let Some(row) = &row {
+                    self.ensure_manifest(pool, row.manifest_id).await?;
+                }
+                let changed: Option<pb::Configuration> = {
+                    let mut state = self.write();
+                    let t = state.tenants.entry(tenant).or_default();
+                    let pushed = match row {
+                        Some(row) => {
+                            let configuration: pb::Configuration = row.clone().into();
+                            match t.configs.get_mut(&notice.id) {
+                                Some(c) => {
+                                    c.configuration = configuration.clone();
+                                    c.manifest_id = row.manifest_id;
+                                }
+                                None => {
+                                    t.configs.insert(notice.id, ConfigState::new(row));
+                                }
+                            }
+                            Some(configuration)
+                        }
+                        None => {
+                            if let Some(gone) = t.configs.remove(&notice.id) {
+                                for id in gone.instances.keys() {
+                                    t.instance_config.remove(id);
+                                }
+                            }
+                            None
+                        }
+                    };
+                    self.publish(&mut state, tenant, Some(notice.id));
+                    pushed.filter(|_| notice.op.as_deref() == Some("UPDATE"))
+                };
+                // Agents whose stream this replica holds hear about their configuration.
+                if let Some(configuration) = changed {
+                    sessions.configuration_changed(&configuration);
+                }
+            }
+            ("r", Some(tenant)) => {
+                let row =
+                    match registrations::get(pool, Some(tenant), &RegistrationKey::Id(notice.id))
+                        .await
+                    {
+                        Ok(row) => Some(row),
+                        Err(Error::NotFound(_)) => None,
+                        Err(e) => return Err(e),
+                    };
+                let mut state = self.write();
+                let t = state.tenants.entry(tenant).or_default();
+                let mut touched = vec![];
+                if let Some(old) = t.instance_config.remove(&notice.id) {
+                    let TenantState {
+                        configs, leases, ..
+                    } = &mut *t;
+                    if let Some(c) = configs.get_mut(&old) {
+                        c.remove_instance(notice.id, leases);
+                    }
+                    touched.push(old);
+                }
+                if let Some(row) = row.filter(|r| r.registration_status == "active") {
+                    touched.push(row.configuration_id);
+                    place_instance(t, row);
+                }
+                touched.dedup();
+                for config in touched {
+                    self.publish(&mut state, tenant, Some(config));
+                }
+            }
+            ("m", _) => {
+                let row = match manifests::get(pool, &ManifestKey::Id(notice.id), false).await {
+                    Ok(row) => Some(row),
+                    Err(Error::NotFound(_)) => None,
+                    Err(e) => return Err(e),
+                };
+                let mut state = self.write();
+                match row {
+                    Some(row) => state.manifests.insert(notice.id, manifest_info(row)),
+                    None => state.manifests.remove(&notice.id),
+                };
+                let affected: Vec<Uuid> = state
+                    .tenants
+                    .iter()
+                    .filter(|(_, t)| t.configs.values().any(|c| c.manifest_id == notice.id))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for tenant in affected {
+                    self.publish(&mut state, tenant, None);
+                }
+            }
+            _ => tracing::debug!(kind = %notice.k, "ignored change notification"),
+        }
+        Ok(())
+    }
+
+    async fn ensure_manifest(&self, pool: &PgPool, id: Uuid) -> Result<()> {
+        if self.read().manifests.contains_key(&id) {
+            return Ok(());
+        }
+        let row = manifests::get(pool, &ManifestKey::Id(id), false).await?;
+        self.write().manifests.insert(id, manifest_info(row));
+        Ok(())
+    }
+
+    /// The tenant's available agents, best score first, at most `limit`.
+    pub fn available(
+        &self,
+        tenant: Uuid,
+        filter: &Filter,
+        limit: usize,
+    ) -> (Vec<pb::AvailableAgent>, u64) {
+        let state = self.read();
+        let Some(t) = state.tenants.get(&tenant) else {
+            return (Vec::new(), state.revision);
+        };
+        let mut found: Vec<(f64, bool, Uuid)> = t
+            .configs
+            .iter()
+            .filter_map(|(id, c)| {
+                candidate(&state, c, filter).map(|(score, degraded)| (score, degraded, *id))
+            })
+            .collect();
+        // Degraded-only configurations are a fallback when nothing healthy is available.
+        if !filter.include_degraded && found.iter().any(|(_, degraded, _)| !degraded) {
+            found.retain(|(_, degraded, _)| !degraded);
+        }
+        found.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.2.cmp(&b.2)));
+        found.truncate(limit);
+        let agents = found
+            .into_iter()
+            .filter_map(|(score, _, id)| entry(&state, t, id, score))
+            .collect();
+        (agents, state.revision)
+    }
+
+    /// One configuration's entry, if it is available under `filter`
+    /// (degraded-only ones count as available here; watchers see them flagged by health).
+    pub fn available_one(
+        &self,
+        tenant: Uuid,
+        configuration: Uuid,
+        filter: &Filter,
+    ) -> Option<pb::AvailableAgent> {
+        let state = self.read();
+        let t = state.tenants.get(&tenant)?;
+        let c = t.configs.get(&configuration)?;
+        let (score, degraded) = candidate(&state, c, filter)?;
+        if degraded && !filter.include_degraded {
+            return None;
+        }
+        entry(&state, t, configuration, score)
+    }
+}
+
+/// Whether a configuration is available under `filter`: its score, and
+/// whether its best instance is only degraded.
+fn candidate(state: &State, c: &ConfigState, filter: &Filter) -> Option<(f64, bool)> {
+    let m = state.manifests.get(&c.manifest_id)?;
+    let usable = match m.status.as_str() {
+        "active" | "beta" => true,
+        "deprecated" => filter.include_deprecated,
+        _ => false,
+    };
+    let config = &c.configuration;
+    let (workload, max) = (config.current_workload, config.max_workload);
+    if !usable || config.enabled != Some(true) || workload >= max {
+        return None;
+    }
+    if filter.agent_id.as_ref().is_some_and(|a| *a != m.agent_id)
+        || filter
+            .agent_type
+            .as_ref()
+            .is_some_and(|t| *t != m.agent_type)
+        || !filter
+            .capabilities
+            .iter()
+            .all(|cap| m.capabilities.contains(cap))
+    {
+        return None;
+    }
+    let best = c.ranked.first()?;
+    Some((
+        score(workload, max, c.healthy, c.instances.len() as u32),
+        best.degraded,
+    ))
+}
+
+/// Availability score of a configuration (documented in routing.proto):
+/// 0.5 x free workload share + 0.3 x healthy share of active instances
+/// + 0.2 x min(active instances / 3, 1).
+pub fn score(workload: i32, max: i32, healthy: u32, active: u32) -> f64 {
+    if max <= 0 || active == 0 {
+        return 0.0;
+    }
+    let free = 1.0 - f64::from(workload) / f64::from(max);
+    0.5 * free
+        + 0.3 * (f64::from(healthy) / f64::from(active))
+        + 0.2 * (f64::from(active) / 3.0).min(1.0)
+}
+
+fn entry(state: &State, t: &TenantState, id: Uuid, score: f64) -> Option<pb::AvailableAgent> {
+    let c = t.configs.get(&id)?;
+    let m = state.manifests.get(&c.manifest_id)?;
+    let best = c.ranked.first()?;
+    let instance = c.instances.get(&best.id)?;
+    Some(pb::AvailableAgent {
+        configuration: Some(c.configuration.clone()),
+        agent_id: m.agent_id.clone(),
+        agent_type: m.agent_type.clone(),
+        version: m.version.clone(),
+        capabilities: m.capabilities.clone(),
+        instance: Some(instance.registration.clone()),
+        score,
+    })
+}
+
+fn manifest_info(m: ManifestRow) -> ManifestInfo {
+    ManifestInfo {
+        agent_id: m.agent_id,
+        agent_type: m.agent_type,
+        version: m.version,
+        capabilities: m.capabilities.0,
+        status: m.status,
+    }
+}
+
+fn place_instance(t: &mut TenantState, r: RegistrationRow) {
+    let (id, config) = (r.id, r.configuration_id);
+    let instance = Instance {
+        health: HealthStatus::from_db_name(&r.health_status),
+        failures: r.failure_count,
+        registration: r.into(),
+    };
+    let TenantState {
+        configs,
+        instance_config,
+        leases,
+    } = t;
+    if let Some(c) = configs.get_mut(&config) {
+        c.insert_instance(instance, leases);
+        instance_config.insert(id, config);
+    }
+}
+
+/// Keeps `view` current from `agentry_changes` until `stopping` turns true.
+pub async fn follow(
+    view: Arc<View>,
+    pool: PgPool,
+    sessions: Arc<Sessions>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    loop {
+        match listen_once(&view, &pool, &sessions, &mut stopping).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "availability view lost its change feed; reloading");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = stopping.wait_for(|s| *s) => return,
+                }
+            }
+        }
+    }
+}
+
+async fn listen_once(
+    view: &View,
+    pool: &PgPool,
+    sessions: &Sessions,
+    stopping: &mut watch::Receiver<bool>,
+) -> Result<()> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    // Listen first, then load: nothing that commits in between is missed.
+    listener.listen(CHANNEL).await?;
+    view.load_all(pool).await?;
+    loop {
+        let notification = tokio::select! {
+            n = listener.try_recv() => n?,
+            _ = stopping.wait_for(|s| *s) => return Ok(()),
+        };
+        let Some(notification) = notification else {
+            // The connection dropped: notifications may be lost.
+            return Err(Error::Internal("change feed connection lost".into()));
+        };
+        match serde_json::from_str::<Notice>(notification.payload()) {
+            Ok(notice) => {
+                if let Err(e) = view.apply(pool, sessions, notice).await {
+                    tracing::warn!(error = %e, "could not apply a change; reloading the view");
+                    view.load_all(pool).await?;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "malformed change notification"),
+        }
+    }
+}
