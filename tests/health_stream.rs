@@ -41,28 +41,50 @@ async fn raw_stream(
     s: &TestServer,
     key: &str,
     first: Vec<pb::HealthStreamRequest>,
-) -> (mpsc::Sender<pb::HealthStreamRequest>, Result<tonic::Streaming<pb::HealthStreamResponse>, tonic::Status>) {
-    let channel = tonic::transport::Endpoint::from_shared(s.url()).expect("uri").connect().await.expect("connect");
+) -> (
+    mpsc::Sender<pb::HealthStreamRequest>,
+    Result<tonic::Streaming<pb::HealthStreamResponse>, tonic::Status>,
+) {
+    let channel = tonic::transport::Endpoint::from_shared(s.url())
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
     let mut client = pb::registration_service_client::RegistrationServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(16);
     for message in first {
         tx.send(message).await.expect("queue");
     }
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    request.metadata_mut().insert("authorization", format!("Bearer {key}").parse().expect("header"));
-    let result = client.health_stream(request).await.map(tonic::Response::into_inner);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {key}").parse().expect("header"),
+    );
+    let result = client
+        .health_stream(request)
+        .await
+        .map(tonic::Response::into_inner);
     (tx, result)
 }
 
 fn hello(instance_id: &str, agent_id: &str) -> pb::HealthStreamRequest {
     pb::HealthStreamRequest {
-        message: Some(Out::Hello(pb::Hello { instance_id: instance_id.into(), agent_id: agent_id.into(), ..Default::default() })),
+        message: Some(Out::Hello(pb::Hello {
+            instance_id: instance_id.into(),
+            agent_id: agent_id.into(),
+            ..Default::default()
+        })),
     }
 }
 
 fn heartbeat(sequence: u64, health: pb::HealthStatus, epoch: i64) -> pb::HealthStreamRequest {
     pb::HealthStreamRequest {
-        message: Some(Out::Heartbeat(pb::Heartbeat { sequence, health_status: health.into(), epoch, ..Default::default() })),
+        message: Some(Out::Heartbeat(pb::Heartbeat {
+            sequence,
+            health_status: health.into(),
+            epoch,
+            ..Default::default()
+        })),
     }
 }
 
@@ -75,7 +97,9 @@ async fn session_registers_heartbeats_and_says_goodbye() {
         .agent
         .agent_session("ws_conn_abc123", "ide-agent")
         .name("VS Code")
-        .connection_details(serde_json::json!({"ip_address": "192.168.1.100", "user_agent": "vscode/1.84.0"}))
+        .connection_details(
+            serde_json::json!({"ip_address": "192.168.1.100", "user_agent": "vscode/1.84.0"}),
+        )
         .connect()
         .await
         .expect("connect");
@@ -85,32 +109,67 @@ async fn session_registers_heartbeats_and_says_goodbye() {
     let registration = state.registration.expect("registration in welcome");
     assert_eq!(registration.name, "VS Code");
     assert_eq!(registration.health_status(), pb::HealthStatus::Healthy);
-    assert_eq!(state.configuration.expect("configuration in welcome").agent_id, "ide-agent");
+    assert_eq!(
+        state
+            .configuration
+            .expect("configuration in welcome")
+            .agent_id,
+        "ide-agent"
+    );
 
     // Heartbeats move last_health_check forward (through the batched writer).
     let first: chrono::DateTime<chrono::Utc> =
-        sqlx::query_scalar("SELECT last_health_check FROM agent_registrations").fetch_one(&s.pool).await.expect("read");
+        sqlx::query_scalar("SELECT last_health_check FROM agent_registrations")
+            .fetch_one(&s.pool)
+            .await
+            .expect("read");
     eventually(DEADLINE, "last_health_check advances", || async {
         let now: chrono::DateTime<chrono::Utc> =
-            sqlx::query_scalar("SELECT last_health_check FROM agent_registrations").fetch_one(&s.pool).await.expect("read");
+            sqlx::query_scalar("SELECT last_health_check FROM agent_registrations")
+                .fetch_one(&s.pool)
+                .await
+                .expect("read");
         now > first
     })
     .await;
 
     // Degraded is written at once, and healthy again.
     session.report_health(pb::HealthStatus::Degraded);
-    eventually(DEADLINE, "degraded stored", || async { stored(&s, "ws_conn_abc123").await.1 == "degraded" }).await;
+    eventually(DEADLINE, "degraded stored", || async {
+        stored(&s, "ws_conn_abc123").await.1 == "degraded"
+    })
+    .await;
     session.report_health(pb::HealthStatus::Healthy);
-    eventually(DEADLINE, "healthy stored", || async { stored(&s, "ws_conn_abc123").await.1 == "healthy" }).await;
+    eventually(DEADLINE, "healthy stored", || async {
+        stored(&s, "ws_conn_abc123").await.1 == "healthy"
+    })
+    .await;
 
     session.close().await.expect("close");
     let (status, health, _, _) = stored(&s, "ws_conn_abc123").await;
-    assert_eq!((status.as_str(), health.as_str()), ("inactive", "disconnected"));
+    assert_eq!(
+        (status.as_str(), health.as_str()),
+        ("inactive", "disconnected")
+    );
     let deactivated: Option<chrono::DateTime<chrono::Utc>> =
-        sqlx::query_scalar("SELECT deactivation_date FROM agent_registrations").fetch_one(&s.pool).await.expect("read");
+        sqlx::query_scalar("SELECT deactivation_date FROM agent_registrations")
+            .fetch_one(&s.pool)
+            .await
+            .expect("read");
     assert!(deactivated.is_some());
-    let kinds: Vec<String> = sqlx::query_scalar("SELECT kind FROM registration_events ORDER BY id").fetch_all(&s.pool).await.expect("events");
-    assert_eq!(kinds, ["registered", "health_changed", "health_changed", "deactivated"]);
+    let kinds: Vec<String> = sqlx::query_scalar("SELECT kind FROM registration_events ORDER BY id")
+        .fetch_all(&s.pool)
+        .await
+        .expect("events");
+    assert_eq!(
+        kinds,
+        [
+            "registered",
+            "health_changed",
+            "health_changed",
+            "deactivated"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -118,16 +177,33 @@ async fn broken_stream_marks_unknown_at_once_and_reconnect_heals_it() {
     let s = TestServer::start().await;
     s.manifest("ide-agent").await;
     let t = s.tenant("acme").await;
-    let session = t.agent.agent_session("inst-1", "ide-agent").connect().await.expect("connect");
+    let session = t
+        .agent
+        .agent_session("inst-1", "ide-agent")
+        .connect()
+        .await
+        .expect("connect");
     let id = session.current().registration.expect("registration").id;
     drop(session); // no goodbye
-    eventually(DEADLINE, "unknown after a broken stream", || async { stored(&s, "inst-1").await.1 == "unknown" }).await;
+    eventually(DEADLINE, "unknown after a broken stream", || async {
+        stored(&s, "inst-1").await.1 == "unknown"
+    })
+    .await;
     let (status, _, failures, _) = stored(&s, "inst-1").await;
     assert_eq!((status.as_str(), failures), ("active", 1));
 
-    let again = t.agent.agent_session("inst-1", "ide-agent").connect().await.expect("reconnect");
+    let again = t
+        .agent
+        .agent_session("inst-1", "ide-agent")
+        .connect()
+        .await
+        .expect("reconnect");
     let state = again.current();
-    assert_eq!(state.registration.expect("registration").id, id, "same registration");
+    assert_eq!(
+        state.registration.expect("registration").id,
+        id,
+        "same registration"
+    );
     assert_eq!(state.epoch, 2);
     assert_eq!(stored(&s, "inst-1").await.1, "healthy");
     assert_eq!(rows(&s, "inst-1").await, 1);
@@ -162,14 +238,27 @@ async fn session_reconnects_by_itself_across_a_server_restart() {
     .await;
     assert_eq!(drained, Ok(true), "the agent was told to drain");
 
-    tokio::time::timeout(DEADLINE, state.wait_for(|s| s.connected && s.epoch == 2)).await.expect("reconnected in time").expect("state");
+    tokio::time::timeout(DEADLINE, state.wait_for(|s| s.connected && s.epoch == 2))
+        .await
+        .expect("reconnected in time")
+        .expect("state");
     assert_eq!(session.current().reconnects, 1);
-    assert_eq!(session.current().registration.expect("registration").id, id, "same registration");
+    assert_eq!(
+        session.current().registration.expect("registration").id,
+        id,
+        "same registration"
+    );
     let (status, health, failures, epoch) = stored(&s, "ws_conn_1").await;
-    assert_eq!((status.as_str(), health.as_str(), epoch), ("active", "healthy", 2));
+    assert_eq!(
+        (status.as_str(), health.as_str(), epoch),
+        ("active", "healthy", 2)
+    );
     assert_eq!(failures, 1, "the broken stream counted as one failure");
     assert_eq!(rows(&s, "ws_conn_1").await, 1, "exactly one row");
-    let kinds: Vec<String> = sqlx::query_scalar("SELECT kind FROM registration_events ORDER BY id").fetch_all(&s.pool).await.expect("events");
+    let kinds: Vec<String> = sqlx::query_scalar("SELECT kind FROM registration_events ORDER BY id")
+        .fetch_all(&s.pool)
+        .await
+        .expect("events");
     assert_eq!(kinds, ["registered", "failed", "reconnected"]);
     session.close().await.expect("close");
 }
@@ -179,19 +268,50 @@ async fn a_newer_connection_supersedes_the_older_one() {
     let s = TestServer::start().await;
     s.manifest("ide-agent").await;
     let t = s.tenant("acme").await;
-    let mut older = t.agent.agent_session("inst", "ide-agent").connect().await.expect("older");
+    let mut older = t
+        .agent
+        .agent_session("inst", "ide-agent")
+        .connect()
+        .await
+        .expect("older");
     let older_epoch = older.current().epoch;
-    let newer = t.agent.agent_session("inst", "ide-agent").connect().await.expect("newer");
+    let newer = t
+        .agent
+        .agent_session("inst", "ide-agent")
+        .connect()
+        .await
+        .expect("newer");
     assert_eq!(newer.current().epoch, older_epoch + 1);
 
-    let event = tokio::time::timeout(DEADLINE, older.next_event()).await.expect("in time");
-    assert_eq!(event, Some(SessionEvent::Superseded { new_epoch: older_epoch + 1 }));
+    let event = tokio::time::timeout(DEADLINE, older.next_event())
+        .await
+        .expect("in time");
+    assert_eq!(
+        event,
+        Some(SessionEvent::Superseded {
+            new_epoch: older_epoch + 1
+        })
+    );
     assert!(!older.current().connected);
     // The older epoch is fenced off everywhere.
-    assert_eq!(code(t.agent.update_health("inst", pb::HealthStatus::Degraded, older_epoch).await), Code::Aborted);
-    assert_eq!(code(t.agent.deactivate_registration("inst", older_epoch).await), Code::Aborted);
+    assert_eq!(
+        code(
+            t.agent
+                .update_health("inst", pb::HealthStatus::Degraded, older_epoch)
+                .await
+        ),
+        Code::Aborted
+    );
+    assert_eq!(
+        code(t.agent.deactivate_registration("inst", older_epoch).await),
+        Code::Aborted
+    );
     let (status, health, _, epoch) = stored(&s, "inst").await;
-    assert_eq!((status.as_str(), health.as_str(), epoch), ("active", "healthy", older_epoch + 1), "the newer one is untouched");
+    assert_eq!(
+        (status.as_str(), health.as_str(), epoch),
+        ("active", "healthy", older_epoch + 1),
+        "the newer one is untouched"
+    );
     assert_eq!(rows(&s, "inst").await, 1);
     drop(newer);
 }
@@ -209,16 +329,39 @@ async fn a_superseded_raw_stream_refuses_later_heartbeats() {
         .secret;
     let (old_tx, old) = raw_stream(&s, &key, vec![hello("inst", "ide-agent")]).await;
     let mut old = old.expect("old stream");
-    assert!(matches!(old.message().await.expect("welcome").and_then(|m| m.message), Some(In::Welcome(_))));
+    assert!(matches!(
+        old.message()
+            .await
+            .expect("welcome")
+            .and_then(|m| m.message),
+        Some(In::Welcome(_))
+    ));
     // RegisterInstance (unary) also takes over the instance.
-    let newer = t.agent.register_instance(agentry_client::RegisterInstance::new("inst", "ide-agent")).await.expect("register");
+    let newer = t
+        .agent
+        .register_instance(agentry_client::RegisterInstance::new("inst", "ide-agent"))
+        .await
+        .expect("register");
     let new_epoch = newer.registration.expect("registration").epoch;
-    let superseded = old.message().await.expect("message").and_then(|m| m.message);
-    assert_eq!(superseded, Some(In::Superseded(pb::Superseded { new_epoch })));
-    let _ = old_tx.send(heartbeat(1, pb::HealthStatus::Degraded, 1)).await;
+    let superseded = old
+        .message()
+        .await
+        .expect("message")
+        .and_then(|m| m.message);
+    assert_eq!(
+        superseded,
+        Some(In::Superseded(pb::Superseded { new_epoch }))
+    );
+    let _ = old_tx
+        .send(heartbeat(1, pb::HealthStatus::Degraded, 1))
+        .await;
     let end = old.message().await.expect_err("stream ends with a status");
     assert_eq!(end.code(), Code::Aborted);
-    assert_eq!(stored(&s, "inst").await.1, "healthy", "the old stream's degraded report was not applied");
+    assert_eq!(
+        stored(&s, "inst").await.1,
+        "healthy",
+        "the old stream's degraded report was not applied"
+    );
 }
 
 #[tokio::test]
@@ -232,19 +375,37 @@ async fn heartbeats_are_coalesced_into_one_statement_per_flush_interval() {
     let t = s.tenant("acme").await;
     let mut sessions = Vec::new();
     for i in 0..20 {
-        sessions.push(t.agent.agent_session(format!("inst-{i}"), "ide-agent").connect().await.expect("connect"));
+        sessions.push(
+            t.agent
+                .agent_session(format!("inst-{i}"), "ide-agent")
+                .connect()
+                .await
+                .expect("connect"),
+        );
     }
     let stats = &s.sessions.stats;
-    let (beats0, flushes0) = (stats.heartbeats.load(Ordering::SeqCst), stats.heartbeat_flushes.load(Ordering::SeqCst));
+    let (beats0, flushes0) = (
+        stats.heartbeats.load(Ordering::SeqCst),
+        stats.heartbeat_flushes.load(Ordering::SeqCst),
+    );
     let started = tokio::time::Instant::now();
-    eventually(DEADLINE, "at least 400 heartbeats", || async { stats.heartbeats.load(Ordering::SeqCst) >= beats0 + 400 }).await;
+    eventually(DEADLINE, "at least 400 heartbeats", || async {
+        stats.heartbeats.load(Ordering::SeqCst) >= beats0 + 400
+    })
+    .await;
     let elapsed = started.elapsed();
     let beats = stats.heartbeats.load(Ordering::SeqCst) - beats0;
     let flushes = stats.heartbeat_flushes.load(Ordering::SeqCst) - flushes0;
     // At most one statement per interval elapsed (plus the one in flight).
     let intervals = (elapsed.as_millis() / 200) as u64 + 1;
-    assert!(flushes <= intervals, "{flushes} flushes in {intervals} intervals for {beats} heartbeats");
-    assert!(flushes >= 1 && beats >= 20 * flushes, "{beats} heartbeats, {flushes} flushes");
+    assert!(
+        flushes <= intervals,
+        "{flushes} flushes in {intervals} intervals for {beats} heartbeats"
+    );
+    assert!(
+        flushes >= 1 && beats >= 20 * flushes,
+        "{beats} heartbeats, {flushes} flushes"
+    );
     let rows = stats.heartbeat_rows.load(Ordering::SeqCst);
     assert!(rows >= 20, "each flush updates many rows at once: {rows}");
     let stale: i64 = sqlx::query_scalar("SELECT count(*) FROM agent_registrations WHERE last_health_check < now() - interval '2 seconds'")
@@ -260,16 +421,34 @@ async fn configuration_changes_are_pushed_to_the_agent() {
     let s = TestServer::start().await;
     s.manifest("ide-agent").await;
     let t = s.tenant("acme").await;
-    let mut session = t.agent.agent_session("inst", "ide-agent").connect().await.expect("connect");
+    let mut session = t
+        .agent
+        .agent_session("inst", "ide-agent")
+        .connect()
+        .await
+        .expect("connect");
     let configuration_id = session.current().configuration.expect("configuration").id;
     t.client
-        .update_configuration(UpdateConfiguration::new(&configuration_id).system_prompt("Be brief."))
+        .update_configuration(
+            UpdateConfiguration::new(&configuration_id).system_prompt("Be brief."),
+        )
         .await
         .expect("update");
-    let event = tokio::time::timeout(DEADLINE, session.next_event()).await.expect("in time");
-    let Some(SessionEvent::ConfigurationChanged(c)) = event else { panic!("unexpected {event:?}") };
+    let event = tokio::time::timeout(DEADLINE, session.next_event())
+        .await
+        .expect("in time");
+    let Some(SessionEvent::ConfigurationChanged(c)) = event else {
+        panic!("unexpected {event:?}")
+    };
     assert_eq!(c.system_prompt, "Be brief.");
-    assert_eq!(session.current().configuration.expect("configuration").system_prompt, "Be brief.");
+    assert_eq!(
+        session
+            .current()
+            .configuration
+            .expect("configuration")
+            .system_prompt,
+        "Be brief."
+    );
 }
 
 #[tokio::test]
@@ -277,10 +456,19 @@ async fn garbage_and_silence_are_refused() {
     let s = TestServer::start_with(|c| c.registry.hello_timeout = Duration::from_millis(300)).await;
     s.manifest("ide-agent").await;
     let t = s.tenant("acme").await;
-    let key = s.admin.create_api_key(agentry_client::CreateApiKey::new(pb::Role::Agent).tenant(&t.id)).await.expect("key").secret;
+    let key = s
+        .admin
+        .create_api_key(agentry_client::CreateApiKey::new(pb::Role::Agent).tenant(&t.id))
+        .await
+        .expect("key")
+        .secret;
 
-    let (_tx, first_not_hello) = raw_stream(&s, &key, vec![heartbeat(1, pb::HealthStatus::Healthy, 0)]).await;
-    assert_eq!(first_not_hello.expect_err("refused").code(), Code::InvalidArgument);
+    let (_tx, first_not_hello) =
+        raw_stream(&s, &key, vec![heartbeat(1, pb::HealthStatus::Healthy, 0)]).await;
+    assert_eq!(
+        first_not_hello.expect_err("refused").code(),
+        Code::InvalidArgument
+    );
     let (_tx, empty) = raw_stream(&s, &key, vec![pb::HealthStreamRequest { message: None }]).await;
     assert_eq!(empty.expect_err("refused").code(), Code::InvalidArgument);
     let (_tx, silent) = raw_stream(&s, &key, vec![]).await;
@@ -288,7 +476,13 @@ async fn garbage_and_silence_are_refused() {
     let (_tx, bad_hello) = raw_stream(&s, &key, vec![hello("", "ide-agent")]).await;
     let status = bad_hello.expect_err("refused");
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert_eq!(status.metadata().get("agentry-field").and_then(|v| v.to_str().ok()), Some("hello.instance_id"));
+    assert_eq!(
+        status
+            .metadata()
+            .get("agentry-field")
+            .and_then(|v| v.to_str().ok()),
+        Some("hello.instance_id")
+    );
     let (_tx, unknown_agent) = raw_stream(&s, &key, vec![hello("x", "no-such-agent")]).await;
     assert_eq!(unknown_agent.expect_err("refused").code(), Code::NotFound);
 
@@ -296,16 +490,36 @@ async fn garbage_and_silence_are_refused() {
     let (tx, stream) = raw_stream(&s, &key, vec![hello("inst", "ide-agent")]).await;
     let mut stream = stream.expect("stream");
     stream.message().await.expect("welcome");
-    tx.send(heartbeat(1, pb::HealthStatus::Disconnected, 0)).await.expect("send");
+    tx.send(heartbeat(1, pb::HealthStatus::Disconnected, 0))
+        .await
+        .expect("send");
     let status = stream.message().await.expect_err("refused");
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert_eq!(status.metadata().get("agentry-field").and_then(|v| v.to_str().ok()), Some("heartbeat.health_status"));
-    eventually(DEADLINE, "unknown after a bad heartbeat", || async { stored(&s, "inst").await.1 == "unknown" }).await;
+    assert_eq!(
+        status
+            .metadata()
+            .get("agentry-field")
+            .and_then(|v| v.to_str().ok()),
+        Some("heartbeat.health_status")
+    );
+    eventually(DEADLINE, "unknown after a bad heartbeat", || async {
+        stored(&s, "inst").await.1 == "unknown"
+    })
+    .await;
     assert_eq!(rows(&s, "inst").await, 1);
-    assert_eq!(rows(&s, "").await + rows(&s, "x").await, 0, "refused hellos wrote nothing");
+    assert_eq!(
+        rows(&s, "").await + rows(&s, "x").await,
+        0,
+        "refused hellos wrote nothing"
+    );
 
     // Admin keys belong to no tenant: they cannot hold an agent's stream.
-    let admin_key = s.admin.create_api_key(agentry_client::CreateApiKey::new(pb::Role::Admin)).await.expect("key").secret;
+    let admin_key = s
+        .admin
+        .create_api_key(agentry_client::CreateApiKey::new(pb::Role::Admin))
+        .await
+        .expect("key")
+        .secret;
     let (_tx, admin) = raw_stream(&s, &admin_key, vec![hello("y", "ide-agent")]).await;
     assert_eq!(admin.expect_err("refused").code(), Code::PermissionDenied);
 }
@@ -316,12 +530,28 @@ async fn streams_of_two_tenants_never_collide() {
     s.manifest("ide-agent").await;
     let a = s.tenant("acme").await;
     let b = s.tenant("globex").await;
-    let sa = a.agent.agent_session("same-id", "ide-agent").connect().await.expect("a");
-    let sb = b.agent.agent_session("same-id", "ide-agent").connect().await.expect("b");
-    let (ra, rb) = (sa.current().registration.expect("a"), sb.current().registration.expect("b"));
+    let sa = a
+        .agent
+        .agent_session("same-id", "ide-agent")
+        .connect()
+        .await
+        .expect("a");
+    let sb = b
+        .agent
+        .agent_session("same-id", "ide-agent")
+        .connect()
+        .await
+        .expect("b");
+    let (ra, rb) = (
+        sa.current().registration.expect("a"),
+        sb.current().registration.expect("b"),
+    );
     assert_ne!(ra.id, rb.id);
     assert_eq!((ra.epoch, rb.epoch), (1, 1), "b did not supersede a");
     assert_eq!(rows(&s, "same-id").await, 2);
-    assert_eq!(code(b.client.get_registration(&ra.id).await), Code::NotFound);
+    assert_eq!(
+        code(b.client.get_registration(&ra.id).await),
+        Code::NotFound
+    );
     drop((sa, sb));
 }

@@ -11,7 +11,8 @@ use agentry_client::{Client, SessionEvent};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("AGENTRY_URL").unwrap_or_else(|_| "http://127.0.0.1:50051".into());
-    let key = std::env::var("AGENTRY_API_KEY").map_err(|_| "set AGENTRY_API_KEY to an agent key")?;
+    let key =
+        std::env::var("AGENTRY_API_KEY").map_err(|_| "set AGENTRY_API_KEY to an agent key")?;
     let mut args = std::env::args().skip(1);
     let instance_id = args.next().unwrap_or_else(|| "example-instance".into());
     let agent_id = args.next().unwrap_or_else(|| "ide-agent".into());
@@ -24,7 +25,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .connect()
         .await?;
     let state = session.current();
-    println!("registered: epoch {}, registration {:?}", state.epoch, state.registration.map(|r| r.id));
+    println!(
+        "registered: epoch {}, registration {:?}",
+        state.epoch,
+        state.registration.map(|r| r.id)
+    );
 
     let mut load = 0;
     loop {

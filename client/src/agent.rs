@@ -350,7 +350,9 @@ async fn run(
                     return Ok(());
                 }
                 let message = e.to_string();
-                channels.state.send_modify(|s| s.last_error = Some(message.clone()));
+                channels
+                    .state
+                    .send_modify(|s| s.last_error = Some(message.clone()));
                 if fatal(&e) {
                     channels.event(SessionEvent::Stopped(message));
                     return Err(e);

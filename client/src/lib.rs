@@ -74,12 +74,12 @@ pub mod pb {
     pub use crate::generated::*;
 }
 
+pub use agent::{AgentSession, AgentSessionBuilder, Events, SessionEvent, SessionState};
 pub use builders::{
     CreateApiKey, CreateConfiguration, CreateManifest, ListApiKeys, ListConfigurations,
     ListManifests, ListRegistrations, ListTenants, RegisterInstance, UpdateConfiguration,
     UpdateManifest,
 };
-pub use agent::{AgentSession, AgentSessionBuilder, Events, SessionEvent, SessionState};
 pub use config::{Client, ClientBuilder};
 pub use error::{Error, Result};
 pub use json::{json_to_struct, struct_to_json};

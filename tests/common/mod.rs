@@ -101,11 +101,15 @@ impl TestServer {
     }
 
     /// A server over a fresh database, with `configure` applied to [`test_config`].
-    pub async fn start_with(configure: impl FnOnce(&mut agentry_server::ServeConfig)) -> TestServer {
+    pub async fn start_with(
+        configure: impl FnOnce(&mut agentry_server::ServeConfig),
+    ) -> TestServer {
         let db = TestDb::new().await;
         let mut config = test_config();
         configure(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let mut server = TestServer::run(listener, db.pool.clone(), config).await;
         server.db = Some(db);
         server
@@ -113,12 +117,18 @@ impl TestServer {
 
     /// A server over `pool` (which may go through a proxy).
     pub async fn with_pool(pool: PgPool) -> TestServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         TestServer::run(listener, pool, test_config()).await
     }
 
     /// Runs a server on `listener`.
-    pub async fn run(listener: tokio::net::TcpListener, pool: PgPool, mut config: agentry_server::ServeConfig) -> TestServer {
+    pub async fn run(
+        listener: tokio::net::TcpListener,
+        pool: PgPool,
+        mut config: agentry_server::ServeConfig,
+    ) -> TestServer {
         let addr = listener.local_addr().expect("addr");
         config.listen_addr = addr;
         let (stop, stopped) = oneshot::channel::<()>();
@@ -127,16 +137,34 @@ impl TestServer {
         let task = tokio::spawn(server.run(listener, async {
             let _ = stopped.await;
         }));
-        let (_, secret) = admin::create_key(&pool, Role::Admin, None, "test admin").await.expect("admin key");
+        let (_, secret) = admin::create_key(&pool, Role::Admin, None, "test admin")
+            .await
+            .expect("admin key");
         let admin = client(addr, &secret).await;
-        TestServer { addr, admin, pool, stop: Some(stop), task: Some(task), db: None, sessions, config }
+        TestServer {
+            addr,
+            admin,
+            pool,
+            stop: Some(stop),
+            task: Some(task),
+            db: None,
+            sessions,
+            config,
+        }
     }
 
     /// Stops this server and starts a new one on the same address and database.
     pub async fn restart(mut self) -> TestServer {
-        let (addr, pool, config, db) = (self.addr, self.pool.clone(), self.config.clone(), self.db.take());
+        let (addr, pool, config, db) = (
+            self.addr,
+            self.pool.clone(),
+            self.config.clone(),
+            self.db.take(),
+        );
         self.stop().await;
-        let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind the same port");
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("rebind the same port");
         let mut server = TestServer::run(listener, pool, config).await;
         server.db = db;
         server
