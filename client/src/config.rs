@@ -15,6 +15,7 @@ use crate::pb::admin_service_client::AdminServiceClient;
 use crate::pb::configuration_service_client::ConfigurationServiceClient;
 use crate::pb::manifest_service_client::ManifestServiceClient;
 use crate::pb::registration_service_client::RegistrationServiceClient;
+use crate::pb::routing_service_client::RoutingServiceClient;
 
 /// Default per-call timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -117,6 +118,12 @@ impl Client {
         &self,
     ) -> RegistrationServiceClient<InterceptedService<Channel, Auth>> {
         RegistrationServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    pub(crate) fn routing_service(
+        &self,
+    ) -> RoutingServiceClient<InterceptedService<Channel, Auth>> {
+        RoutingServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     pub(crate) fn admin_service(&self) -> AdminServiceClient<InterceptedService<Channel, Auth>> {

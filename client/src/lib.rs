@@ -53,6 +53,8 @@ mod error;
 mod json;
 mod manifests;
 mod registrations;
+mod router;
+mod routing;
 
 /// Code generated from `proto/agentry/v1/*.proto` by `tests/codegen.rs` of
 /// the workspace; do not edit.
@@ -76,14 +78,15 @@ pub mod pb {
 
 pub use agent::{AgentSession, AgentSessionBuilder, Events, SessionEvent, SessionState};
 pub use builders::{
-    CreateApiKey, CreateConfiguration, CreateManifest, ListApiKeys, ListConfigurations,
-    ListManifests, ListRegistrations, ListTenants, RegisterInstance, UpdateConfiguration,
-    UpdateManifest,
+    AgentFilter, CreateApiKey, CreateConfiguration, CreateManifest, ListApiKeys,
+    ListConfigurations, ListManifests, ListRegistrations, ListTenants, RegisterInstance,
+    UpdateConfiguration, UpdateManifest,
 };
 pub use config::{Client, ClientBuilder};
 pub use error::{Error, Result};
 pub use json::{json_to_struct, struct_to_json};
 pub use prost_types::{Duration, FieldMask, Struct, Timestamp, Value};
+pub use router::{Lease, Outcome, Router, RouterView};
 pub use tonic::transport::Uri;
 pub use tonic::{Code, Status};
 

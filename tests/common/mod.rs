@@ -153,6 +153,14 @@ impl TestServer {
         }
     }
 
+    /// A second replica on the same database (its own address and admin client).
+    pub async fn replica(&self) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        TestServer::run(listener, self.pool.clone(), self.config.clone()).await
+    }
+
     /// Stops this server and starts a new one on the same address and database.
     pub async fn restart(mut self) -> TestServer {
         let (addr, pool, config, db) = (

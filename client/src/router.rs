@@ -1,0 +1,246 @@
+//! [`Router`]: a local view of the available agents, fed by
+//! `WatchAvailableAgents`, and [`Lease`] guards that renew and release themselves.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::Code;
+
+use crate::pb::availability_event::Event;
+use crate::{Client, Result, pb};
+
+/// How the work under a lease ended.
+pub use crate::pb::LeaseOutcome as Outcome;
+
+const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
+const RESUBSCRIBE_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_RESUBSCRIBE_BACKOFF: Duration = Duration::from_secs(10);
+
+/// The router's local copy of the available agents.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct RouterView {
+    /// Available agents, best score first.
+    pub agents: Vec<pb::AvailableAgent>,
+    /// Revision of the last event applied.
+    pub revision: u64,
+    /// False between a resync marker (or a lost subscription) and the next snapshot.
+    pub synced: bool,
+}
+
+/// Routes work to a tenant's agents: keeps a view of those matching a filter
+/// and hands out [`Lease`]s. Made by [`Client::router`].
+#[derive(Debug)]
+pub struct Router {
+    client: Client,
+    filter: pb::AgentFilter,
+    ttl: Duration,
+    view: watch::Receiver<RouterView>,
+    task: JoinHandle<()>,
+}
+
+/// # Routers
+impl Client {
+    /// Starts a router for the agents matching `filter` and waits for the
+    /// first snapshot of them. The view then follows changes by itself,
+    /// resubscribing with backoff if the watch breaks.
+    ///
+    /// ```no_run
+    /// # async fn run(client: agentry_client::Client) -> agentry_client::Result<()> {
+    /// use agentry_client::{AgentFilter, Outcome};
+    /// let router = client.router(AgentFilter::new().capability("code_editing")).await?;
+    /// let lease = router.acquire().await?;
+    /// // ... send the task to lease.instance() ...
+    /// lease.complete(Outcome::Succeeded).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn router(&self, filter: impl Into<pb::AgentFilter>) -> Result<Router> {
+        let filter = filter.into();
+        let stream = self.watch_available_agents(filter.clone()).await?;
+        let (tx, mut view) = watch::channel(RouterView::default());
+        let task = tokio::spawn(follow(self.clone(), filter.clone(), stream, tx));
+        // The first event of a watch is its snapshot.
+        let _ = view.wait_for(|v| v.synced).await;
+        Ok(Router {
+            client: self.clone(),
+            filter,
+            ttl: DEFAULT_LEASE_TTL,
+            view,
+            task,
+        })
+    }
+}
+
+impl Router {
+    /// Lease time to live: a lease is renewed every third of it while held (default 60 s).
+    #[must_use]
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl.max(Duration::from_millis(30));
+        self
+    }
+
+    /// The available agents now, best score first.
+    pub fn agents(&self) -> Vec<pb::AvailableAgent> {
+        self.view.borrow().agents.clone()
+    }
+
+    /// A receiver of the view, to wait for changes.
+    pub fn view(&self) -> watch::Receiver<RouterView> {
+        self.view.clone()
+    }
+
+    /// Reserves one unit of workload on the best available agent (the server
+    /// picks among the best few, so routers sharing a view spread out).
+    ///
+    /// Fails with [`Error::ResourceExhausted`](crate::Error::ResourceExhausted)
+    /// when no matching agent has room.
+    pub async fn acquire(&self) -> Result<Lease> {
+        let lease = self
+            .client
+            .acquire_agent(self.filter.clone(), Some(self.ttl))
+            .await?;
+        let renewer = tokio::spawn(renew(self.client.clone(), lease.id.clone(), self.ttl));
+        Ok(Lease {
+            client: self.client.clone(),
+            lease,
+            renewer: Some(renewer),
+        })
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One unit of workload reserved on an agent. Renews itself while held;
+/// dropped without [`complete`](Lease::complete), it is released as cancelled.
+#[derive(Debug)]
+pub struct Lease {
+    client: Client,
+    lease: pb::Lease,
+    renewer: Option<JoinHandle<()>>,
+}
+
+impl Lease {
+    /// The lease's id.
+    pub fn id(&self) -> &str {
+        &self.lease.id
+    }
+
+    /// The instance to send the work to.
+    pub fn instance(&self) -> Option<&pb::Registration> {
+        self.lease.instance.as_ref()
+    }
+
+    /// The tenant's configuration of the agent (prompt, model, settings).
+    pub fn configuration(&self) -> Option<&pb::Configuration> {
+        self.lease.configuration.as_ref()
+    }
+
+    /// The instance's epoch when the lease was granted; a registration with a
+    /// newer epoch means the instance reconnected or was replaced since.
+    pub fn epoch(&self) -> i64 {
+        self.lease.epoch
+    }
+
+    /// The lease as the server sent it.
+    pub fn as_proto(&self) -> &pb::Lease {
+        &self.lease
+    }
+
+    /// Releases the lease with `outcome`. Returns `false` if it had already
+    /// been released or had expired.
+    pub async fn complete(mut self, outcome: Outcome) -> Result<bool> {
+        if let Some(renewer) = self.renewer.take() {
+            renewer.abort();
+        }
+        self.client.release_agent(&self.lease.id, outcome).await
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let Some(renewer) = self.renewer.take() else {
+            return;
+        };
+        renewer.abort();
+        // Outside a runtime nothing can be sent; the lease then expires on the server.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (client, id) = (self.client.clone(), self.lease.id.clone());
+            runtime.spawn(async move {
+                let _ = client.release_agent(&id, Outcome::Cancelled).await;
+            });
+        }
+    }
+}
+
+async fn renew(client: Client, id: String, ttl: Duration) {
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        match client.renew_lease(&id, Some(ttl)).await {
+            Ok(_) => {}
+            // Released, expired or gone: nothing left to keep alive.
+            Err(e) if matches!(e.code(), Some(Code::FailedPrecondition | Code::NotFound)) => return,
+            // Transient: the next attempt comes within the ttl.
+            Err(_) => {}
+        }
+    }
+}
+
+async fn follow(
+    client: Client,
+    filter: pb::AgentFilter,
+    mut stream: tonic::Streaming<pb::AvailabilityEvent>,
+    view: watch::Sender<RouterView>,
+) {
+    let mut agents: HashMap<String, pb::AvailableAgent> = HashMap::new();
+    let mut backoff = RESUBSCRIBE_BACKOFF;
+    loop {
+        while let Ok(Some(event)) = stream.message().await {
+            backoff = RESUBSCRIBE_BACKOFF;
+            let synced = match event.event {
+                Some(Event::Snapshot(snapshot)) => {
+                    agents = snapshot
+                        .agents
+                        .into_iter()
+                        .filter_map(|a| Some((a.configuration.as_ref()?.id.clone(), a)))
+                        .collect();
+                    true
+                }
+                Some(Event::Upserted(agent)) => {
+                    if let Some(id) = agent.configuration.as_ref().map(|c| c.id.clone()) {
+                        agents.insert(id, agent);
+                    }
+                    view.borrow().synced
+                }
+                Some(Event::Removed(instance)) => {
+                    agents.retain(|_, a| a.instance.as_ref().is_none_or(|i| i.id != instance));
+                    view.borrow().synced
+                }
+                Some(Event::Resync(_)) | None => false,
+            };
+            let mut sorted: Vec<pb::AvailableAgent> = agents.values().cloned().collect();
+            sorted.sort_by(|a, b| b.score.total_cmp(&a.score));
+            view.send_replace(RouterView {
+                agents: sorted,
+                revision: event.revision,
+                synced,
+            });
+        }
+        view.send_modify(|v| v.synced = false);
+        if view.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_RESUBSCRIBE_BACKOFF);
+        match client.watch_available_agents(filter.clone()).await {
+            Ok(s) => stream = s,
+            Err(_) => continue,
+        }
+    }
+}
