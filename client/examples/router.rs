@@ -1,0 +1,45 @@
+//! A service routing tasks to a tenant's agents: keeps a live view of the
+//! available agents, leases capacity for each task, and releases it with the
+//! task's outcome.
+//!
+//! ```sh
+//! AGENTRY_URL=http://127.0.0.1:50051 AGENTRY_API_KEY=<tenant key> \
+//!   cargo run -p agentry-client --example router -- code_editing
+//! ```
+
+use std::time::Duration;
+
+use agentry_client::{AgentFilter, Client, Error, Outcome};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let url = std::env::var("AGENTRY_URL").unwrap_or_else(|_| "http://127.0.0.1:50051".into());
+    let key = std::env::var("AGENTRY_API_KEY").map_err(|_| "set AGENTRY_API_KEY to a tenant key")?;
+    let capability = std::env::args().nth(1).unwrap_or_else(|| "code_editing".into());
+
+    let client = Client::builder(url).api_key(key).connect().await?;
+    let router = client
+        .router(AgentFilter::new().capability(capability))
+        .await?
+        .lease_ttl(Duration::from_secs(30));
+    for agent in router.agents() {
+        println!("{} score {:.3}", agent.agent_id, agent.score);
+    }
+
+    for task in 0..3 {
+        let lease = match router.acquire().await {
+            Ok(lease) => lease,
+            Err(Error::ResourceExhausted { .. }) => {
+                println!("task {task}: every matching agent is busy; try later");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let instance = lease.instance().map(|i| i.instance_id.clone()).unwrap_or_default();
+        println!("task {task}: routed to {instance} (epoch {})", lease.epoch());
+        // ... hand the task to the instance; the lease renews itself meanwhile ...
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        lease.complete(Outcome::Succeeded).await?;
+    }
+    Ok(())
+}
