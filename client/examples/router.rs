@@ -14,8 +14,11 @@ use agentry_client::{AgentFilter, Client, Error, Outcome};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("AGENTRY_URL").unwrap_or_else(|_| "http://127.0.0.1:50051".into());
-    let key = std::env::var("AGENTRY_API_KEY").map_err(|_| "set AGENTRY_API_KEY to a tenant key")?;
-    let capability = std::env::args().nth(1).unwrap_or_else(|| "code_editing".into());
+    let key =
+        std::env::var("AGENTRY_API_KEY").map_err(|_| "set AGENTRY_API_KEY to a tenant key")?;
+    let capability = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "code_editing".into());
 
     let client = Client::builder(url).api_key(key).connect().await?;
     let router = client
@@ -35,8 +38,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             Err(e) => return Err(e.into()),
         };
-        let instance = lease.instance().map(|i| i.instance_id.clone()).unwrap_or_default();
-        println!("task {task}: routed to {instance} (epoch {})", lease.epoch());
+        let instance = lease
+            .instance()
+            .map(|i| i.instance_id.clone())
+            .unwrap_or_default();
+        println!(
+            "task {task}: routed to {instance} (epoch {})",
+            lease.epoch()
+        );
         // ... hand the task to the instance; the lease renews itself meanwhile ...
         tokio::time::sleep(Duration::from_millis(200)).await;
         lease.complete(Outcome::Succeeded).await?;
