@@ -2,7 +2,14 @@
 //!
 //! A key looks like `agk_<key id>_<secret>`. Only SHA-256 of the whole key is
 //! stored; the key id finds the row, and the hash is compared in constant time.
-//! Every request reads the key's row, so revocation takes effect at once.
+//! Keys that authenticated once are cached, so the routing hot path does not
+//! read the database per call. Revocation still takes effect at once: the
+//! revoking replica forgets the key before it answers, and the others hear of
+//! it on the change feed (`api_keys` trigger) within milliseconds; a feed that
+//! lost its connection empties the cache.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
@@ -84,16 +91,38 @@ impl Caller {
     }
 }
 
+/// Key id → SHA-256 of the key and the caller it authenticates.
+type KeyCache = HashMap<Uuid, ([u8; 32], Caller)>;
+
 /// Authenticates requests against the `api_keys` table.
 #[derive(Debug, Clone)]
 pub struct Authenticator {
     pool: PgPool,
+    /// Keys that authenticated: their hash and who they are.
+    cache: Arc<Mutex<KeyCache>>,
 }
 
 impl Authenticator {
     /// An authenticator reading keys from `pool`.
     pub fn new(pool: PgPool) -> Self {
-        Authenticator { pool }
+        Authenticator {
+            pool,
+            cache: Arc::default(),
+        }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, KeyCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets key `id` (revoked or deleted).
+    pub fn forget(&self, id: Uuid) {
+        self.cache().remove(&id);
+    }
+
+    /// Forgets every key (the change feed may have missed revocations).
+    pub fn forget_all(&self) {
+        self.cache().clear();
     }
 
     /// The caller of `request`, if its bearer key is valid and not revoked.
@@ -112,6 +141,14 @@ impl Authenticator {
             .ok_or(MISSING)?
             .trim();
         let key_id = parse_key_id(key).ok_or(INVALID)?;
+        let presented = hash(key);
+        if let Some((stored, caller)) = self.cache().get(&key_id) {
+            return if bool::from(presented.as_slice().ct_eq(stored)) {
+                Ok(caller.clone())
+            } else {
+                Err(INVALID)
+            };
+        }
         let row: Option<(String, Option<Uuid>, Vec<u8>)> = sqlx::query_as(
             "SELECT role, tenant_id, secret_hash FROM api_keys WHERE id = $1 AND revoked_at IS NULL",
         )

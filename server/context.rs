@@ -18,7 +18,7 @@ use crate::routing::view::View;
 pub struct Context {
     /// The database.
     pub pool: PgPool,
-    auth: Authenticator,
+    pub(crate) auth: Authenticator,
     /// Health streams held by this server.
     pub sessions: Arc<Sessions>,
     /// Registry settings.

@@ -93,12 +93,7 @@ impl Server {
             )),
             tokio::spawn(flush_heartbeats(ctx.clone(), stopping.clone())),
             tokio::spawn(sweep(RegistrationApi::new(ctx.clone()), stopping.clone())),
-            tokio::spawn(crate::routing::view::follow(
-                ctx.view.clone(),
-                ctx.pool.clone(),
-                ctx.sessions.clone(),
-                stopping.clone(),
-            )),
+            tokio::spawn(crate::routing::view::follow(ctx.clone(), stopping.clone())),
         ];
         // Routing reads need the view: give its first load a moment before serving.
         if tokio::time::timeout(Duration::from_secs(10), ctx.view.ready())

@@ -219,3 +219,38 @@ async fn tenants_and_keys_are_managed_and_validated() {
     let (_, secret_part) = k.secret.rsplit_once('_').expect("shape");
     assert!(!dump.0.contains(secret_part), "the secret is not stored");
 }
+
+#[tokio::test]
+async fn revocation_reaches_other_replicas_through_the_change_feed() {
+    let s = TestServer::start().await;
+    let replica = s.replica().await;
+    let t = s.tenant("acme").await;
+    let created = s
+        .admin
+        .create_api_key(CreateApiKey::new(pb::Role::Tenant).tenant(&t.id))
+        .await
+        .expect("key");
+    let on_replica = client(replica.addr, &created.secret).await;
+    // Authenticated once on the replica, so the replica has it cached.
+    on_replica
+        .list_manifests(ListManifests::new())
+        .await
+        .expect("works");
+    s.admin
+        .revoke_api_key(&created.api_key.expect("record").id)
+        .await
+        .expect("revoke");
+    common::eventually(
+        std::time::Duration::from_secs(5),
+        "the replica refuses the revoked key",
+        || async {
+            on_replica
+                .list_manifests(ListManifests::new())
+                .await
+                .err()
+                .and_then(|e| e.code())
+                == Some(Code::Unauthenticated)
+        },
+    )
+    .await;
+}

@@ -635,10 +635,16 @@ async fn a_slow_watcher_gets_a_resync_and_a_fresh_snapshot() {
                     break;
                 }
             }
-            Some(Event::Upserted(agent)) if saw_resync => {
-                if agent.configuration.expect("configuration").current_workload == 400 {
-                    break;
-                }
+            Some(Event::Upserted(agent))
+                if saw_resync
+                    && agent
+                        .configuration
+                        .as_ref()
+                        .expect("configuration")
+                        .current_workload
+                        == 400 =>
+            {
+                break;
             }
             _ => {}
         }

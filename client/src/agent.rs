@@ -310,12 +310,15 @@ enum Ended {
     Superseded(i64),
 }
 
-/// Errors after which reconnecting cannot help.
+/// Errors after which reconnecting cannot help. `ABORTED` means this
+/// connection was fenced off (a newer one took over, or an operator
+/// deactivated the instance): reconnecting would fight the newer owner.
 fn fatal(e: &Error) -> bool {
     matches!(
         e.code(),
         Some(
-            Code::Unauthenticated
+            Code::Aborted
+                | Code::Unauthenticated
                 | Code::PermissionDenied
                 | Code::InvalidArgument
                 | Code::NotFound
@@ -440,7 +443,9 @@ async fn connect_once(
             _ = ticker.tick() => {
                 sequence += 1;
                 let heartbeat = heartbeat(&channels.report.borrow(), sequence, epoch);
-                outbound.send(heartbeat).await.map_err(|_| broken())?;
+                if outbound.send(heartbeat).await.is_err() {
+                    return why_closed(&mut inbound).await.map_err(welcomed);
+                }
             }
             changed = channels.report.changed() => {
                 if changed.is_err() {
@@ -450,7 +455,9 @@ async fn connect_once(
                 // Health changes go out at once, not at the next tick.
                 sequence += 1;
                 let heartbeat = heartbeat(&channels.report.borrow_and_update(), sequence, epoch);
-                outbound.send(heartbeat).await.map_err(|_| broken())?;
+                if outbound.send(heartbeat).await.is_err() {
+                    return why_closed(&mut inbound).await.map_err(welcomed);
+                }
             }
             message = inbound.message() => match message {
                 Ok(Some(pb::HealthStreamResponse { message: Some(message) })) => match message {
@@ -486,6 +493,30 @@ async fn connect_once(
             }
         }
     }
+}
+
+/// Our side of the stream is gone: the server ended the call. Its last
+/// messages say why (a `Superseded` notice, or the closing status).
+async fn why_closed(
+    inbound: &mut tonic::Streaming<pb::HealthStreamResponse>,
+) -> std::result::Result<Ended, Error> {
+    let closed = || Error::from(tonic::Status::unavailable("the health stream closed"));
+    let reason = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            match inbound.message().await {
+                Ok(Some(pb::HealthStreamResponse {
+                    message: Some(In::Superseded(s)),
+                })) => {
+                    return Ok(Ended::Superseded(s.new_epoch));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(closed()),
+                Err(status) => return Err(status.into()),
+            }
+        }
+    })
+    .await;
+    reason.unwrap_or_else(|_| Err(closed()))
 }
 
 fn heartbeat(report: &Report, sequence: u64, epoch: i64) -> pb::HealthStreamRequest {
@@ -529,6 +560,7 @@ mod tests {
         assert!(fatal(&Error::from(tonic::Status::unauthenticated("x"))));
         assert!(fatal(&Error::from(tonic::Status::not_found("x"))));
         assert!(!fatal(&Error::from(tonic::Status::unavailable("x"))));
-        assert!(!fatal(&Error::from(tonic::Status::aborted("x"))));
+        assert!(fatal(&Error::from(tonic::Status::aborted("x"))));
+        assert!(!fatal(&Error::from(tonic::Status::internal("x"))));
     }
 }

@@ -124,6 +124,8 @@ impl AdminService for AdminApi {
         let id = validate::uuid("id", &request.get_ref().id)?;
         tracing::Span::current().record("key", tracing::field::display(id));
         let row = store::revoke_key(&self.ctx.pool, id).await?;
+        // Here at once; other replicas through the change feed.
+        self.ctx.auth.forget(id);
         tracing::info!("api key revoked");
         Ok(Response::new(row.into()))
     }

@@ -11,7 +11,7 @@
 //! routable ones, so a read walks configurations, not registrations.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -21,6 +21,7 @@ use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 
 use crate::configurations::store::{self as configurations, ConfigurationRow};
+use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::manifests::store::{self as manifests, ManifestKey, ManifestRow};
 use crate::pb::{self, HealthStatus};
@@ -118,10 +119,12 @@ impl ConfigState {
         if let Some(rank) = self.rank(id, leases) {
             self.ranked.remove(&rank);
         }
-        if let Some(old) = self.instances.remove(&id) {
-            if old.health == HealthStatus::Healthy {
-                self.healthy -= 1;
-            }
+        if self
+            .instances
+            .remove(&id)
+            .is_some_and(|old| old.health == HealthStatus::Healthy)
+        {
+            self.healthy -= 1;
         }
     }
 
@@ -550,15 +553,10 @@ fn place_instance(t: &mut TenantState, r: RegistrationRow) {
     }
 }
 
-/// Keeps `view` current from `agentry_changes` until `stopping` turns true.
-pub async fn follow(
-    view: Arc<View>,
-    pool: PgPool,
-    sessions: Arc<Sessions>,
-    mut stopping: watch::Receiver<bool>,
-) {
+/// Keeps the view (and the key cache) current from `agentry_changes` until `stopping` turns true.
+pub async fn follow(ctx: Context, mut stopping: watch::Receiver<bool>) {
     loop {
-        match listen_once(&view, &pool, &sessions, &mut stopping).await {
+        match listen_once(&ctx, &mut stopping).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "availability view lost its change feed; reloading");
@@ -571,15 +569,12 @@ pub async fn follow(
     }
 }
 
-async fn listen_once(
-    view: &View,
-    pool: &PgPool,
-    sessions: &Sessions,
-    stopping: &mut watch::Receiver<bool>,
-) -> Result<()> {
+async fn listen_once(ctx: &Context, stopping: &mut watch::Receiver<bool>) -> Result<()> {
+    let (view, pool) = (&ctx.view, &ctx.pool);
     let mut listener = PgListener::connect_with(pool).await?;
     // Listen first, then load: nothing that commits in between is missed.
     listener.listen(CHANNEL).await?;
+    ctx.auth.forget_all();
     view.load_all(pool).await?;
     loop {
         let notification = tokio::select! {
@@ -591,8 +586,9 @@ async fn listen_once(
             return Err(Error::Internal("change feed connection lost".into()));
         };
         match serde_json::from_str::<Notice>(notification.payload()) {
+            Ok(notice) if notice.k == "k" => ctx.auth.forget(notice.id),
             Ok(notice) => {
-                if let Err(e) = view.apply(pool, sessions, notice).await {
+                if let Err(e) = view.apply(pool, &ctx.sessions, notice).await {
                     tracing::warn!(error = %e, "could not apply a change; reloading the view");
                     view.load_all(pool).await?;
                 }
