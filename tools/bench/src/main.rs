@@ -1,0 +1,545 @@
+//! `agentry-bench`: drives a running Agentry server through the SDK and raw
+//! streams, and reports throughput, latency, database transactions and server
+//! memory. See BENCHMARKS.md for the commands and figures. Streams share
+//! HTTP/2 connections, 100 per connection, so 10,000 streams need about 100
+//! file descriptors on each side.
+
+use std::time::{Duration, Instant};
+
+use agentry_client::{
+    AgentFilter, Client, CreateApiKey, CreateConfiguration, CreateManifest, RegisterInstance, pb,
+};
+use clap::{Parser, Subcommand};
+use pb::health_stream_request::Message as Out;
+use pb::health_stream_response::Message as In;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Parser)]
+#[command(name = "agentry-bench")]
+struct Args {
+    /// Server URL.
+    #[arg(long, env = "AGENTRY_URL", default_value = "http://127.0.0.1:50051")]
+    url: String,
+    /// An admin API key.
+    #[arg(long, env = "AGENTRY_API_KEY")]
+    admin_key: String,
+    /// The server's database, read for transaction counts.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/agentry"
+    )]
+    database_url: String,
+    /// PID of the server (default: the process named agentry-server).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Streams sending heartbeats as fast as acks come back.
+    Heartbeats {
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Heartbeats in flight per stream.
+        #[arg(long, default_value_t = 8)]
+        window: usize,
+    },
+    /// Open streams that only say hello; reports server RSS per stream.
+    Idle {
+        #[arg(long, default_value_t = 10_000)]
+        streams: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// GetAvailableAgents over a tenant with many registrations.
+    Available {
+        #[arg(long, default_value_t = 10_000)]
+        registrations: usize,
+        #[arg(long, default_value_t = 50)]
+        configurations: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Acquire + release pairs from concurrent callers.
+    Acquire {
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 50)]
+        max_workload: i32,
+    },
+}
+
+struct Setup {
+    tenant_key: String,
+    agent_key: String,
+    tenant: Client,
+    agent: Client,
+}
+
+async fn setup(args: &Args, manifests: usize) -> Result<Setup, Error> {
+    let admin = Client::builder(args.url.as_str())
+        .api_key(&args.admin_key)
+        .connect()
+        .await?;
+    let suffix = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_micros()
+    );
+    let tenant = admin.create_tenant(&format!("bench-{suffix}")).await?;
+    let key = |role| admin.create_api_key(CreateApiKey::new(role).tenant(&tenant.id));
+    let tenant_key = key(pb::Role::Tenant).await?.secret;
+    let agent_key = key(pb::Role::Agent).await?.secret;
+    for i in 0..manifests {
+        match admin
+            .create_manifest(CreateManifest::new(agent_id(i), "bench", "Bench", "1.0.0"))
+            .await
+        {
+            Ok(_) | Err(agentry_client::Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let connect = |key: &str| Client::builder(args.url.as_str()).api_key(key).connect();
+    Ok(Setup {
+        tenant: connect(&tenant_key).await?,
+        agent: connect(&agent_key).await?,
+        tenant_key,
+        agent_key,
+    })
+}
+
+fn agent_id(i: usize) -> String {
+    format!("bench-agent-{i:03}")
+}
+
+/// A raw health stream that has been welcomed.
+struct Stream {
+    tx: mpsc::Sender<pb::HealthStreamRequest>,
+    rx: tonic::Streaming<pb::HealthStreamResponse>,
+    epoch: i64,
+}
+
+async fn open_stream(channel: Channel, key: &str, instance: String) -> Result<Stream, Error> {
+    let mut client = pb::registration_service_client::RegistrationServiceClient::new(channel);
+    let (tx, rx) = mpsc::channel(64);
+    let hello = pb::Hello {
+        instance_id: instance,
+        agent_id: agent_id(0),
+        ..Default::default()
+    };
+    tx.send(pb::HealthStreamRequest {
+        message: Some(Out::Hello(hello)),
+    })
+    .await?;
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse()?);
+    let mut rx = client.health_stream(request).await?.into_inner();
+    match rx.message().await?.and_then(|m| m.message) {
+        Some(In::Welcome(w)) => Ok(Stream {
+            tx,
+            rx,
+            epoch: w.epoch,
+        }),
+        other => Err(format!("expected welcome, got {other:?}").into()),
+    }
+}
+
+async fn channels(url: &str, streams: usize) -> Result<Vec<Channel>, Error> {
+    let mut out = Vec::new();
+    for _ in 0..streams.div_ceil(100) {
+        out.push(Endpoint::from_shared(url.to_owned())?.connect().await?);
+    }
+    Ok(out)
+}
+
+async fn open_many(args: &Args, key: &str, count: usize) -> Result<Vec<Stream>, Error> {
+    let channels = channels(&args.url, count).await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..count {
+        let (channel, key) = (channels[i / 100].clone(), key.to_owned());
+        tasks.spawn(async move { open_stream(channel, &key, format!("bench-{i}")).await });
+        if tasks.len() >= 200 {
+            if let Some(r) = tasks.join_next().await {
+                r??;
+            }
+        }
+    }
+    let mut streams = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        streams.push(r??);
+    }
+    Ok(streams)
+}
+
+fn server_rss_kib(pid: Option<u32>) -> Option<u64> {
+    let pid = pid.or_else(|| {
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            (comm.trim() == "agentry-server").then(|| e.file_name().to_str()?.parse().ok())?
+        })
+    })?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+async fn transactions(db: &sqlx::PgPool) -> Result<i64, Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(db)
+    .await?)
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[index]) / 1000.0
+}
+
+fn report_latencies(name: &str, mut micros: Vec<u32>) {
+    micros.sort_unstable();
+    println!("{name}_p50_ms: {:.3}", percentile(&micros, 0.50));
+    println!("{name}_p99_ms: {:.3}", percentile(&micros, 0.99));
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let args = Args::parse();
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&args.database_url)
+        .await?;
+    match args.mode {
+        Mode::Heartbeats {
+            agents,
+            seconds,
+            window,
+        } => heartbeats(&args, &db, agents, seconds, window).await,
+        Mode::Idle { streams, seconds } => idle(&args, streams, seconds).await,
+        Mode::Available {
+            registrations,
+            configurations,
+            concurrency,
+            seconds,
+        } => available(&args, registrations, configurations, concurrency, seconds).await,
+        Mode::Acquire {
+            concurrency,
+            seconds,
+            max_workload,
+        } => acquire(&args, &db, concurrency, seconds, max_workload).await,
+    }
+}
+
+async fn heartbeats(
+    args: &Args,
+    db: &sqlx::PgPool,
+    agents: usize,
+    seconds: u64,
+    window: usize,
+) -> Result<(), Error> {
+    let s = setup(args, 1).await?;
+    let streams = open_many(args, &s.agent_key, agents).await?;
+    println!("streams: {}", streams.len());
+    let tx0 = transactions(db).await?;
+    let started = Instant::now();
+    let until = started + Duration::from_secs(seconds);
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut stream in streams {
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut sent: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
+            let mut sequence = 0u64;
+            loop {
+                while sent.len() < window && Instant::now() < until {
+                    sequence += 1;
+                    let hb = pb::Heartbeat {
+                        sequence,
+                        health_status: pb::HealthStatus::Healthy.into(),
+                        epoch: stream.epoch,
+                        ..Default::default()
+                    };
+                    if stream
+                        .tx
+                        .send(pb::HealthStreamRequest {
+                            message: Some(Out::Heartbeat(hb)),
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return (latencies, stream);
+                    }
+                    sent.push_back(Instant::now());
+                }
+                if sent.is_empty() {
+                    return (latencies, stream);
+                }
+                match stream.rx.message().await {
+                    Ok(Some(pb::HealthStreamResponse {
+                        message: Some(In::Ack(_)),
+                    })) => {
+                        if let Some(at) = sent.pop_front() {
+                            latencies
+                                .push(u32::try_from(at.elapsed().as_micros()).unwrap_or(u32::MAX));
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    _ => return (latencies, stream),
+                }
+            }
+        });
+    }
+    let mut all = Vec::new();
+    let mut done = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        let (latencies, stream) = r?;
+        all.extend(latencies);
+        done.push(stream);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let tx1 = transactions(db).await?;
+    println!("heartbeats_acked: {}", all.len());
+    println!(
+        "heartbeats_acked_per_sec: {:.0}",
+        all.len() as f64 / elapsed
+    );
+    report_latencies("ack_latency", all);
+    println!(
+        "db_transactions_per_sec: {:.1}",
+        (tx1 - tx0) as f64 / elapsed
+    );
+    println!(
+        "server_rss_kib: {}",
+        server_rss_kib(args.server_pid).unwrap_or(0)
+    );
+    for stream in &done {
+        let bye = pb::HealthStreamRequest {
+            message: Some(Out::Goodbye(pb::Goodbye {
+                reason: "bench done".into(),
+            })),
+        };
+        let _ = stream.tx.send(bye).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(())
+}
+
+async fn idle(args: &Args, count: usize, seconds: u64) -> Result<(), Error> {
+    let s = setup(args, 1).await?;
+    let before =
+        server_rss_kib(args.server_pid).ok_or("cannot read the server's RSS: pass --server-pid")?;
+    let streams = open_many(args, &s.agent_key, count).await?;
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let after = server_rss_kib(args.server_pid).unwrap_or(before);
+    println!("streams: {}", streams.len());
+    println!("server_rss_before_kib: {before}");
+    println!("server_rss_after_kib: {after}");
+    println!(
+        "server_rss_per_stream_kib: {:.2}",
+        after.saturating_sub(before) as f64 / streams.len().max(1) as f64
+    );
+    for stream in &streams {
+        let bye = pb::HealthStreamRequest {
+            message: Some(Out::Goodbye(pb::Goodbye::default())),
+        };
+        let _ = stream.tx.send(bye).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(())
+}
+
+async fn available(
+    args: &Args,
+    registrations: usize,
+    configurations: usize,
+    concurrency: usize,
+    seconds: u64,
+) -> Result<(), Error> {
+    let s = setup(args, configurations).await?;
+    for i in 0..configurations {
+        s.tenant
+            .create_configuration(CreateConfiguration::for_agent(agent_id(i)).max_workload(1000))
+            .await?;
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..registrations {
+        let agent = s.agent.clone();
+        tasks.spawn(async move {
+            agent
+                .register_instance(RegisterInstance::new(
+                    format!("bench-{i}"),
+                    agent_id(i % configurations),
+                ))
+                .await
+        });
+        if tasks.len() >= 64 {
+            if let Some(r) = tasks.join_next().await {
+                r??;
+            }
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    println!("registrations: {registrations} over {configurations} configurations");
+    // Let the view catch up with the registrations.
+    loop {
+        let seen = s
+            .tenant
+            .get_available_agents(AgentFilter::new(), 1000)
+            .await?
+            .len();
+        if seen == configurations {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let client = s.tenant.clone();
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            while Instant::now() < until {
+                let at = Instant::now();
+                client.get_available_agents(AgentFilter::new(), 10).await?;
+                latencies.push(u32::try_from(at.elapsed().as_micros()).unwrap_or(u32::MAX));
+            }
+            Ok::<_, agentry_client::Error>(latencies)
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        all.extend(r??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!("available_calls: {}", all.len());
+    println!("available_calls_per_sec: {:.0}", all.len() as f64 / elapsed);
+    report_latencies("available_latency", all);
+    let _ = s.tenant_key;
+    Ok(())
+}
+
+async fn acquire(
+    args: &Args,
+    db: &sqlx::PgPool,
+    concurrency: usize,
+    seconds: u64,
+    max_workload: i32,
+) -> Result<(), Error> {
+    let s = setup(args, 1).await?;
+    let config = s
+        .tenant
+        .create_configuration(
+            CreateConfiguration::for_agent(agent_id(0)).max_workload(max_workload),
+        )
+        .await?;
+    for i in 0..4 {
+        s.agent
+            .register_instance(RegisterInstance::new(format!("bench-{i}"), agent_id(0)))
+            .await?;
+    }
+    while s
+        .tenant
+        .get_available_agents(AgentFilter::new(), 1)
+        .await?
+        .is_empty()
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Watch the stored workload while callers race.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (db, stop, id) = (db.clone(), stop.clone(), config.id.clone());
+        tokio::spawn(async move {
+            let mut peak = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let w: i32 = sqlx::query_scalar(
+                    "SELECT current_workload FROM agent_configurations WHERE id = $1::uuid",
+                )
+                .bind(&id)
+                .fetch_one(&db)
+                .await
+                .unwrap_or(0);
+                peak = peak.max(w);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            peak
+        })
+    };
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let client = s.tenant.clone();
+        tasks.spawn(async move {
+            let (mut pairs, mut exhausted) = (0u64, 0u64);
+            while Instant::now() < until {
+                match client
+                    .acquire_agent(AgentFilter::new(), Some(Duration::from_secs(60)))
+                    .await
+                {
+                    Ok(lease) => {
+                        client
+                            .release_agent(&lease.id, pb::LeaseOutcome::Succeeded)
+                            .await?;
+                        pairs += 1;
+                    }
+                    Err(agentry_client::Error::ResourceExhausted { .. }) => exhausted += 1,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok::<_, agentry_client::Error>((pairs, exhausted))
+        });
+    }
+    let (mut pairs, mut exhausted) = (0, 0);
+    while let Some(r) = tasks.join_next().await {
+        let (p, e) = r??;
+        pairs += p;
+        exhausted += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = watcher.await?;
+    let final_workload = s
+        .tenant
+        .get_configuration(&config.id)
+        .await?
+        .current_workload;
+    println!("acquire_release_pairs: {pairs}");
+    println!(
+        "acquire_release_pairs_per_sec: {:.0}",
+        pairs as f64 / elapsed
+    );
+    println!("resource_exhausted: {exhausted}");
+    println!("peak_workload_seen: {peak} (max_workload {max_workload})");
+    println!("final_workload: {final_workload}");
+    if peak > max_workload || final_workload != 0 {
+        return Err("workload exceeded max_workload or leaked".into());
+    }
+    Ok(())
+}
