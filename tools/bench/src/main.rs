@@ -171,16 +171,16 @@ async fn channels(url: &str, streams: usize) -> Result<Vec<Channel>, Error> {
 async fn open_many(args: &Args, key: &str, count: usize) -> Result<Vec<Stream>, Error> {
     let channels = channels(&args.url, count).await?;
     let mut tasks = tokio::task::JoinSet::new();
+    let mut streams = Vec::new();
     for i in 0..count {
         let (channel, key) = (channels[i / 100].clone(), key.to_owned());
         tasks.spawn(async move { open_stream(channel, &key, format!("bench-{i}")).await });
         if tasks.len() >= 200 {
             if let Some(r) = tasks.join_next().await {
-                r??;
+                streams.push(r??);
             }
         }
     }
-    let mut streams = Vec::new();
     while let Some(r) = tasks.join_next().await {
         streams.push(r??);
     }
@@ -264,6 +264,9 @@ async fn heartbeats(
     let s = setup(args, 1).await?;
     let streams = open_many(args, &s.agent_key, agents).await?;
     println!("streams: {}", streams.len());
+    // PostgreSQL publishes its counters with a delay of up to a second: let the
+    // registrations above land in them before the measured window opens.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let tx0 = transactions(db).await?;
     let started = Instant::now();
     let until = started + Duration::from_secs(seconds);
@@ -271,7 +274,7 @@ async fn heartbeats(
     for mut stream in streams {
         tasks.spawn(async move {
             let mut latencies = Vec::new();
-            let mut sent: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
+            let mut sent: std::collections::VecDeque<(u64, Instant)> = std::collections::VecDeque::new();
             let mut sequence = 0u64;
             loop {
                 while sent.len() < window && Instant::now() < until {
@@ -292,20 +295,21 @@ async fn heartbeats(
                     {
                         return (latencies, stream);
                     }
-                    sent.push_back(Instant::now());
+                    sent.push_back((sequence, Instant::now()));
                 }
                 if sent.is_empty() {
                     return (latencies, stream);
                 }
                 match stream.rx.message().await {
                     Ok(Some(pb::HealthStreamResponse {
-                        message: Some(In::Ack(_)),
-                    })) => {
-                        if let Some(at) = sent.pop_front() {
-                            latencies
-                                .push(u32::try_from(at.elapsed().as_micros()).unwrap_or(u32::MAX));
+                        message: Some(In::Ack(ack)),
+                    })) => match sent.pop_front() {
+                        // Acks come in order: each answers the oldest heartbeat in flight.
+                        Some((seq, at)) if seq == ack.sequence => {
+                            latencies.push(u32::try_from(at.elapsed().as_micros()).unwrap_or(u32::MAX));
                         }
-                    }
+                        _ => return (latencies, stream),
+                    },
                     Ok(Some(_)) => {}
                     _ => return (latencies, stream),
                 }
