@@ -92,7 +92,13 @@ impl Caller {
 }
 
 /// Key id → SHA-256 of the key and the caller it authenticates.
-type KeyCache = HashMap<Uuid, ([u8; 32], Caller)>;
+#[derive(Debug, Default)]
+struct KeyCache {
+    keys: HashMap<Uuid, ([u8; 32], Caller)>,
+    /// Bumped by every forget, so that a lookup which raced with a
+    /// revocation does not put the revoked key back.
+    generation: u64,
+}
 
 /// Authenticates requests against the `api_keys` table.
 #[derive(Debug, Clone)]
@@ -117,12 +123,16 @@ impl Authenticator {
 
     /// Forgets key `id` (revoked or deleted).
     pub fn forget(&self, id: Uuid) {
-        self.cache().remove(&id);
+        let mut cache = self.cache();
+        cache.generation += 1;
+        cache.keys.remove(&id);
     }
 
     /// Forgets every key (the change feed may have missed revocations).
     pub fn forget_all(&self) {
-        self.cache().clear();
+        let mut cache = self.cache();
+        cache.generation += 1;
+        cache.keys.clear();
     }
 
     /// The caller of `request`, if its bearer key is valid and not revoked.
@@ -142,13 +152,17 @@ impl Authenticator {
             .trim();
         let key_id = parse_key_id(key).ok_or(INVALID)?;
         let presented = hash(key);
-        if let Some((stored, caller)) = self.cache().get(&key_id) {
-            return if bool::from(presented.as_slice().ct_eq(stored)) {
-                Ok(caller.clone())
-            } else {
-                Err(INVALID)
-            };
-        }
+        let generation = {
+            let cache = self.cache();
+            if let Some((stored, caller)) = cache.keys.get(&key_id) {
+                return if bool::from(presented.as_slice().ct_eq(stored)) {
+                    Ok(caller.clone())
+                } else {
+                    Err(INVALID)
+                };
+            }
+            cache.generation
+        };
         let row: Option<(String, Option<Uuid>, Vec<u8>)> = sqlx::query_as(
             "SELECT role, tenant_id, secret_hash FROM api_keys WHERE id = $1 AND revoked_at IS NULL",
         )
@@ -156,14 +170,20 @@ impl Authenticator {
         .fetch_optional(&self.pool)
         .await?;
         let (role, tenant_id, stored) = row.ok_or(INVALID)?;
-        if !bool::from(hash(key).as_slice().ct_eq(&stored)) {
+        if !bool::from(presented.as_slice().ct_eq(&stored)) {
             return Err(INVALID);
         }
-        Ok(Caller {
+        let caller = Caller {
             key_id,
             role: Role::from_db_name(&role),
             tenant_id,
-        })
+        };
+        let mut cache = self.cache();
+        // A forget since our read may have been this key's revocation.
+        if cache.generation == generation {
+            cache.keys.insert(key_id, (presented, caller.clone()));
+        }
+        Ok(caller)
     }
 }
 

@@ -546,6 +546,53 @@ async fn the_view_follows_changes_made_through_another_replica() {
 }
 
 #[tokio::test]
+async fn routing_reads_with_a_known_key_need_no_database() {
+    let db = common::TestDb::new().await;
+    let (proxy, pool) = db.through_proxy().await;
+    let s = TestServer::with_pool(pool).await;
+    manifest(&s, "ide-agent", "ide", &[], pb::ManifestStatus::Active).await;
+    let t = s.tenant("acme").await;
+    configure(&t, "ide-agent", 5).await;
+    register(&t, "i1", "ide-agent").await;
+    wait_available(&t.client, AgentFilter::new(), "instance available", |a| {
+        a.len() == 1
+    })
+    .await;
+    let unused_key = s
+        .admin
+        .create_api_key(agentry_client::CreateApiKey::new(pb::Role::Tenant).tenant(&t.id))
+        .await
+        .expect("key")
+        .secret;
+    let unused = common::client(s.addr, &unused_key).await;
+
+    proxy.cut();
+    // Writes need the database...
+    assert_eq!(
+        code(t.client.acquire_agent(AgentFilter::new(), None).await),
+        Code::Unavailable
+    );
+    // ...a key the server has not checked yet cannot be checked...
+    assert_eq!(
+        code(unused.get_available_agents(AgentFilter::new(), 0).await),
+        Code::Unavailable
+    );
+    // ...but a key it has checked, and the availability view, are in memory.
+    for _ in 0..20 {
+        let agents = available(&t.client, AgentFilter::new()).await;
+        assert_eq!(agents.len(), 1);
+        assert_eq!(agents[0].1, "i1");
+    }
+
+    proxy.restore();
+    unused
+        .get_available_agents(AgentFilter::new(), 0)
+        .await
+        .expect("checked once the database is back");
+    drop(db);
+}
+
+#[tokio::test]
 async fn watch_sends_a_snapshot_then_changes() {
     let s = TestServer::start().await;
     manifest(&s, "ide-agent", "ide", &[], pb::ManifestStatus::Active).await;

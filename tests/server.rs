@@ -6,9 +6,7 @@ mod common;
 use std::time::Duration;
 
 use agentry_client::{Code, ListManifests};
-use common::proxy::Proxy;
 use common::{TestDb, TestServer, eventually};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -107,20 +105,7 @@ async fn descriptor_set_decodes_with_comments() {
 #[tokio::test]
 async fn database_outage_turns_health_not_serving_and_calls_unavailable() {
     let db = TestDb::new().await;
-    let options: PgConnectOptions = db.url.parse().expect("url");
-    let target = format!("{}:{}", options.get_host(), options.get_port());
-    let target = tokio::net::lookup_host(target)
-        .await
-        .expect("resolve")
-        .next()
-        .expect("address");
-    let proxy = Proxy::start(target).await;
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(Duration::from_millis(500))
-        .connect_with(options.host("127.0.0.1").port(proxy.addr.port()))
-        .await
-        .expect("pool through proxy");
+    let (proxy, pool) = db.through_proxy().await;
     let s = TestServer::with_pool(pool).await;
     s.admin
         .list_manifests(ListManifests::new())

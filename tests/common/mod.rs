@@ -41,6 +41,26 @@ impl TestDb {
             .expect("create test database");
         TestDb { name, url, pool }
     }
+
+    /// A proxy in front of this database, and a small pool through it that
+    /// gives up quickly while the proxy is cut.
+    pub async fn through_proxy(&self) -> (proxy::Proxy, PgPool) {
+        let options: sqlx::postgres::PgConnectOptions = self.url.parse().expect("url");
+        let target = format!("{}:{}", options.get_host(), options.get_port());
+        let target = tokio::net::lookup_host(target)
+            .await
+            .expect("resolve")
+            .next()
+            .expect("address");
+        let proxy = proxy::Proxy::start(target).await;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_millis(500))
+            .connect_with(options.host("127.0.0.1").port(proxy.addr.port()))
+            .await
+            .expect("pool through proxy");
+        (proxy, pool)
+    }
 }
 
 impl Drop for TestDb {

@@ -66,20 +66,45 @@ enum Mode {
         registrations: usize,
         #[arg(long, default_value_t = 50)]
         configurations: usize,
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
+        #[command(flatten)]
+        load: Load,
     },
     /// Acquire + release pairs from concurrent callers.
     Acquire {
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
+        #[command(flatten)]
+        load: Load,
         #[arg(long, default_value_t = 50)]
         max_workload: i32,
     },
+}
+
+/// Concurrent unary callers.
+#[derive(clap::Args, Clone, Copy)]
+struct Load {
+    /// Callers, each with one call in flight.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// HTTP/2 connections the callers are spread over (one client each).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+}
+
+impl Load {
+    /// One client per connection, all with `key`.
+    async fn clients(&self, args: &Args, key: &str) -> Result<Vec<Client>, Error> {
+        let mut clients = Vec::new();
+        for _ in 0..self.connections.max(1) {
+            clients.push(
+                Client::builder(args.url.as_str())
+                    .api_key(key)
+                    .connect()
+                    .await?,
+            );
+        }
+        Ok(clients)
+    }
 }
 
 struct Setup {
@@ -175,10 +200,10 @@ async fn open_many(args: &Args, key: &str, count: usize) -> Result<Vec<Stream>, 
     for i in 0..count {
         let (channel, key) = (channels[i / 100].clone(), key.to_owned());
         tasks.spawn(async move { open_stream(channel, &key, format!("bench-{i}")).await });
-        if tasks.len() >= 200 {
-            if let Some(r) = tasks.join_next().await {
-                streams.push(r??);
-            }
+        if tasks.len() >= 200
+            && let Some(r) = tasks.join_next().await
+        {
+            streams.push(r??);
         }
     }
     while let Some(r) = tasks.join_next().await {
@@ -243,14 +268,9 @@ async fn main() -> Result<(), Error> {
         Mode::Available {
             registrations,
             configurations,
-            concurrency,
-            seconds,
-        } => available(&args, registrations, configurations, concurrency, seconds).await,
-        Mode::Acquire {
-            concurrency,
-            seconds,
-            max_workload,
-        } => acquire(&args, &db, concurrency, seconds, max_workload).await,
+            load,
+        } => available(&args, registrations, configurations, load).await,
+        Mode::Acquire { load, max_workload } => acquire(&args, &db, load, max_workload).await,
     }
 }
 
@@ -274,7 +294,8 @@ async fn heartbeats(
     for mut stream in streams {
         tasks.spawn(async move {
             let mut latencies = Vec::new();
-            let mut sent: std::collections::VecDeque<(u64, Instant)> = std::collections::VecDeque::new();
+            let mut sent: std::collections::VecDeque<(u64, Instant)> =
+                std::collections::VecDeque::new();
             let mut sequence = 0u64;
             loop {
                 while sent.len() < window && Instant::now() < until {
@@ -306,7 +327,8 @@ async fn heartbeats(
                     })) => match sent.pop_front() {
                         // Acks come in order: each answers the oldest heartbeat in flight.
                         Some((seq, at)) if seq == ack.sequence => {
-                            latencies.push(u32::try_from(at.elapsed().as_micros()).unwrap_or(u32::MAX));
+                            latencies
+                                .push(u32::try_from(at.elapsed().as_micros()).unwrap_or(u32::MAX));
                         }
                         _ => return (latencies, stream),
                     },
@@ -379,8 +401,7 @@ async fn available(
     args: &Args,
     registrations: usize,
     configurations: usize,
-    concurrency: usize,
-    seconds: u64,
+    load: Load,
 ) -> Result<(), Error> {
     let s = setup(args, configurations).await?;
     for i in 0..configurations {
@@ -399,10 +420,10 @@ async fn available(
                 ))
                 .await
         });
-        if tasks.len() >= 64 {
-            if let Some(r) = tasks.join_next().await {
-                r??;
-            }
+        if tasks.len() >= 64
+            && let Some(r) = tasks.join_next().await
+        {
+            r??;
         }
     }
     while let Some(r) = tasks.join_next().await {
@@ -421,11 +442,12 @@ async fn available(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let until = Instant::now() + Duration::from_secs(seconds);
+    let clients = load.clients(args, &s.tenant_key).await?;
+    let until = Instant::now() + Duration::from_secs(load.seconds);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
-        let client = s.tenant.clone();
+    for i in 0..load.concurrency {
+        let client = clients[i % clients.len()].clone();
         tasks.spawn(async move {
             let mut latencies = Vec::new();
             while Instant::now() < until {
@@ -444,15 +466,13 @@ async fn available(
     println!("available_calls: {}", all.len());
     println!("available_calls_per_sec: {:.0}", all.len() as f64 / elapsed);
     report_latencies("available_latency", all);
-    let _ = s.tenant_key;
     Ok(())
 }
 
 async fn acquire(
     args: &Args,
     db: &sqlx::PgPool,
-    concurrency: usize,
-    seconds: u64,
+    load: Load,
     max_workload: i32,
 ) -> Result<(), Error> {
     let s = setup(args, 1).await?;
@@ -495,11 +515,12 @@ async fn acquire(
             peak
         })
     };
-    let until = Instant::now() + Duration::from_secs(seconds);
+    let clients = load.clients(args, &s.tenant_key).await?;
+    let until = Instant::now() + Duration::from_secs(load.seconds);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
-        let client = s.tenant.clone();
+    for i in 0..load.concurrency {
+        let client = clients[i % clients.len()].clone();
         tasks.spawn(async move {
             let (mut pairs, mut exhausted) = (0u64, 0u64);
             while Instant::now() < until {
