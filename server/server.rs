@@ -7,10 +7,10 @@ use sqlx::PgPool;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Status;
 use tonic::server::NamedService;
 use tonic::transport::Server as TonicServer;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -31,6 +31,9 @@ use crate::registrations::sessions::Sessions;
 use crate::routing::RoutingApi;
 
 /// Services whose `grpc.health.v1` status follows the database ("" is the whole server).
+/// Idle time before TCP keepalive probes a silent peer.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
 const HEALTH_NAMES: &[&str] = &[
     "",
     <ManifestServiceServer<ManifestApi> as NamedService>::NAME,
@@ -150,7 +153,12 @@ impl Server {
             }
         };
         tracing::info!(addr = ?listener.local_addr().ok(), "serving gRPC");
-        let server = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        // Small request/response frames must not wait for Nagle's algorithm
+        // (40 ms stalls against delayed ACKs); keepalive finds dead peers.
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(TCP_KEEPALIVE));
+        let server = router.serve_with_incoming_shutdown(incoming, signal);
         let grace = {
             let mut stopping = stopping.clone();
             async move {

@@ -89,9 +89,86 @@ struct Load {
     connections: usize,
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Calls per second offered by all callers together (each caller keeps
+    /// a schedule; a caller behind it counts latency from the scheduled
+    /// start, so a stall is not hidden by the calls it delayed); 0: as fast
+    /// as answers come.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+}
+
+/// What one caller's call came to.
+enum Done {
+    /// Served.
+    Ok,
+    /// Refused with RESOURCE_EXHAUSTED (counted, not an error).
+    Exhausted,
+}
+
+/// Latencies (µs) of the served calls, and how many were refused as exhausted.
+struct Run {
+    latencies: Vec<u32>,
+    exhausted: u64,
+    elapsed: f64,
 }
 
 impl Load {
+    /// Runs `call` from `concurrency` callers spread over `clients` for `seconds`.
+    async fn run<F, Fut>(&self, clients: &[Client], call: F) -> Result<Run, Error>
+    where
+        F: Fn(Client) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = Result<Done, agentry_client::Error>> + Send,
+    {
+        let callers = self.concurrency.max(1);
+        let period =
+            (self.rate > 0).then(|| Duration::from_secs_f64(callers as f64 / self.rate as f64));
+        let started = Instant::now();
+        let until = started + Duration::from_secs(self.seconds);
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..callers {
+            let (client, call) = (clients[i % clients.len()].clone(), call.clone());
+            tasks.spawn(async move {
+                let (mut latencies, mut exhausted) = (Vec::new(), 0u64);
+                // Callers start staggered over one period so the offered load is even.
+                let mut next = period.map(|p| started + p.mul_f64(i as f64 / callers as f64));
+                loop {
+                    let at = match next {
+                        // The timer's lateness (up to a millisecond) is not the server's.
+                        Some(at) if at > Instant::now() => {
+                            tokio::time::sleep_until(at.into()).await;
+                            Instant::now()
+                        }
+                        // Behind schedule: the wait for the previous call counts.
+                        Some(at) => at,
+                        None => Instant::now(),
+                    };
+                    if at >= until {
+                        break;
+                    }
+                    match call(client.clone()).await? {
+                        Done::Ok => latencies
+                            .push(u32::try_from(at.elapsed().as_micros()).unwrap_or(u32::MAX)),
+                        Done::Exhausted => exhausted += 1,
+                    }
+                    next = next.zip(period).map(|(n, p)| n + p);
+                }
+                Ok::<_, agentry_client::Error>((latencies, exhausted))
+            });
+        }
+        let mut run = Run {
+            latencies: Vec::new(),
+            exhausted: 0,
+            elapsed: 0.0,
+        };
+        while let Some(r) = tasks.join_next().await {
+            let (latencies, exhausted) = r??;
+            run.latencies.extend(latencies);
+            run.exhausted += exhausted;
+        }
+        run.elapsed = started.elapsed().as_secs_f64();
+        Ok(run)
+    }
+
     /// One client per connection, all with `key`.
     async fn clients(&self, args: &Args, key: &str) -> Result<Vec<Client>, Error> {
         let mut clients = Vec::new();
@@ -443,29 +520,18 @@ async fn available(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let clients = load.clients(args, &s.tenant_key).await?;
-    let until = Instant::now() + Duration::from_secs(load.seconds);
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..load.concurrency {
-        let client = clients[i % clients.len()].clone();
-        tasks.spawn(async move {
-            let mut latencies = Vec::new();
-            while Instant::now() < until {
-                let at = Instant::now();
-                client.get_available_agents(AgentFilter::new(), 10).await?;
-                latencies.push(u32::try_from(at.elapsed().as_micros()).unwrap_or(u32::MAX));
-            }
-            Ok::<_, agentry_client::Error>(latencies)
-        });
-    }
-    let mut all = Vec::new();
-    while let Some(r) = tasks.join_next().await {
-        all.extend(r??);
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    println!("available_calls: {}", all.len());
-    println!("available_calls_per_sec: {:.0}", all.len() as f64 / elapsed);
-    report_latencies("available_latency", all);
+    let run = load
+        .run(&clients, |client| async move {
+            client.get_available_agents(AgentFilter::new(), 10).await?;
+            Ok(Done::Ok)
+        })
+        .await?;
+    println!("available_calls: {}", run.latencies.len());
+    println!(
+        "available_calls_per_sec: {:.0}",
+        run.latencies.len() as f64 / run.elapsed
+    );
+    report_latencies("available_latency", run.latencies);
     Ok(())
 }
 
@@ -516,38 +582,24 @@ async fn acquire(
         })
     };
     let clients = load.clients(args, &s.tenant_key).await?;
-    let until = Instant::now() + Duration::from_secs(load.seconds);
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..load.concurrency {
-        let client = clients[i % clients.len()].clone();
-        tasks.spawn(async move {
-            let (mut pairs, mut exhausted) = (0u64, 0u64);
-            while Instant::now() < until {
-                match client
-                    .acquire_agent(AgentFilter::new(), Some(Duration::from_secs(60)))
-                    .await
-                {
-                    Ok(lease) => {
-                        client
-                            .release_agent(&lease.id, pb::LeaseOutcome::Succeeded)
-                            .await?;
-                        pairs += 1;
-                    }
-                    Err(agentry_client::Error::ResourceExhausted { .. }) => exhausted += 1,
-                    Err(e) => return Err(e),
+    let run = load
+        .run(&clients, |client| async move {
+            match client
+                .acquire_agent(AgentFilter::new(), Some(Duration::from_secs(60)))
+                .await
+            {
+                Ok(lease) => {
+                    client
+                        .release_agent(&lease.id, pb::LeaseOutcome::Succeeded)
+                        .await?;
+                    Ok(Done::Ok)
                 }
+                Err(agentry_client::Error::ResourceExhausted { .. }) => Ok(Done::Exhausted),
+                Err(e) => Err(e),
             }
-            Ok::<_, agentry_client::Error>((pairs, exhausted))
-        });
-    }
-    let (mut pairs, mut exhausted) = (0, 0);
-    while let Some(r) = tasks.join_next().await {
-        let (p, e) = r??;
-        pairs += p;
-        exhausted += e;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
+        })
+        .await?;
+    let (pairs, exhausted) = (run.latencies.len(), run.exhausted);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let peak = watcher.await?;
     let final_workload = s
@@ -558,11 +610,12 @@ async fn acquire(
     println!("acquire_release_pairs: {pairs}");
     println!(
         "acquire_release_pairs_per_sec: {:.0}",
-        pairs as f64 / elapsed
+        pairs as f64 / run.elapsed
     );
     println!("resource_exhausted: {exhausted}");
     println!("peak_workload_seen: {peak} (max_workload {max_workload})");
     println!("final_workload: {final_workload}");
+    report_latencies("pair_latency", run.latencies);
     if peak > max_workload || final_workload != 0 {
         return Err("workload exceeded max_workload or leaked".into());
     }
