@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::pb::Role;
 use crate::registrations::sessions::Sessions;
 use crate::routing::view::View;
+use crate::routing::writer::LeaseWriter;
 
 /// Shared state of the services. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -25,6 +26,8 @@ pub struct Context {
     pub registry: Arc<RegistryConfig>,
     /// The availability view that routing reads.
     pub view: Arc<View>,
+    /// Batches lease reservations and releases.
+    pub leases: Arc<LeaseWriter>,
 }
 
 impl Context {
@@ -35,6 +38,7 @@ impl Context {
             pool,
             sessions: Arc::new(Sessions::default()),
             view: Arc::new(View::new(registry.watch_buffer)),
+            leases: Arc::default(),
             registry: Arc::new(registry),
         }
     }

@@ -27,6 +27,9 @@ pub enum Error {
     PermissionDenied(String),
     #[error("{0}")]
     Aborted(String),
+    /// The service cannot answer now; the caller may retry.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("database error")]
     Database(#[from] sqlx::Error),
     #[error("database migration failed")]
@@ -48,7 +51,7 @@ impl Error {
     }
 
     /// Whether the database could not be reached (as opposed to refusing a statement).
-    fn is_unavailable(err: &sqlx::Error) -> bool {
+    pub(crate) fn is_unavailable(err: &sqlx::Error) -> bool {
         matches!(
             err,
             sqlx::Error::Io(_)
@@ -77,6 +80,7 @@ impl From<Error> for Status {
             Error::Unauthenticated(m) => Status::unauthenticated(m),
             Error::PermissionDenied(m) => Status::permission_denied(m),
             Error::Aborted(m) => Status::aborted(m),
+            Error::Unavailable(m) => Status::unavailable(m),
             Error::Database(ref db) if Error::is_unavailable(db) => {
                 tracing::warn!(error = %db, "database unavailable");
                 Status::new(Code::Unavailable, "database unavailable, retry later")

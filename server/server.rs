@@ -74,6 +74,11 @@ impl Server {
         self.ctx.sessions.clone()
     }
 
+    /// The lease writer of this server, and its counters.
+    pub fn leases(&self) -> Arc<crate::routing::writer::LeaseWriter> {
+        self.ctx.leases.clone()
+    }
+
     /// Serves the API on `listener` until `shutdown` resolves, then drains:
     /// health turns NOT_SERVING, health streams are told to drain and closed,
     /// heartbeat times are flushed, new connections are refused, and in-flight
@@ -97,6 +102,10 @@ impl Server {
             tokio::spawn(flush_heartbeats(ctx.clone(), stopping.clone())),
             tokio::spawn(sweep(RegistrationApi::new(ctx.clone()), stopping.clone())),
             tokio::spawn(crate::routing::view::follow(ctx.clone(), stopping.clone())),
+            tokio::spawn({
+                let (leases, pool) = (ctx.leases.clone(), ctx.pool.clone());
+                async move { leases.run(pool).await }
+            }),
         ];
         // Routing reads need the view: give its first load a moment before serving.
         if tokio::time::timeout(Duration::from_secs(10), ctx.view.ready())

@@ -383,6 +383,148 @@ async fn two_hundred_concurrent_acquires_across_two_replicas_grant_exactly_max()
 }
 
 #[tokio::test]
+async fn concurrent_acquires_and_releases_share_transactions() {
+    let s = TestServer::start().await;
+    manifest(&s, "ide-agent", "ide", &[], pb::ManifestStatus::Active).await;
+    let t = s.tenant("acme").await;
+    let c = configure(&t, "ide-agent", 1000).await;
+    register(&t, "i1", "ide-agent").await;
+    wait_available(&t.client, AgentFilter::new(), "agent available", |a| {
+        a.len() == 1
+    })
+    .await;
+    let callers: Vec<_> = (0..200)
+        .map(|_| {
+            let client = t.client.clone();
+            tokio::spawn(async move {
+                let lease = client.acquire_agent(AgentFilter::new(), None).await?;
+                client
+                    .release_agent(&lease.id, pb::LeaseOutcome::Succeeded)
+                    .await
+            })
+        })
+        .collect();
+    for caller in callers {
+        assert!(caller.await.expect("task").expect("acquire and release"));
+    }
+    let (batches, operations) = (
+        s.leases.stats.batches.load(Ordering::Relaxed),
+        s.leases.stats.operations.load(Ordering::Relaxed),
+    );
+    assert_eq!(operations, 400);
+    assert!(
+        batches < operations,
+        "{operations} operations in {batches} transactions"
+    );
+    let stored: (i32, i64, i64) = sqlx::query_as(
+        "SELECT c.current_workload, count(l.id), count(l.released_at) \
+         FROM agent_configurations c LEFT JOIN workload_leases l ON l.configuration_id = c.id \
+         WHERE c.id = $1::uuid GROUP BY c.current_workload",
+    )
+    .bind(&c.id)
+    .fetch_one(&s.pool)
+    .await
+    .expect("read");
+    assert_eq!(stored, (0, 200, 200));
+}
+
+#[tokio::test]
+async fn a_lease_released_by_many_callers_at_once_gives_its_unit_back_once() {
+    let s = TestServer::start().await;
+    manifest(&s, "ide-agent", "ide", &[], pb::ManifestStatus::Active).await;
+    let t = s.tenant("acme").await;
+    let c = configure(&t, "ide-agent", 5).await;
+    register(&t, "i1", "ide-agent").await;
+    wait_available(&t.client, AgentFilter::new(), "agent available", |a| {
+        a.len() == 1
+    })
+    .await;
+    let acquire = || t.client.acquire_agent(AgentFilter::new(), None);
+    let (first, _second) = (
+        acquire().await.expect("first"),
+        acquire().await.expect("second"),
+    );
+    let releases: Vec<_> = (0..20)
+        .map(|_| {
+            let (client, id) = (t.client.clone(), first.id.clone());
+            tokio::spawn(
+                async move { client.release_agent(&id, pb::LeaseOutcome::Succeeded).await },
+            )
+        })
+        .collect();
+    let mut released = 0;
+    for r in releases {
+        released += usize::from(r.await.expect("task").expect("release"));
+    }
+    assert_eq!(released, 1, "exactly one call released the lease");
+    let workload = t
+        .client
+        .get_configuration(&c.id)
+        .await
+        .expect("configuration")
+        .current_workload;
+    assert_eq!(workload, 1, "the other lease still counts");
+}
+
+#[tokio::test]
+async fn the_view_counts_every_lease_when_many_change_in_one_transaction() {
+    let s = TestServer::start().await;
+    manifest(&s, "ide-agent", "ide", &[], pb::ManifestStatus::Active).await;
+    let t = s.tenant("acme").await;
+    let c = configure(&t, "ide-agent", 10).await;
+    let mut instances = [
+        register(&t, "a", "ide-agent").await,
+        register(&t, "b", "ide-agent").await,
+    ];
+    // Equal in all else, instances rank by id: `low` first while neither has leases.
+    instances.sort_by(|x, y| x.id.cmp(&y.id));
+    let [low, high] = instances;
+    let best = || async {
+        t.client
+            .get_available_agents(AgentFilter::new(), 0)
+            .await
+            .expect("available")
+            .first()
+            .and_then(|a| a.instance.as_ref())
+            .map(|i| i.id.clone())
+    };
+    eventually(DEADLINE, "low-id instance first", || async {
+        best().await.as_deref() == Some(low.id.as_str())
+    })
+    .await;
+    // Two leases of `low` and one of `high`, written in one statement: `high`
+    // must now rank first (one open lease against two).
+    sqlx::query(
+        "INSERT INTO workload_leases (id, tenant_id, configuration_id, registration_id, epoch, ttl_ms, expires_at) \
+         SELECT gen_random_uuid(), $1::uuid, $2::uuid, r::uuid, 1, 60000, now() + interval '1 minute' \
+         FROM unnest(ARRAY[$3, $3, $4]) AS r",
+    )
+    .bind(&t.id)
+    .bind(&c.id)
+    .bind(&low.id)
+    .bind(&high.id)
+    .execute(&s.pool)
+    .await
+    .expect("insert leases");
+    eventually(DEADLINE, "the instance with fewer leases first", || async {
+        best().await.as_deref() == Some(high.id.as_str())
+    })
+    .await;
+    // Both of `low`'s leases released in one statement: `low` is back in front.
+    sqlx::query(
+        "UPDATE workload_leases SET released_at = now(), outcome = 'succeeded' WHERE registration_id = $1::uuid",
+    )
+    .bind(&low.id)
+    .execute(&s.pool)
+    .await
+    .expect("release");
+    eventually(DEADLINE, "the instance without leases first", || async {
+        best().await.as_deref() == Some(low.id.as_str())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn leases_expire_release_once_and_cannot_be_renewed_after() {
     let s = TestServer::start().await;
     manifest(&s, "ide-agent", "ide", &[], pb::ManifestStatus::Active).await;

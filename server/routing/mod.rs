@@ -1,10 +1,12 @@
 //! Routing: the in-memory availability view (`view`), workload leases
-//! (`store`), metrics (`metrics`) and the service (`service`, `watch`).
+//! (`store`, batched by `writer`), metrics (`metrics`) and the service
+//! (`service`, `watch`).
 
 mod metrics;
 mod service;
 pub mod store;
 pub mod view;
 mod watch;
+pub mod writer;
 
 pub use service::RoutingApi;

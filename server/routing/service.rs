@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::store::{self, LeaseRow};
 use super::view::Filter;
+use super::writer::Reservation;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::pb::routing_service_server::RoutingService;
@@ -21,6 +22,9 @@ const DEFAULT_PERIOD: Duration = Duration::from_secs(3600);
 const MAX_PERIOD: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Best candidates among which power-of-two-choices picks.
 const CHOICES: usize = 4;
+/// Candidates one reservation offers the lease writer, in pick order: more
+/// only matter when the view is behind on that many full configurations.
+const RESERVE_CANDIDATES: usize = 16;
 
 /// Serves routing for the caller's tenant from the availability view.
 #[derive(Debug, Clone)]
@@ -107,6 +111,13 @@ impl RoutingApi {
     }
 }
 
+/// The (configuration, registration) ids of an available agent.
+fn ids(agent: &pb::AvailableAgent) -> Option<(Uuid, Uuid)> {
+    let configuration = Uuid::try_parse(&agent.configuration.as_ref()?.id).ok()?;
+    let registration = Uuid::try_parse(&agent.instance.as_ref()?.id).ok()?;
+    Some((configuration, registration))
+}
+
 /// Orders candidates for a reservation: power-of-two-choices among the best
 /// few picks the first, so routers acting on one snapshot spread out; the
 /// rest follow in score order as fallbacks.
@@ -156,40 +167,33 @@ impl RoutingService for RoutingApi {
         let ttl = duration("ttl", r.ttl, DEFAULT_TTL, MAX_TTL)?;
         let filter = filter(r.filter)?;
         let (candidates, _) = self.ctx.view.available(tenant, &filter, usize::MAX);
-        for index in pick_order(candidates.len()) {
-            let candidate = &candidates[index];
-            let (Some(configuration), Some(instance)) =
-                (&candidate.configuration, &candidate.instance)
-            else {
-                continue;
-            };
-            let (Ok(configuration_id), Ok(registration_id)) = (
-                Uuid::try_parse(&configuration.id),
-                Uuid::try_parse(&instance.id),
-            ) else {
-                continue;
-            };
-            // The view may be a moment behind: the database has the last word.
-            let Some(grant) = store::reserve(
-                &self.ctx.pool,
-                tenant,
-                configuration_id,
-                registration_id,
-                millis(ttl),
-            )
-            .await?
-            else {
-                continue;
-            };
+        // The view may be a moment behind: the lease writer decides against
+        // the database, taking the first of these that still fits.
+        let order: Vec<usize> = pick_order(candidates.len())
+            .into_iter()
+            .filter(|i| ids(&candidates[*i]).is_some())
+            .take(RESERVE_CANDIDATES)
+            .collect();
+        let reservation = Reservation {
+            tenant,
+            candidates: order.iter().filter_map(|i| ids(&candidates[*i])).collect(),
+            ttl_ms: millis(ttl),
+        };
+        if let Some(grant) = self.ctx.leases.reserve(reservation).await? {
             tracing::Span::current().record("lease", tracing::field::display(grant.lease.id));
-            let mut configuration = configuration.clone();
-            configuration.current_workload = grant.current_workload;
-            let mut instance = instance.clone();
-            instance.epoch = grant.lease.epoch;
+            let chosen = &candidates[order[grant.candidate]];
+            let mut configuration = chosen.configuration.clone();
+            if let Some(c) = &mut configuration {
+                c.current_workload = grant.current_workload;
+            }
+            let mut instance = chosen.instance.clone();
+            if let Some(i) = &mut instance {
+                i.epoch = grant.lease.epoch;
+            }
             return Ok(Response::new(pb::Lease {
                 id: grant.lease.id.to_string(),
-                instance: Some(instance),
-                configuration: Some(configuration),
+                instance,
+                configuration,
                 epoch: grant.lease.epoch,
                 expire_time: Some(pb::timestamp(grant.lease.expires_at)),
             }));
@@ -240,7 +244,11 @@ impl RoutingService for RoutingApi {
                 .into());
             }
         };
-        let released = store::release(&self.ctx.pool, tenant, id, outcome).await?;
+        let released = self.ctx.leases.release(tenant, id, outcome).await?;
+        if !released {
+            // Not released by this call: already released, or not this tenant's lease at all.
+            store::get(&self.ctx.pool, tenant, id).await?;
+        }
         Ok(Response::new(pb::ReleaseAgentResponse { released }))
     }
 

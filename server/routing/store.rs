@@ -1,6 +1,6 @@
-//! SQL of workload leases. Each change is one statement, so concurrent
-//! callers on any number of replicas can never take `current_workload` past
-//! `max_workload` nor give a unit back twice.
+//! SQL of workload leases outside the lease writer's batches: reading,
+//! renewing and expiring them. Each is one statement, so concurrent callers
+//! on any number of replicas can never give a unit back twice.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool};
@@ -23,52 +23,7 @@ pub struct LeaseRow {
     pub outcome: Option<String>,
 }
 
-/// A granted reservation: the lease and the configuration's workload after it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Grant {
-    #[sqlx(flatten)]
-    pub lease: LeaseRow,
-    pub current_workload: i32,
-}
-
 const LEASE_COLUMNS: &str = "id, tenant_id, configuration_id, registration_id, epoch, ttl_ms, acquired_at, expires_at, released_at, outcome";
-
-/// Reserves one unit of `configuration` for `registration` if the
-/// configuration is enabled and has room and the instance is still routable.
-/// `None` when it does not fit (the caller tries another candidate).
-pub async fn reserve(
-    pool: &PgPool,
-    tenant: Uuid,
-    configuration: Uuid,
-    registration: Uuid,
-    ttl_ms: i64,
-) -> Result<Option<Grant>> {
-    Ok(sqlx::query_as(
-        "WITH reg AS ( \
-           SELECT id, epoch FROM agent_registrations WHERE id = $3 AND tenant_id = $2 \
-             AND configuration_id = $1 AND registration_status = 'active' \
-             AND health_status IN ('healthy', 'degraded')), \
-         upd AS ( \
-           UPDATE agent_configurations SET current_workload = current_workload + 1, updated_at = now() \
-           WHERE id = $1 AND tenant_id = $2 AND enabled AND current_workload < max_workload \
-             AND EXISTS (SELECT 1 FROM reg) \
-           RETURNING id, current_workload), \
-         ins AS ( \
-           INSERT INTO workload_leases (id, tenant_id, configuration_id, registration_id, epoch, ttl_ms, expires_at) \
-           SELECT $4, $2, upd.id, reg.id, reg.epoch, $5, now() + $5 * interval '1 millisecond' FROM upd, reg \
-           RETURNING *) \
-         SELECT ins.id, ins.tenant_id, ins.configuration_id, ins.registration_id, ins.epoch, ins.ttl_ms, \
-                ins.acquired_at, ins.expires_at, ins.released_at, ins.outcome, upd.current_workload \
-         FROM ins, upd",
-    )
-    .bind(configuration)
-    .bind(tenant)
-    .bind(registration)
-    .bind(Uuid::new_v4())
-    .bind(ttl_ms)
-    .fetch_optional(pool)
-    .await?)
-}
 
 /// One lease of `tenant`.
 pub async fn get<'e>(db: impl PgExecutor<'e>, tenant: Uuid, id: Uuid) -> Result<LeaseRow> {
@@ -105,30 +60,6 @@ pub async fn renew(pool: &PgPool, tenant: Uuid, id: Uuid, ttl_ms: Option<i64>) -
             }))
         }
     }
-}
-
-/// Releases a lease and gives its unit back, exactly once. `false` when it
-/// had already been released (or expired and swept).
-pub async fn release(pool: &PgPool, tenant: Uuid, id: Uuid, outcome: &str) -> Result<bool> {
-    let released: i64 = sqlx::query_scalar(
-        "WITH l AS ( \
-           UPDATE workload_leases SET released_at = now(), outcome = $3 \
-           WHERE id = $1 AND tenant_id = $2 AND released_at IS NULL RETURNING configuration_id), \
-         upd AS ( \
-           UPDATE agent_configurations c SET current_workload = greatest(c.current_workload - 1, 0), updated_at = now() \
-           FROM l WHERE c.id = l.configuration_id RETURNING c.id) \
-         SELECT count(*) FROM l",
-    )
-    .bind(id)
-    .bind(tenant)
-    .bind(outcome)
-    .fetch_one(pool)
-    .await?;
-    if released == 0 {
-        get(pool, tenant, id).await?;
-        return Ok(false);
-    }
-    Ok(true)
 }
 
 /// Expires open leases past their expiry and gives their units back; returns how many.

@@ -96,6 +96,7 @@ pub struct TestServer {
     pub db: Option<TestDb>,
     /// The server's health streams and their counters.
     pub sessions: std::sync::Arc<agentry_server::registrations::sessions::Sessions>,
+    pub leases: std::sync::Arc<agentry_server::routing::writer::LeaseWriter>,
     pub config: agentry_server::ServeConfig,
 }
 
@@ -154,6 +155,7 @@ impl TestServer {
         let (stop, stopped) = oneshot::channel::<()>();
         let server = agentry_server::Server::new(pool.clone(), config.clone());
         let sessions = server.sessions();
+        let leases = server.leases();
         let task = tokio::spawn(server.run(listener, async {
             let _ = stopped.await;
         }));
@@ -169,6 +171,7 @@ impl TestServer {
             task: Some(task),
             db: None,
             sessions,
+            leases,
             config,
         }
     }
