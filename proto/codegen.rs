@@ -20,13 +20,18 @@ fn compile_api(proto_root: &std::path::Path) -> Result<prost_types::FileDescript
 }
 
 /// Writes the Rust code of `fds` into `out_dir`: server stubs (with default
-/// `UNIMPLEMENTED` methods) or client stubs.
+/// `UNIMPLEMENTED` methods and the server's own codec) or client stubs.
 fn generate_api(
     fds: prost_types::FileDescriptorSet,
     out_dir: &std::path::Path,
     server: bool,
 ) -> std::io::Result<()> {
-    tonic_prost_build::configure()
+    let mut builder = tonic_prost_build::configure();
+    if server {
+        // Smaller per-call buffers: see server/pb/codec.rs.
+        builder = builder.codec_path("crate::pb::codec::Codec");
+    }
+    builder
         .build_server(server)
         .build_client(!server)
         .generate_default_stubs(server)

@@ -9,6 +9,8 @@ mod generated {
 
 pub use generated::*;
 
+pub mod codec;
+
 /// Encoded descriptor set of the API, served by reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/agentry_descriptor.bin"));

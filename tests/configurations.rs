@@ -488,3 +488,26 @@ async fn concurrent_workload_updates_never_pass_max() {
         0
     );
 }
+
+#[tokio::test]
+async fn the_largest_allowed_prompt_round_trips() {
+    // Far beyond the server codec's 1 KiB starting buffers, in both directions.
+    let s = TestServer::start().await;
+    s.manifest("ide-agent").await;
+    let t = s.tenant("acme").await;
+    let prompt: String = "é—🦀x".chars().cycle().take(32 * 1024).collect();
+    let created = t
+        .client
+        .create_configuration(CreateConfiguration::for_agent("ide-agent").system_prompt(&prompt))
+        .await
+        .expect("create");
+    assert_eq!(created.system_prompt, prompt);
+    let read = t.client.get_configuration(&created.id).await.expect("get");
+    assert_eq!(read.system_prompt, prompt);
+    let listed = t
+        .client
+        .list_configurations(ListConfigurations::new())
+        .await
+        .expect("list");
+    assert_eq!(listed.configurations[0].system_prompt, prompt);
+}
