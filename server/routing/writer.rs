@@ -306,20 +306,27 @@ async fn apply(
         }
     }
 
-    // Instances still routable, with the epoch their leases carry.
+    // Instances still routable, with the epoch their leases carry. Read by
+    // primary key alone and filtered here: given the status too, the planner
+    // likes to combine the pkey with the partial index of active rows, which
+    // every heartbeat flush churns, and that costs milliseconds.
+    registrations.sort_unstable();
+    registrations.dedup();
     let routable: HashMap<Uuid, (Uuid, Uuid, i64)> = if registrations.is_empty() {
         HashMap::new()
     } else {
-        sqlx::query_as::<_, (Uuid, Uuid, Uuid, i64)>(
-            "SELECT id, tenant_id, configuration_id, epoch FROM agent_registrations \
-             WHERE id = ANY($1) AND registration_status = 'active' \
-               AND health_status IN ('healthy', 'degraded')",
+        sqlx::query_as::<_, (Uuid, Uuid, Uuid, i64, String, String)>(
+            "SELECT id, tenant_id, configuration_id, epoch, registration_status, health_status \
+             FROM agent_registrations WHERE id = ANY($1)",
         )
         .bind(&registrations)
         .fetch_all(&mut **tx)
         .await?
         .into_iter()
-        .map(|(id, tenant, configuration, epoch)| (id, (tenant, configuration, epoch)))
+        .filter(|(.., status, health)| {
+            status == "active" && matches!(health.as_str(), "healthy" | "degraded")
+        })
+        .map(|(id, tenant, configuration, epoch, ..)| (id, (tenant, configuration, epoch)))
         .collect()
     };
 
