@@ -688,6 +688,43 @@ async fn the_view_follows_changes_made_through_another_replica() {
 }
 
 #[tokio::test]
+async fn the_view_applies_a_burst_of_changes_from_one_transaction() {
+    let s = TestServer::start().await;
+    manifest(&s, "ide-agent", "ide", &[], pb::ManifestStatus::Active).await;
+    let t = s.tenant("acme").await;
+    let c = configure(&t, "ide-agent", 10).await;
+    for i in 0..200 {
+        register(&t, &format!("i{i}"), "ide-agent").await;
+    }
+    wait_available(
+        &t.client,
+        AgentFilter::new(),
+        "200 healthy instances",
+        |a| a.len() == 1 && close(a[0].2, 0.5 + 0.3 + 0.2),
+    )
+    .await;
+    // 199 deactivated and the last one degraded, all in one statement: the
+    // feed delivers the notifications together.
+    sqlx::query(
+        "UPDATE agent_registrations SET \
+           registration_status = CASE WHEN instance_id = 'i0' THEN 'active' ELSE 'inactive' END, \
+           health_status = CASE WHEN instance_id = 'i0' THEN 'degraded' ELSE 'disconnected' END \
+         WHERE configuration_id = $1::uuid",
+    )
+    .bind(&c.id)
+    .execute(&s.pool)
+    .await
+    .expect("update");
+    wait_available(
+        &t.client,
+        AgentFilter::new().include_degraded(true),
+        "one degraded instance left",
+        |a| a.len() == 1 && a[0].1 == "i0" && close(a[0].2, 0.5 + 0.0 + 0.2 / 3.0),
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn routing_reads_with_a_known_key_need_no_database() {
     let db = common::TestDb::new().await;
     let (proxy, pool) = db.through_proxy().await;

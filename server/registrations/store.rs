@@ -260,6 +260,17 @@ pub async fn get<'e>(
         .ok_or_else(|| Error::NotFound("registration".into()))
 }
 
+/// The registrations among `ids` that exist, in one read.
+pub async fn get_many(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<RegistrationRow>> {
+    Ok(sqlx::query_as(concat!(
+        select_from!("agent_registrations"),
+        " WHERE r.id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(pool)
+    .await?)
+}
+
 /// Every active registration (the routing view's initial load).
 pub async fn all_active(pool: &PgPool) -> Result<Vec<RegistrationRow>> {
     Ok(sqlx::query_as(concat!(

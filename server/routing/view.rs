@@ -26,10 +26,12 @@ use crate::error::{Error, Result};
 use crate::manifests::store::{self as manifests, ManifestKey, ManifestRow};
 use crate::pb::{self, HealthStatus};
 use crate::registrations::sessions::Sessions;
-use crate::registrations::store::{self as registrations, RegistrationKey, RegistrationRow};
+use crate::registrations::store::{self as registrations, RegistrationRow};
 
 /// Channel the triggers of migration 0003 notify.
 pub const CHANNEL: &str = "agentry_changes";
+/// Notifications applied together at most.
+const FEED_BATCH: usize = 1000;
 
 /// A change of the view: one configuration of a tenant, or all of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,8 +269,15 @@ impl View {
         Ok(())
     }
 
-    /// Applies one notification, reading the changed row where needed.
-    async fn apply(&self, pool: &PgPool, sessions: &Sessions, notice: Notice) -> Result<()> {
+    /// Applies one notification, reading the changed row where needed;
+    /// changed registrations come read already, in `registrations`.
+    async fn apply(
+        &self,
+        pool: &PgPool,
+        sessions: &Sessions,
+        notice: Notice,
+        registrations: &HashMap<Uuid, RegistrationRow>,
+    ) -> Result<()> {
         match (notice.k.as_str(), notice.t) {
             ("w", Some(tenant)) => {
                 let mut state = self.write();
@@ -349,14 +358,10 @@ impl View {
                 }
             }
             ("r", Some(tenant)) => {
-                let row =
-                    match registrations::get(pool, Some(tenant), &RegistrationKey::Id(notice.id))
-                        .await
-                    {
-                        Ok(row) => Some(row),
-                        Err(Error::NotFound(_)) => None,
-                        Err(e) => return Err(e),
-                    };
+                let row = registrations
+                    .get(&notice.id)
+                    .filter(|r| r.tenant_id == tenant)
+                    .cloned();
                 let mut state = self.write();
                 let t = state.tenants.entry(tenant).or_default();
                 let mut touched = vec![];
@@ -581,19 +586,54 @@ async fn listen_once(ctx: &Context, stopping: &mut watch::Receiver<bool>) -> Res
             n = listener.try_recv() => n?,
             _ = stopping.wait_for(|s| *s) => return Ok(()),
         };
-        let Some(notification) = notification else {
+        let Some(first) = notification else {
             // The connection dropped: notifications may be lost.
             return Err(Error::Internal("change feed connection lost".into()));
         };
-        match serde_json::from_str::<Notice>(notification.payload()) {
-            Ok(notice) if notice.k == "k" => ctx.auth.forget(notice.id),
-            Ok(notice) => {
-                if let Err(e) = view.apply(pool, &ctx.sessions, notice).await {
-                    tracing::warn!(error = %e, "could not apply a change; reloading the view");
-                    view.load_all(pool).await?;
-                }
+        // Whatever else has arrived is applied with it, and the registrations
+        // it names are read in one statement: a sweep or a fleet's reconnect
+        // changes thousands at once, and one read each would queue on the pool.
+        let mut notices = Vec::new();
+        let mut next = Some(first);
+        while let Some(notification) = next {
+            match serde_json::from_str::<Notice>(notification.payload()) {
+                Ok(notice) if notice.k == "k" => ctx.auth.forget(notice.id),
+                Ok(notice) => notices.push(notice),
+                Err(e) => tracing::warn!(error = %e, "malformed change notification"),
             }
-            Err(e) => tracing::warn!(error = %e, "malformed change notification"),
+            next = (notices.len() < FEED_BATCH)
+                .then(|| listener.next_buffered())
+                .flatten();
+        }
+        if let Err(e) = apply_all(ctx, notices).await {
+            tracing::warn!(error = %e, "could not apply changes; reloading the view");
+            view.load_all(pool).await?;
         }
     }
+}
+
+/// Applies notifications in order, reading the registrations they name first.
+async fn apply_all(ctx: &Context, notices: Vec<Notice>) -> Result<()> {
+    let mut ids: Vec<Uuid> = notices
+        .iter()
+        .filter(|n| n.k == "r")
+        .map(|n| n.id)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let registrations: HashMap<Uuid, RegistrationRow> = if ids.is_empty() {
+        HashMap::new()
+    } else {
+        registrations::get_many(&ctx.pool, &ids)
+            .await?
+            .into_iter()
+            .map(|r| (r.id, r))
+            .collect()
+    };
+    for notice in notices {
+        ctx.view
+            .apply(&ctx.pool, &ctx.sessions, notice, &registrations)
+            .await?;
+    }
+    Ok(())
 }
