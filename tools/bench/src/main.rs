@@ -338,6 +338,15 @@ async fn main() -> Result<(), Error> {
         .max_connections(2)
         .connect(&args.database_url)
         .await?;
+    // Without autovacuum, dead rows of the hot tables (workload counters,
+    // leases, heartbeat times) pile up run after run and slow every write.
+    let autovacuum: String = sqlx::query_scalar("SHOW autovacuum").fetch_one(&db).await?;
+    println!("postgres_autovacuum: {autovacuum}");
+    if autovacuum != "on" {
+        eprintln!(
+            "warning: autovacuum is off on this PostgreSQL; run VACUUM ANALYZE between runs (see BENCHMARKS.md)"
+        );
+    }
     match args.mode {
         Mode::Heartbeats {
             agents,
