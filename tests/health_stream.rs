@@ -8,7 +8,9 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use agentry_client::{Code, SessionEvent, UpdateConfiguration, pb};
+use agentry_client::{
+    AgentFilter, Code, CreateApiKey, RegisterInstance, SessionEvent, UpdateConfiguration, pb,
+};
 use common::{TestServer, code, eventually};
 use pb::health_stream_request::Message as Out;
 use pb::health_stream_response::Message as In;
@@ -554,4 +556,133 @@ async fn streams_of_two_tenants_never_collide() {
         Code::NotFound
     );
     drop((sa, sb));
+}
+
+#[tokio::test]
+async fn an_operator_drain_reaches_the_agent_through_another_replica_and_stops_routing() {
+    let s = TestServer::start().await;
+    let replica = s.replica().await;
+    s.manifest("ide-agent").await;
+    let t = s.tenant("acme").await;
+    let mut session = t
+        .agent
+        .agent_session("inst", "ide-agent")
+        .connect()
+        .await
+        .expect("connect");
+    let available = || async {
+        t.client
+            .get_available_agents(AgentFilter::new(), 0)
+            .await
+            .expect("available")
+            .len()
+    };
+    eventually(DEADLINE, "instance available", || async {
+        available().await == 1
+    })
+    .await;
+
+    // The operator's call lands on the replica; the stream is held by `s`.
+    let operator_key = s
+        .admin
+        .create_api_key(CreateApiKey::new(pb::Role::Tenant).tenant(&t.id))
+        .await
+        .expect("key")
+        .secret;
+    let operator = common::client(replica.addr, &operator_key).await;
+    let drained = operator
+        .drain_registration("inst", "node maintenance")
+        .await
+        .expect("drain");
+    assert!(drained.drain_time.is_some());
+    assert_eq!(drained.drain_reason, "node maintenance");
+    let event = tokio::time::timeout(DEADLINE, session.next_event())
+        .await
+        .expect("in time");
+    assert!(
+        matches!(&event, Some(SessionEvent::Drain(r)) if r == "node maintenance"),
+        "{event:?}"
+    );
+    eventually(DEADLINE, "drained instance not offered", || async {
+        available().await == 0
+    })
+    .await;
+    assert_eq!(
+        code(t.client.acquire_agent(AgentFilter::new(), None).await),
+        Code::ResourceExhausted
+    );
+
+    // A reconnect of the same instance is still drained, and is told so.
+    let mut again = t
+        .agent
+        .agent_session("inst", "ide-agent")
+        .connect()
+        .await
+        .expect("reconnect");
+    let event = tokio::time::timeout(DEADLINE, again.next_event())
+        .await
+        .expect("in time");
+    assert!(
+        matches!(&event, Some(SessionEvent::Drain(r)) if r == "node maintenance"),
+        "{event:?}"
+    );
+    assert_eq!(available().await, 0);
+
+    // Leaving and registering anew ends the drain.
+    again.close().await.expect("goodbye");
+    let fresh = t
+        .agent
+        .register_instance(RegisterInstance::new("inst", "ide-agent"))
+        .await
+        .expect("register")
+        .registration
+        .expect("registration");
+    assert!(fresh.drain_time.is_none());
+    eventually(DEADLINE, "available again", || async {
+        available().await == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn drain_is_validated_and_tenant_scoped() {
+    let s = TestServer::start().await;
+    s.manifest("ide-agent").await;
+    let (acme, other) = (s.tenant("acme").await, s.tenant("other").await);
+    acme.agent
+        .register_instance(RegisterInstance::new("inst", "ide-agent"))
+        .await
+        .expect("register");
+    let invalid = acme
+        .client
+        .drain_registration("", "why")
+        .await
+        .expect_err("no instance");
+    assert_eq!(invalid.code(), Some(Code::InvalidArgument));
+    assert_eq!(invalid.field(), Some("instance_id"));
+    let long = "x".repeat(257);
+    let invalid = acme
+        .client
+        .drain_registration("inst", &long)
+        .await
+        .expect_err("long reason");
+    assert_eq!(invalid.field(), Some("reason"));
+    assert_eq!(
+        code(other.client.drain_registration("inst", "").await),
+        Code::NotFound,
+        "another tenant's instance does not exist for it"
+    );
+    assert_eq!(
+        code(acme.agent.drain_registration("inst", "").await),
+        Code::PermissionDenied,
+        "agents do not drain"
+    );
+    acme.agent
+        .deactivate_registration("inst", 0)
+        .await
+        .expect("deactivate");
+    assert_eq!(
+        code(acme.client.drain_registration("inst", "").await),
+        Code::FailedPrecondition
+    );
 }

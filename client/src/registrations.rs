@@ -104,6 +104,27 @@ impl Client {
         .await
     }
 
+    /// Operators (tenant keys): drains an active instance. Routing stops
+    /// offering it at once and the agent hears
+    /// [`pb::health_stream_response::Message::Drain`] on its health stream;
+    /// the drain lasts until the registration is deactivated and registers
+    /// anew. `reason` (at most 256 characters) is passed on to the agent.
+    pub async fn drain_registration(
+        &self,
+        instance_id: &str,
+        reason: &str,
+    ) -> Result<pb::Registration> {
+        let request = pb::DrainRegistrationRequest {
+            instance_id: instance_id.to_owned(),
+            reason: reason.to_owned(),
+        };
+        self.write(request, |r| {
+            let mut service = self.registration_service();
+            async move { service.drain_registration(r).await }
+        })
+        .await
+    }
+
     /// Admin: runs the stale-instance sweep now. `stale_threshold` overrides
     /// the server's setting; `ignore_partition_guard` deactivates even when
     /// many instances went silent at once.

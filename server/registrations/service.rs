@@ -278,6 +278,29 @@ impl RegistrationService for RegistrationApi {
         ))
     }
 
+    #[instrument(
+        name = "registration.drain_registration",
+        skip_all,
+        fields(role, tenant, instance)
+    )]
+    async fn drain_registration(
+        &self,
+        request: Request<pb::DrainRegistrationRequest>,
+    ) -> Result<Response<pb::Registration>, Status> {
+        let caller = self.ctx.caller(&request, &[Role::Tenant]).await?;
+        let tenant = caller.owning_tenant("")?;
+        let r = request.into_inner();
+        instance("instance_id", &r.instance_id)?;
+        tracing::Span::current().record("instance", r.instance_id.as_str());
+        if r.reason.chars().count() > 256 {
+            return Err(Error::invalid("reason", "must be at most 256 characters").into());
+        }
+        // The change feed carries it to the replica holding the agent's stream.
+        let row = store::drain(&self.ctx.pool, tenant, &r.instance_id, &r.reason).await?;
+        tracing::info!(reason = %r.reason, "instance drained");
+        Ok(Response::new(row.into()))
+    }
+
     #[instrument(name = "registration.cleanup", skip_all, fields(role, tenant))]
     async fn cleanup(
         &self,

@@ -37,6 +37,8 @@ pub struct Session {
     dirty: AtomicBool,
     /// Work the instance reported in its last heartbeat.
     pub load: AtomicI32,
+    /// Whether an operator's drain was passed on (once per session).
+    drained: AtomicBool,
     control: mpsc::UnboundedSender<Control>,
 }
 
@@ -55,6 +57,7 @@ impl Session {
             last_seen_micros: AtomicI64::new(Utc::now().timestamp_micros()),
             dirty: AtomicBool::new(false),
             load: AtomicI32::new(0),
+            drained: AtomicBool::new(false),
             control,
         };
         (Arc::new(session), rx)
@@ -157,6 +160,16 @@ impl Sessions {
             session.tell(Control::ConfigurationChanged(Box::new(
                 configuration.clone(),
             )));
+        }
+    }
+
+    /// Passes an operator's drain of registration `id` at `epoch` to its
+    /// session, if this server holds it; once per session.
+    pub fn drain(&self, id: Uuid, epoch: i64, reason: &str) {
+        if let Some(session) = self.lock().get(&id).filter(|s| s.epoch == epoch)
+            && !session.drained.swap(true, Ordering::AcqRel)
+        {
+            session.tell(Control::Drain(reason.to_owned()));
         }
     }
 

@@ -31,6 +31,8 @@ pub struct RegistrationRow {
     pub last_health_check: DateTime<Utc>,
     pub activation_date: DateTime<Utc>,
     pub deactivation_date: Option<DateTime<Utc>>,
+    pub drain_time: Option<DateTime<Utc>>,
+    pub drain_reason: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -56,6 +58,8 @@ impl From<RegistrationRow> for pb::Registration {
             last_health_check: Some(pb::timestamp(r.last_health_check)),
             activation_date: Some(pb::timestamp(r.activation_date)),
             deactivation_date: pb::opt_timestamp(r.deactivation_date),
+            drain_time: pb::opt_timestamp(r.drain_time),
+            drain_reason: r.drain_reason,
             create_time: Some(pb::timestamp(r.created_at)),
             update_time: Some(pb::timestamp(r.updated_at)),
         }
@@ -124,7 +128,7 @@ macro_rules! select_from {
             "SELECT r.id, r.tenant_id, r.manifest_id, m.agent_id, r.configuration_id, r.instance_id, r.name, \
              r.registration_status, r.health_status, r.connection_details, r.runtime_config, r.capacity, \
              r.epoch, r.failure_count, r.last_health_check, r.activation_date, r.deactivation_date, \
-             r.created_at, r.updated_at FROM ",
+             r.drain_time, r.drain_reason, r.created_at, r.updated_at FROM ",
             $source,
             " r JOIN agent_manifests m ON m.id = r.manifest_id"
         )
@@ -192,7 +196,12 @@ pub async fn register(
            registration_status = 'active', health_status = 'healthy', last_health_check = now(), \
            activation_date = CASE WHEN agent_registrations.registration_status = 'inactive' \
                                   THEN now() ELSE agent_registrations.activation_date END, \
-           deactivation_date = NULL, epoch = agent_registrations.epoch + 1, updated_at = now() \
+           deactivation_date = NULL, \
+           drain_time = CASE WHEN agent_registrations.registration_status = 'inactive' \
+                             THEN NULL ELSE agent_registrations.drain_time END, \
+           drain_reason = CASE WHEN agent_registrations.registration_status = 'inactive' \
+                               THEN '' ELSE agent_registrations.drain_reason END, \
+           epoch = agent_registrations.epoch + 1, updated_at = now() \
          RETURNING id, (xmax = 0) AS created",
     )
     .bind(Uuid::new_v4())
@@ -216,6 +225,36 @@ pub async fn register(
     record(&mut tx, &row, kind).await?;
     tx.commit().await?;
     Ok((row, created))
+}
+
+/// Drains the active registration `instance_id` of `tenant`: routing stops
+/// offering it, across reconnects, until it is deactivated and registers
+/// again. Draining twice keeps the first time.
+pub async fn drain(
+    pool: &PgPool,
+    tenant: Uuid,
+    instance_id: &str,
+    reason: &str,
+) -> Result<RegistrationRow> {
+    let drained: Option<(Uuid,)> = sqlx::query_as(
+        "UPDATE agent_registrations SET drain_time = coalesce(drain_time, now()), drain_reason = $3, \
+           updated_at = now() \
+         WHERE tenant_id = $1 AND instance_id = $2 AND registration_status = 'active' RETURNING id",
+    )
+    .bind(tenant)
+    .bind(instance_id)
+    .bind(reason)
+    .fetch_optional(pool)
+    .await?;
+    let key = match drained {
+        Some((id,)) => RegistrationKey::Id(id),
+        None => RegistrationKey::InstanceId(instance_id.to_owned()),
+    };
+    let row = get(pool, Some(tenant), &key).await?;
+    if drained.is_none() {
+        return Err(Refusal::Inactive.into());
+    }
+    Ok(row)
 }
 
 /// Appends an event for `row` in its current state.

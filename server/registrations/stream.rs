@@ -81,6 +81,7 @@ pub(super) async fn open(
 
     let (session, control) = Session::new(row.id, row.configuration_id, row.epoch);
     api.ctx.sessions.attach(session.clone());
+    let drain = row.drain_time.map(|_| row.drain_reason.clone());
     let (tx, rx) = mpsc::channel(OUTBOX);
     let welcome = pb::Welcome {
         epoch: row.epoch,
@@ -91,6 +92,12 @@ pub(super) async fn open(
     };
     // The channel is new and empty: this cannot fail for lack of room.
     let _ = tx.try_send(out(Out::Welcome(welcome)));
+    // A drained instance that reconnects is still drained: it hears so first.
+    if let Some(reason) = drain {
+        api.ctx
+            .sessions
+            .drain(session.registration_id, session.epoch, &reason);
+    }
     let span = tracing::Span::current();
     tokio::spawn(run(api.clone(), session, inbound, control, tx).instrument(span));
     let responses = ReceiverStream::new(rx).map(|m: Outgoing| m.map(|boxed| *boxed));

@@ -78,6 +78,8 @@ struct Instance {
     registration: pb::Registration,
     health: HealthStatus,
     failures: i32,
+    /// Drained by an operator: active, but takes no new work.
+    drained: bool,
 }
 
 #[derive(Debug)]
@@ -103,7 +105,7 @@ impl ConfigState {
     }
 
     fn rank(&self, id: Uuid, leases: &HashMap<Uuid, i32>) -> Option<Rank> {
-        let instance = self.instances.get(&id)?;
+        let instance = self.instances.get(&id).filter(|i| !i.drained)?;
         let degraded = match instance.health {
             HealthStatus::Healthy => false,
             HealthStatus::Degraded => true,
@@ -375,6 +377,9 @@ impl View {
                     touched.push(old);
                 }
                 if let Some(row) = row.filter(|r| r.registration_status == "active") {
+                    if row.drain_time.is_some() {
+                        sessions.drain(row.id, row.epoch, &row.drain_reason);
+                    }
                     touched.push(row.configuration_id);
                     place_instance(t, row);
                 }
@@ -545,6 +550,7 @@ fn place_instance(t: &mut TenantState, r: RegistrationRow) {
     let instance = Instance {
         health: HealthStatus::from_db_name(&r.health_status),
         failures: r.failure_count,
+        drained: r.drain_time.is_some(),
         registration: r.into(),
     };
     let TenantState {

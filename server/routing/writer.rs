@@ -315,16 +315,16 @@ async fn apply(
     let routable: HashMap<Uuid, (Uuid, Uuid, i64)> = if registrations.is_empty() {
         HashMap::new()
     } else {
-        sqlx::query_as::<_, (Uuid, Uuid, Uuid, i64, String, String)>(
-            "SELECT id, tenant_id, configuration_id, epoch, registration_status, health_status \
-             FROM agent_registrations WHERE id = ANY($1)",
+        sqlx::query_as::<_, (Uuid, Uuid, Uuid, i64, String, String, bool)>(
+            "SELECT id, tenant_id, configuration_id, epoch, registration_status, health_status, \
+               drain_time IS NOT NULL FROM agent_registrations WHERE id = ANY($1)",
         )
         .bind(&registrations)
         .fetch_all(&mut **tx)
         .await?
         .into_iter()
-        .filter(|(.., status, health)| {
-            status == "active" && matches!(health.as_str(), "healthy" | "degraded")
+        .filter(|(.., status, health, drained)| {
+            status == "active" && matches!(health.as_str(), "healthy" | "degraded") && !drained
         })
         .map(|(id, tenant, configuration, epoch, ..)| (id, (tenant, configuration, epoch)))
         .collect()

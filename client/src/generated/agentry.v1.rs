@@ -927,6 +927,13 @@ pub struct Registration {
     /// When the registration last changed.
     #[prost(message, optional, tag = "19")]
     pub update_time: ::core::option::Option<::prost_types::Timestamp>,
+    /// When an operator drained the instance, if one did since it last became
+    /// active; a drained instance takes no new work.
+    #[prost(message, optional, tag = "20")]
+    pub drain_time: ::core::option::Option<::prost_types::Timestamp>,
+    /// The operator's reason for the drain.
+    #[prost(string, tag = "21")]
+    pub drain_reason: ::prost::alloc::string::String,
 }
 /// Request of RegistrationService.RegisterInstance.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -1038,6 +1045,16 @@ pub struct DeactivateRegistrationRequest {
     /// The caller's epoch; 0 skips the fencing check.
     #[prost(int64, tag = "2")]
     pub epoch: i64,
+}
+/// Request of RegistrationService.DrainRegistration.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DrainRegistrationRequest {
+    /// The instance_id of the registration.
+    #[prost(string, tag = "1")]
+    pub instance_id: ::prost::alloc::string::String,
+    /// Why, passed on to the agent (at most 256 characters).
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
 }
 /// Request of RegistrationService.Cleanup.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1432,6 +1449,38 @@ pub mod registration_service_client {
                     GrpcMethod::new(
                         "agentry.v1.RegistrationService",
                         "DeactivateRegistration",
+                    ),
+                );
+            self.inner.unary(req, path, codec).await
+        }
+        /// Operators (tenant keys): asks an active instance to stop taking new work.
+        /// Routing stops offering it at once, on every replica; the agent hears
+        /// Drain on its health stream, whichever replica holds it, and again on
+        /// each reconnect. The drain lasts until the registration is deactivated
+        /// (Goodbye, DeactivateRegistration, the sweeper) and registers anew.
+        /// FAILED_PRECONDITION when the registration is inactive.
+        pub async fn drain_registration(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DrainRegistrationRequest>,
+        ) -> std::result::Result<tonic::Response<super::Registration>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/agentry.v1.RegistrationService/DrainRegistration",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new(
+                        "agentry.v1.RegistrationService",
+                        "DrainRegistration",
                     ),
                 );
             self.inner.unary(req, path, codec).await
