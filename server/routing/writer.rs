@@ -6,17 +6,18 @@
 //! through a commit (a WAL flush) apiece, and PostgreSQL serialises the
 //! commits of all notifying transactions anyway: about a thousand changes a
 //! second, whatever the number of callers. So this server hands them to one
-//! task that applies everything queued in one transaction: the configuration
-//! rows are locked in id order, the grants are decided against the locked
-//! values, and one commit answers the whole batch. `current_workload` still
-//! never passes `max_workload`, on any number of replicas: every decision is
-//! made under the row lock.
+//! task that applies everything queued as one call of the SQL function
+//! `agentry_lease_batch` (migration 0007): one statement, so one round trip
+//! and one commit answer the whole batch. Inside it the configuration rows
+//! are locked in id order and the grants are decided against the locked
+//! values, so `current_workload` never passes `max_workload`, on any number
+//! of replicas.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -191,257 +192,133 @@ async fn apply_with_retry(pool: &PgPool, ops: &[Op]) -> Result<Vec<Outcome>, sql
     let mut tries = 0;
     loop {
         tries += 1;
-        let mut tx = pool.begin().await?;
-        match apply(&mut tx, ops).await {
-            Ok(outcomes) => {
-                tx.commit().await?;
-                return Ok(outcomes);
-            }
+        match apply(pool, ops).await {
             Err(sqlx::Error::Database(e))
                 if e.code().as_deref() == Some("40P01") && tries < DEADLOCK_TRIES =>
             {
                 tracing::info!("lease batch chosen as a deadlock victim; trying again");
-                drop(tx);
                 tokio::time::sleep(Duration::from_millis(fastrand::u64(1..20))).await;
             }
-            Err(e) => return Err(e),
+            result => return result,
         }
     }
 }
 
-/// A configuration row as locked by the batch.
-struct Locked {
-    tenant: Uuid,
-    enabled: bool,
-    workload: i32,
-    max: i32,
-    changed: bool,
-}
+/// One row of `agentry_lease_batch`: a released lease, or a grant.
+type BatchRow = (
+    Uuid,
+    Option<i32>,
+    Option<i32>,
+    Option<i64>,
+    Option<i32>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+);
 
-/// Decides and writes one batch inside `tx`.
-async fn apply(
-    tx: &mut Transaction<'_, Postgres>,
-    ops: &[Op],
-) -> Result<Vec<Outcome>, sqlx::Error> {
-    let mut outcomes: Vec<Option<Outcome>> = ops.iter().map(|_| None).collect();
-    // Every operation gets an outcome below; `None` left over would answer "no fit".
-
-    // Releases first, so that the units they free are there for this batch's reservations.
-    let (mut ids, mut tenants, mut kinds) = (vec![], vec![], vec![]);
-    for op in ops {
-        if let Op::Release {
-            tenant,
-            id,
-            outcome,
-            ..
-        } = op
-        {
-            ids.push(*id);
-            tenants.push(*tenant);
-            kinds.push(*outcome);
-        }
-    }
-    let released: Vec<(Uuid, Uuid)> = if ids.is_empty() {
-        vec![]
-    } else {
-        sqlx::query_as(
-            "UPDATE workload_leases l SET released_at = now(), outcome = u.outcome \
-             FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS u(id, tenant_id, outcome) \
-             WHERE l.id = u.id AND l.tenant_id = u.tenant_id AND l.released_at IS NULL \
-             RETURNING l.id, l.configuration_id",
-        )
-        .bind(&ids)
-        .bind(&tenants)
-        .bind(&kinds)
-        .fetch_all(&mut **tx)
-        .await?
-    };
-
-    // Lock every configuration the batch touches, in id order (no deadlock
-    // between two batches), and decide against the locked values.
-    let mut configurations: BTreeSet<Uuid> = released.iter().map(|(_, c)| *c).collect();
-    let mut registrations = vec![];
-    for op in ops {
-        if let Op::Reserve(r, _) = op {
-            for (c, reg) in &r.candidates {
-                configurations.insert(*c);
-                registrations.push(*reg);
+/// Decides and writes one batch: one call of `agentry_lease_batch`
+/// (migration 0007), a single atomic statement, so one round trip.
+async fn apply(pool: &PgPool, ops: &[Op]) -> Result<Vec<Outcome>, sqlx::Error> {
+    let (mut rel_ids, mut rel_tenants, mut rel_outcomes) = (vec![], vec![], vec![]);
+    let (mut res_tenants, mut res_ttls, mut res_leases) = (vec![], vec![], vec![]);
+    let (mut cand_res, mut cand_configs, mut cand_regs) = (vec![], vec![], vec![]);
+    // Which op each reservation index answers.
+    let mut reservation_ops = vec![];
+    for (index, op) in ops.iter().enumerate() {
+        match op {
+            Op::Release {
+                tenant,
+                id,
+                outcome,
+                ..
+            } => {
+                rel_ids.push(*id);
+                rel_tenants.push(*tenant);
+                rel_outcomes.push(*outcome);
+            }
+            Op::Reserve(r, _) => {
+                let n = i32::try_from(reservation_ops.len()).unwrap_or(i32::MAX);
+                reservation_ops.push(index);
+                res_tenants.push(r.tenant);
+                res_ttls.push(r.ttl_ms);
+                res_leases.push(Uuid::new_v4());
+                for (configuration, registration) in &r.candidates {
+                    cand_res.push(n);
+                    cand_configs.push(*configuration);
+                    cand_regs.push(*registration);
+                }
             }
         }
     }
-    let configurations: Vec<Uuid> = configurations.into_iter().collect();
-    let rows: Vec<(Uuid, Uuid, bool, i32, i32)> = sqlx::query_as(
-        "SELECT id, tenant_id, enabled, current_workload, max_workload FROM agent_configurations \
-         WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-    )
-    .bind(&configurations)
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut locked: HashMap<Uuid, Locked> = rows
-        .into_iter()
-        .map(|(id, tenant, enabled, workload, max)| {
+    let rows: Vec<BatchRow> =
+        sqlx::query_as("SELECT * FROM agentry_lease_batch($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+            .bind(&rel_ids)
+            .bind(&rel_tenants)
+            .bind(&rel_outcomes)
+            .bind(&res_tenants)
+            .bind(&res_ttls)
+            .bind(&res_leases)
+            .bind(&cand_res)
+            .bind(&cand_configs)
+            .bind(&cand_regs)
+            .fetch_all(pool)
+            .await?;
+
+    let mut outcomes: Vec<Option<Outcome>> = ops.iter().map(|_| None).collect();
+    let mut released = HashSet::new();
+    for row in rows {
+        match row {
+            (id, None, ..) => {
+                released.insert(id);
+            }
             (
                 id,
-                Locked {
-                    tenant,
-                    enabled,
-                    workload,
-                    max,
-                    changed: false,
-                },
-            )
-        })
-        .collect();
-
-    let mut released_once: HashMap<Uuid, Uuid> = released.into_iter().collect();
-    for (op, outcome) in ops.iter().zip(&mut outcomes) {
-        if let Op::Release { id, .. } = op {
-            // A lease named twice in one batch is released by the first.
-            let done = released_once.remove(id);
-            if let Some(c) = done.and_then(|c| locked.get_mut(&c)) {
-                c.workload = (c.workload - 1).max(0);
-                c.changed = true;
-            }
-            *outcome = Some(Outcome::Released(done.is_some()));
-        }
-    }
-
-    // Instances still routable, with the epoch their leases carry. Read by
-    // primary key alone and filtered here: given the status too, the planner
-    // likes to combine the pkey with the partial index of active rows, which
-    // every heartbeat flush churns, and that costs milliseconds.
-    registrations.sort_unstable();
-    registrations.dedup();
-    let routable: HashMap<Uuid, (Uuid, Uuid, i64)> = if registrations.is_empty() {
-        HashMap::new()
-    } else {
-        sqlx::query_as::<_, (Uuid, Uuid, Uuid, i64, String, String, bool)>(
-            "SELECT id, tenant_id, configuration_id, epoch, registration_status, health_status, \
-               drain_time IS NOT NULL FROM agent_registrations WHERE id = ANY($1)",
-        )
-        .bind(&registrations)
-        .fetch_all(&mut **tx)
-        .await?
-        .into_iter()
-        .filter(|(.., status, health, drained)| {
-            status == "active" && matches!(health.as_str(), "healthy" | "degraded") && !drained
-        })
-        .map(|(id, tenant, configuration, epoch, ..)| (id, (tenant, configuration, epoch)))
-        .collect()
-    };
-
-    struct New {
-        op: usize,
-        candidate: usize,
-        id: Uuid,
-        tenant: Uuid,
-        configuration: Uuid,
-        registration: Uuid,
-        epoch: i64,
-        ttl_ms: i64,
-        workload: i32,
-    }
-    let mut granted: Vec<New> = vec![];
-    for (index, (op, outcome)) in ops.iter().zip(&mut outcomes).enumerate() {
-        let Op::Reserve(r, _) = op else { continue };
-        let fits = r.candidates.iter().enumerate().find_map(|(i, (c, reg))| {
-            let (tenant, configuration, epoch) = routable.get(reg)?;
-            let config = locked.get_mut(c)?;
-            let ok = config.tenant == r.tenant
-                && *tenant == r.tenant
-                && configuration == c
-                && config.enabled
-                && config.workload < config.max;
-            ok.then(|| {
-                config.workload += 1;
-                config.changed = true;
-                (i, *c, *reg, *epoch, config.workload)
-            })
-        });
-        match fits {
-            Some((candidate, configuration, registration, epoch, workload)) => {
-                granted.push(New {
-                    op: index,
+                Some(reservation),
+                Some(candidate),
+                Some(epoch),
+                Some(workload),
+                Some(acquired_at),
+                Some(expires_at),
+            ) => {
+                let res = usize::try_from(reservation).unwrap_or(usize::MAX);
+                let op = reservation_ops
+                    .get(res)
+                    .copied()
+                    .ok_or_else(|| sqlx::Error::Protocol("a grant names no reservation".into()))?;
+                let Op::Reserve(r, _) = &ops[op] else {
+                    return Err(sqlx::Error::Protocol("a grant names a release".into()));
+                };
+                let candidate = usize::try_from(candidate).unwrap_or(usize::MAX);
+                let (configuration_id, registration_id) = *r
+                    .candidates
+                    .get(candidate)
+                    .ok_or_else(|| sqlx::Error::Protocol("a grant names no candidate".into()))?;
+                outcomes[op] = Some(Outcome::Reserved(Some(Grant {
                     candidate,
-                    id: Uuid::new_v4(),
-                    tenant: r.tenant,
-                    configuration,
-                    registration,
-                    epoch,
-                    ttl_ms: r.ttl_ms,
-                    workload,
-                });
+                    current_workload: workload,
+                    lease: LeaseRow {
+                        id,
+                        tenant_id: r.tenant,
+                        configuration_id,
+                        registration_id,
+                        epoch,
+                        ttl_ms: r.ttl_ms,
+                        acquired_at,
+                        expires_at,
+                        released_at: None,
+                        outcome: None,
+                    },
+                })));
             }
-            None => *outcome = Some(Outcome::Reserved(None)),
+            _ => return Err(sqlx::Error::Protocol("malformed lease batch row".into())),
         }
     }
-
-    let (changed_ids, changed_workloads): (Vec<Uuid>, Vec<i32>) = locked
-        .iter()
-        .filter(|(_, c)| c.changed)
-        .map(|(id, c)| (*id, c.workload))
-        .unzip();
-    if !changed_ids.is_empty() {
-        sqlx::query(
-            "UPDATE agent_configurations c SET current_workload = u.workload, updated_at = now() \
-             FROM unnest($1::uuid[], $2::int[]) AS u(id, workload) \
-             WHERE c.id = u.id AND c.current_workload <> u.workload",
-        )
-        .bind(&changed_ids)
-        .bind(&changed_workloads)
-        .execute(&mut **tx)
-        .await?;
-    }
-
-    if !granted.is_empty() {
-        let column = |f: fn(&New) -> Uuid| granted.iter().map(f).collect::<Vec<_>>();
-        let stamps: Vec<(Uuid, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
-            "INSERT INTO workload_leases \
-               (id, tenant_id, configuration_id, registration_id, epoch, ttl_ms, expires_at) \
-             SELECT id, tenant_id, configuration_id, registration_id, epoch, ttl_ms, \
-                    now() + ttl_ms * interval '1 millisecond' \
-             FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::bigint[], $6::bigint[]) \
-               AS u(id, tenant_id, configuration_id, registration_id, epoch, ttl_ms) \
-             RETURNING id, acquired_at, expires_at",
-        )
-        .bind(column(|n| n.id))
-        .bind(column(|n| n.tenant))
-        .bind(column(|n| n.configuration))
-        .bind(column(|n| n.registration))
-        .bind(granted.iter().map(|n| n.epoch).collect::<Vec<_>>())
-        .bind(granted.iter().map(|n| n.ttl_ms).collect::<Vec<_>>())
-        .fetch_all(&mut **tx)
-        .await?;
-        let stamps: HashMap<Uuid, (DateTime<Utc>, DateTime<Utc>)> = stamps
-            .into_iter()
-            .map(|(id, acquired, expires)| (id, (acquired, expires)))
-            .collect();
-        for n in granted {
-            let (acquired_at, expires_at) = stamps
-                .get(&n.id)
-                .copied()
-                .ok_or_else(|| sqlx::Error::Protocol("a granted lease was not inserted".into()))?;
-            outcomes[n.op] = Some(Outcome::Reserved(Some(Grant {
-                candidate: n.candidate,
-                current_workload: n.workload,
-                lease: LeaseRow {
-                    id: n.id,
-                    tenant_id: n.tenant,
-                    configuration_id: n.configuration,
-                    registration_id: n.registration,
-                    epoch: n.epoch,
-                    ttl_ms: n.ttl_ms,
-                    acquired_at,
-                    expires_at,
-                    released_at: None,
-                    outcome: None,
-                },
-            })));
+    for (op, outcome) in ops.iter().zip(&mut outcomes) {
+        match op {
+            // A lease named twice in one batch is released by the first.
+            Op::Release { id, .. } => *outcome = Some(Outcome::Released(released.remove(id))),
+            Op::Reserve(..) if outcome.is_none() => *outcome = Some(Outcome::Reserved(None)),
+            Op::Reserve(..) => {}
         }
     }
-
-    Ok(outcomes
-        .into_iter()
-        .map(|o| o.unwrap_or(Outcome::Reserved(None)))
-        .collect())
+    Ok(outcomes.into_iter().flatten().collect())
 }
