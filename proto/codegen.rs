@@ -30,6 +30,12 @@ fn generate_api(
     if server {
         // Smaller per-call buffers: see server/pb/codec.rs.
         builder = builder.codec_path("crate::pb::codec::Codec");
+        // Answers of the routing hot path are sent from pre-encoded entries:
+        // see server/routing/encoded.rs.
+        builder = builder.extern_path(
+            ".agentry.v1.GetAvailableAgentsResponse",
+            "crate::routing::encoded::AvailableAgents",
+        );
     }
     builder
         .build_server(server)

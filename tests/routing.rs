@@ -687,6 +687,91 @@ async fn the_view_follows_changes_made_through_another_replica() {
     let _ = c;
 }
 
+/// GetAvailableAgents answers from entries encoded once per change: each
+/// kind of change must show up in the next answers, not only in the score.
+#[tokio::test]
+async fn available_entries_follow_every_change_of_what_they_show() {
+    let s = TestServer::start().await;
+    let m = s
+        .admin
+        .create_manifest(CreateManifest::new("ide-agent", "ide", "IDE", "1.0.0"))
+        .await
+        .expect("manifest");
+    let t = s.tenant("acme").await;
+    let c = configure(&t, "ide-agent", 4).await;
+    register(&t, "i1", "ide-agent").await;
+    let entry = |client: Client| async move {
+        let agents = client
+            .get_available_agents(AgentFilter::new(), 0)
+            .await
+            .expect("available");
+        agents.into_iter().next()
+    };
+    eventually(DEADLINE, "the instance available", || async {
+        entry(t.client.clone())
+            .await
+            .and_then(|a| a.configuration)
+            .map(|c| c.current_workload)
+            == Some(0)
+    })
+    .await;
+
+    // The configuration's workload.
+    t.client.update_workload(&c.id, 1).await.expect("workload");
+    eventually(DEADLINE, "workload in the entry", || async {
+        entry(t.client.clone())
+            .await
+            .and_then(|a| a.configuration)
+            .map(|c| c.current_workload)
+            == Some(1)
+    })
+    .await;
+    // The configuration's settings.
+    t.client
+        .update_configuration(UpdateConfiguration::new(&c.id).system_prompt("be brief"))
+        .await
+        .expect("update");
+    eventually(DEADLINE, "system prompt in the entry", || async {
+        entry(t.client.clone())
+            .await
+            .and_then(|a| a.configuration)
+            .map(|c| c.system_prompt)
+            == Some("be brief".into())
+    })
+    .await;
+    // The manifest.
+    s.admin
+        .update_manifest(agentry_client::UpdateManifest::new(&m.id).version("1.1.0"))
+        .await
+        .expect("manifest update");
+    eventually(DEADLINE, "manifest version in the entry", || async {
+        entry(t.client.clone()).await.map(|a| a.version) == Some("1.1.0".into())
+    })
+    .await;
+    // The instance: its health, then a better instance taking its place.
+    t.agent
+        .update_health("i1", pb::HealthStatus::Degraded, 0)
+        .await
+        .expect("degrade");
+    eventually(DEADLINE, "instance health in the entry", || async {
+        entry(t.client.clone())
+            .await
+            .and_then(|a| a.instance)
+            .map(|i| i.health_status)
+            == Some(pb::HealthStatus::Degraded as i32)
+    })
+    .await;
+    register(&t, "i2", "ide-agent").await;
+    eventually(DEADLINE, "the healthy instance in the entry", || async {
+        entry(t.client.clone())
+            .await
+            .and_then(|a| a.instance)
+            .map(|i| i.instance_id)
+            == Some("i2".into())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn the_view_applies_a_burst_of_changes_from_one_transaction() {
     let s = TestServer::start().await;

@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 use uuid::Uuid;
 
+use super::encoded::AvailableAgents;
 use super::store::{self, LeaseRow};
 use super::view::Filter;
 use super::writer::Reservation;
@@ -142,7 +143,7 @@ impl RoutingService for RoutingApi {
     async fn get_available_agents(
         &self,
         request: Request<pb::GetAvailableAgentsRequest>,
-    ) -> Result<Response<pb::GetAvailableAgentsResponse>, Status> {
+    ) -> Result<Response<AvailableAgents>, Status> {
         let caller = self.ctx.caller(&request, ROUTERS).await?;
         let tenant = caller.owning_tenant("")?;
         let r = request.into_inner();
@@ -152,8 +153,8 @@ impl RoutingService for RoutingApi {
             _ => return Err(Error::invalid("limit", "must be between 0 and 1000").into()),
         };
         let filter = filter(r.filter)?;
-        let (agents, _) = self.ctx.view.available(tenant, &filter, limit);
-        Ok(Response::new(pb::GetAvailableAgentsResponse { agents }))
+        let agents = self.ctx.view.available_encoded(tenant, &filter, limit);
+        Ok(Response::new(AvailableAgents { agents }))
     }
 
     #[instrument(name = "routing.acquire_agent", skip_all, fields(role, tenant, lease))]

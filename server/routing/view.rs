@@ -11,7 +11,7 @@
 //! routable ones, so a read walks configurations, not registrations.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::RwLock;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -20,6 +20,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 
+use super::encoded::EncodedAgent;
 use crate::configurations::store::{self as configurations, ConfigurationRow};
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -91,6 +92,10 @@ struct ConfigState {
     /// Healthy and degraded instances, best first.
     ranked: BTreeSet<Rank>,
     healthy: u32,
+    /// The entry GetAvailableAgents answers with, encoded without its score
+    /// on first use; every change of this configuration's view resets it
+    /// (see [`View::publish`]).
+    encoded: OnceLock<Arc<[u8]>>,
 }
 
 impl ConfigState {
@@ -101,6 +106,7 @@ impl ConfigState {
             instances: HashMap::new(),
             ranked: BTreeSet::new(),
             healthy: 0,
+            encoded: OnceLock::new(),
         }
     }
 
@@ -216,7 +222,20 @@ impl View {
         let _ = ready.wait_for(|r| *r).await;
     }
 
+    /// Announces a change of one configuration's entry (or, with `None`, of
+    /// all the tenant's). Every change of the view goes through here, which
+    /// is why the pre-encoded entries are reset here.
     fn publish(&self, state: &mut State, tenant: Uuid, configuration: Option<Uuid>) {
+        if let Some(t) = state.tenants.get_mut(&tenant) {
+            match configuration {
+                Some(id) => {
+                    if let Some(c) = t.configs.get_mut(&id) {
+                        c.encoded.take();
+                    }
+                }
+                None => t.configs.values_mut().for_each(|c| drop(c.encoded.take())),
+            }
+        }
         state.revision += 1;
         let _ = self.changes.send(Change {
             tenant,
@@ -431,27 +450,43 @@ impl View {
         limit: usize,
     ) -> (Vec<pb::AvailableAgent>, u64) {
         let state = self.read();
-        let Some(t) = state.tenants.get(&tenant) else {
-            return (Vec::new(), state.revision);
-        };
-        let mut found: Vec<(f64, bool, Uuid)> = t
-            .configs
-            .iter()
-            .filter_map(|(id, c)| {
-                candidate(&state, c, filter).map(|(score, degraded)| (score, degraded, *id))
-            })
-            .collect();
-        // Degraded-only configurations are a fallback when nothing healthy is available.
-        if !filter.include_degraded && found.iter().any(|(_, degraded, _)| !degraded) {
-            found.retain(|(_, degraded, _)| !degraded);
-        }
-        found.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.2.cmp(&b.2)));
-        found.truncate(limit);
-        let agents = found
-            .into_iter()
-            .filter_map(|(score, _, id)| entry(&state, t, id, score))
-            .collect();
+        let agents = state.tenants.get(&tenant).map_or_else(Vec::new, |t| {
+            select(&state, t, filter, limit)
+                .into_iter()
+                .filter_map(|(score, id)| entry(&state, t, id, score))
+                .collect()
+        });
         (agents, state.revision)
+    }
+
+    /// [`View::available`] as GetAvailableAgents sends it: each entry encoded
+    /// once per change of its configuration.
+    pub fn available_encoded(
+        &self,
+        tenant: Uuid,
+        filter: &Filter,
+        limit: usize,
+    ) -> Vec<EncodedAgent> {
+        use prost::Message as _;
+        let state = self.read();
+        let Some(t) = state.tenants.get(&tenant) else {
+            return Vec::new();
+        };
+        select(&state, t, filter, limit)
+            .into_iter()
+            .filter_map(|(score, id)| {
+                let c = t.configs.get(&id)?;
+                let body = match c.encoded.get() {
+                    Some(body) => body.clone(),
+                    None => {
+                        // Encoded with a zero score, which protobuf leaves out.
+                        let body: Arc<[u8]> = entry(&state, t, id, 0.0)?.encode_to_vec().into();
+                        c.encoded.get_or_init(|| body).clone()
+                    }
+                };
+                Some(EncodedAgent { body, score })
+            })
+            .collect()
     }
 
     /// One configuration's entry, if it is available under `filter`
@@ -471,6 +506,28 @@ impl View {
         }
         entry(&state, t, configuration, score)
     }
+}
+
+/// The configurations of `t` available under `filter`, best score first, at
+/// most `limit`, with their scores.
+fn select(state: &State, t: &TenantState, filter: &Filter, limit: usize) -> Vec<(f64, Uuid)> {
+    let mut found: Vec<(f64, bool, Uuid)> = t
+        .configs
+        .iter()
+        .filter_map(|(id, c)| {
+            candidate(state, c, filter).map(|(score, degraded)| (score, degraded, *id))
+        })
+        .collect();
+    // Degraded-only configurations are a fallback when nothing healthy is available.
+    if !filter.include_degraded && found.iter().any(|(_, degraded, _)| !degraded) {
+        found.retain(|(_, degraded, _)| !degraded);
+    }
+    found.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.2.cmp(&b.2)));
+    found.truncate(limit);
+    found
+        .into_iter()
+        .map(|(score, _, id)| (score, id))
+        .collect()
 }
 
 /// Whether a configuration is available under `filter`: its score, and
