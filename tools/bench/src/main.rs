@@ -69,6 +69,16 @@ enum Mode {
         registrations: usize,
         #[arg(long, default_value_t = 50)]
         configurations: usize,
+        /// Agents asked for per call.
+        #[arg(long, default_value_t = 10)]
+        limit: i32,
+        /// Send the calls without the SDK and count the answers' bytes
+        /// instead of decoding them: on a machine shared with the server,
+        /// decoding costs the load generator about as much CPU as answering
+        /// costs the server, so this measures the server rather than the
+        /// load generator.
+        #[arg(long)]
+        raw: bool,
         #[command(flatten)]
         load: Load,
     },
@@ -117,10 +127,11 @@ struct Run {
 
 impl Load {
     /// Runs `call` from `concurrency` callers spread over `clients` for `seconds`.
-    async fn run<F, Fut>(&self, clients: &[Client], call: F) -> Result<Run, Error>
+    async fn run<C, F, Fut>(&self, clients: &[C], call: F) -> Result<Run, Error>
     where
-        F: Fn(Client) -> Fut + Clone + Send + 'static,
-        Fut: std::future::Future<Output = Result<Done, agentry_client::Error>> + Send,
+        C: Clone + Send + 'static,
+        F: Fn(C) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = Result<Done, Error>> + Send,
     {
         let callers = self.concurrency.max(1);
         let period =
@@ -155,7 +166,7 @@ impl Load {
                     }
                     next = next.zip(period).map(|(n, p)| n + p);
                 }
-                Ok::<_, agentry_client::Error>((latencies, exhausted))
+                Ok::<_, Error>((latencies, exhausted))
             });
         }
         let mut run = Run {
@@ -170,6 +181,20 @@ impl Load {
         }
         run.elapsed = started.elapsed().as_secs_f64();
         Ok(run)
+    }
+
+    /// One HTTP/2 connection per `connections`, without the SDK.
+    async fn channels(&self, args: &Args) -> Result<Vec<Channel>, Error> {
+        let mut channels = Vec::new();
+        for _ in 0..self.connections.max(1) {
+            channels.push(
+                Endpoint::from_shared(args.url.clone())?
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await?,
+            );
+        }
+        Ok(channels)
     }
 
     /// One client per connection, all with `key`.
@@ -357,8 +382,18 @@ async fn main() -> Result<(), Error> {
         Mode::Available {
             registrations,
             configurations,
+            limit,
+            raw,
             load,
-        } => available(&args, registrations, configurations, load).await,
+        } => {
+            let shape = Shape {
+                registrations,
+                configurations,
+                limit,
+                raw,
+            };
+            available(&args, shape, load).await
+        }
         Mode::Acquire { load, max_workload } => acquire(&args, &db, load, max_workload).await,
     }
 }
@@ -489,12 +524,21 @@ async fn idle(args: &Args, count: usize, seconds: u64) -> Result<(), Error> {
     Ok(())
 }
 
-async fn available(
-    args: &Args,
+/// What the `available` mode sets up and asks.
+struct Shape {
     registrations: usize,
     configurations: usize,
-    load: Load,
-) -> Result<(), Error> {
+    limit: i32,
+    raw: bool,
+}
+
+async fn available(args: &Args, shape: Shape, load: Load) -> Result<(), Error> {
+    let Shape {
+        registrations,
+        configurations,
+        limit,
+        raw,
+    } = shape;
     let s = setup(args, configurations).await?;
     for i in 0..configurations {
         s.tenant
@@ -534,13 +578,44 @@ async fn available(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let clients = load.clients(args, &s.tenant_key).await?;
-    let run = load
-        .run(&clients, |client| async move {
-            client.get_available_agents(AgentFilter::new(), 10).await?;
+    let expected = s
+        .tenant
+        .get_available_agents(AgentFilter::new(), limit)
+        .await?
+        .len();
+    let run = if raw {
+        let channels = load.channels(args).await?;
+        let request = raw::request(&s.tenant_key, limit)?;
+        load.run(&channels, move |channel| {
+            let request = request.clone();
+            async move {
+                let bytes = raw::get_available_agents(channel, request).await?;
+                if expected > 0 && bytes == 0 {
+                    return Err("an empty answer where agents were available".into());
+                }
+                Ok(Done::Ok)
+            }
+        })
+        .await?
+    } else {
+        let clients = load.clients(args, &s.tenant_key).await?;
+        load.run(&clients, move |client| async move {
+            let agents = client
+                .get_available_agents(AgentFilter::new(), limit)
+                .await?;
+            if agents.len() != expected {
+                return Err(
+                    format!("{} agents answered, {expected} expected", agents.len()).into(),
+                );
+            }
             Ok(Done::Ok)
         })
-        .await?;
+        .await?
+    };
+    println!(
+        "available_agents_per_answer: {expected} (limit {limit}, decoded: {})",
+        !raw
+    );
     println!("available_calls: {}", run.latencies.len());
     println!(
         "available_calls_per_sec: {:.0}",
@@ -610,7 +685,7 @@ async fn acquire(
                     Ok(Done::Ok)
                 }
                 Err(agentry_client::Error::ResourceExhausted { .. }) => Ok(Done::Exhausted),
-                Err(e) => Err(e),
+                Err(e) => Err(e.into()),
             }
         })
         .await?;
@@ -635,4 +710,94 @@ async fn acquire(
         return Err("workload exceeded max_workload or leaked".into());
     }
     Ok(())
+}
+
+/// GetAvailableAgents as bytes: a pre-encoded request, answers counted, not decoded.
+mod raw {
+    use prost::Message as _;
+    use prost::bytes::{Buf, BufMut};
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+    use tonic::codegen::http::uri::PathAndQuery;
+    use tonic::metadata::MetadataValue;
+    use tonic::transport::Channel;
+    use tonic::{Request, Status};
+
+    use super::{AgentFilter, Error, pb};
+
+    const PATH: &str = "/agentry.v1.RoutingService/GetAvailableAgents";
+
+    /// The encoded request and its authorization header.
+    #[derive(Clone)]
+    pub(super) struct Prepared {
+        body: Vec<u8>,
+        authorization: MetadataValue<tonic::metadata::Ascii>,
+    }
+
+    pub(super) fn request(key: &str, limit: i32) -> Result<Prepared, Error> {
+        let body = pb::GetAvailableAgentsRequest {
+            filter: Some(AgentFilter::new().into()),
+            limit,
+        }
+        .encode_to_vec();
+        Ok(Prepared {
+            body,
+            authorization: format!("Bearer {key}").parse()?,
+        })
+    }
+
+    /// One call; the answer's length in bytes.
+    pub(super) async fn get_available_agents(
+        channel: Channel,
+        prepared: Prepared,
+    ) -> Result<usize, Error> {
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await?;
+        let mut request = Request::new(prepared.body);
+        request
+            .metadata_mut()
+            .insert("authorization", prepared.authorization);
+        let answer = grpc
+            .unary(request, PathAndQuery::from_static(PATH), Bytes)
+            .await?;
+        Ok(answer.into_inner())
+    }
+
+    /// Sends bytes as they are; reads an answer as its length.
+    struct Bytes;
+
+    impl Codec for Bytes {
+        type Encode = Vec<u8>;
+        type Decode = usize;
+        type Encoder = Bytes;
+        type Decoder = Bytes;
+
+        fn encoder(&mut self) -> Bytes {
+            Bytes
+        }
+
+        fn decoder(&mut self) -> Bytes {
+            Bytes
+        }
+    }
+
+    impl Encoder for Bytes {
+        type Item = Vec<u8>;
+        type Error = Status;
+
+        fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            buf.put_slice(&item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for Bytes {
+        type Item = usize;
+        type Error = Status;
+
+        fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<usize>, Status> {
+            let n = buf.remaining();
+            buf.advance(n);
+            Ok(Some(n))
+        }
+    }
 }
