@@ -700,74 +700,60 @@ async fn available_entries_follow_every_change_of_what_they_show() {
     let t = s.tenant("acme").await;
     let c = configure(&t, "ide-agent", 4).await;
     register(&t, "i1", "ide-agent").await;
-    let entry = |client: Client| async move {
-        let agents = client
-            .get_available_agents(AgentFilter::new(), 0)
-            .await
-            .expect("available");
-        agents.into_iter().next()
-    };
-    eventually(DEADLINE, "the instance available", || async {
-        entry(t.client.clone())
-            .await
-            .and_then(|a| a.configuration)
-            .map(|c| c.current_workload)
-            == Some(0)
+    let workload = |a: &pb::AvailableAgent| a.configuration.as_ref().map(|c| c.current_workload);
+    wait_entry(&t.client, "the instance available", |a| {
+        workload(a) == Some(0)
     })
     .await;
 
-    // The configuration's workload.
     t.client.update_workload(&c.id, 1).await.expect("workload");
-    eventually(DEADLINE, "workload in the entry", || async {
-        entry(t.client.clone())
-            .await
-            .and_then(|a| a.configuration)
-            .map(|c| c.current_workload)
-            == Some(1)
+    wait_entry(&t.client, "workload in the entry", |a| {
+        workload(a) == Some(1)
     })
     .await;
-    // The configuration's settings.
+
     t.client
         .update_configuration(UpdateConfiguration::new(&c.id).system_prompt("be brief"))
         .await
         .expect("update");
-    eventually(DEADLINE, "system prompt in the entry", || async {
-        entry(t.client.clone())
-            .await
-            .and_then(|a| a.configuration)
-            .map(|c| c.system_prompt)
-            == Some("be brief".into())
+    wait_entry(&t.client, "system prompt in the entry", |a| {
+        a.configuration.as_ref().map(|c| c.system_prompt.as_str()) == Some("be brief")
     })
     .await;
-    // The manifest.
+
     s.admin
         .update_manifest(agentry_client::UpdateManifest::new(&m.id).version("1.1.0"))
         .await
         .expect("manifest update");
-    eventually(DEADLINE, "manifest version in the entry", || async {
-        entry(t.client.clone()).await.map(|a| a.version) == Some("1.1.0".into())
+    wait_entry(&t.client, "manifest version in the entry", |a| {
+        a.version == "1.1.0"
     })
     .await;
+
     // The instance: its health, then a better instance taking its place.
     t.agent
         .update_health("i1", pb::HealthStatus::Degraded, 0)
         .await
         .expect("degrade");
-    eventually(DEADLINE, "instance health in the entry", || async {
-        entry(t.client.clone())
-            .await
-            .and_then(|a| a.instance)
-            .map(|i| i.health_status)
-            == Some(pb::HealthStatus::Degraded as i32)
+    wait_entry(&t.client, "instance health in the entry", |a| {
+        a.instance.as_ref().map(|i| i.health_status) == Some(pb::HealthStatus::Degraded as i32)
     })
     .await;
     register(&t, "i2", "ide-agent").await;
-    eventually(DEADLINE, "the healthy instance in the entry", || async {
-        entry(t.client.clone())
+    wait_entry(&t.client, "the healthy instance in the entry", |a| {
+        a.instance.as_ref().map(|i| i.instance_id.as_str()) == Some("i2")
+    })
+    .await;
+}
+
+/// Waits until the best available agent satisfies `pred`.
+async fn wait_entry(client: &Client, what: &str, pred: impl Fn(&pb::AvailableAgent) -> bool) {
+    eventually(DEADLINE, what, || async {
+        let agents = client
+            .get_available_agents(AgentFilter::new(), 0)
             .await
-            .and_then(|a| a.instance)
-            .map(|i| i.instance_id)
-            == Some("i2".into())
+            .expect("available");
+        agents.first().is_some_and(&pred)
     })
     .await;
 }
