@@ -233,7 +233,11 @@ impl View {
                         c.encoded.take();
                     }
                 }
-                None => t.configs.values_mut().for_each(|c| drop(c.encoded.take())),
+                None => {
+                    for c in t.configs.values_mut() {
+                        c.encoded.take();
+                    }
+                }
             }
         }
         state.revision += 1;
