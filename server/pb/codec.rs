@@ -6,11 +6,16 @@
 //! Its default of 8 KiB is two thirds of the memory budget of an idle health
 //! stream, whose messages are tens of bytes. Buffers still grow, in steps of
 //! this size, for the rare large message.
+//!
+//! The encoder reserves each message's encoded length before writing it:
+//! growing a 1 KiB buffer in steps to fit a routing answer of several
+//! kilobytes copied the answer three more times.
 
 use std::marker::PhantomData;
 
-use tonic::codec::{BufferSettings, Codec as TonicCodec};
-use tonic_prost::{ProstDecoder, ProstEncoder};
+use tonic::Status;
+use tonic::codec::{BufferSettings, Codec as TonicCodec, EncodeBuf, Encoder as TonicEncoder};
+use tonic_prost::ProstDecoder;
 
 /// Starting size (and growth step) of each call's buffers.
 const BUFFER_SIZE: usize = 1024;
@@ -38,14 +43,34 @@ where
 {
     type Encode = T;
     type Decode = U;
-    type Encoder = ProstEncoder<T>;
+    type Encoder = Encoder<T>;
     type Decoder = ProstDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstEncoder::new(settings())
+        Encoder(PhantomData)
     }
 
     fn decoder(&mut self) -> Self::Decoder {
         ProstDecoder::new(settings())
+    }
+}
+
+/// prost's encoder with one allocation per message.
+#[derive(Debug, Clone, Copy)]
+pub struct Encoder<T>(PhantomData<T>);
+
+impl<T: prost::Message> TonicEncoder for Encoder<T> {
+    type Item = T;
+    type Error = Status;
+
+    fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        buf.reserve(item.encoded_len());
+        // `encode` would compute the length again to check the room reserved above.
+        item.encode_raw(buf);
+        Ok(())
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        settings()
     }
 }
