@@ -29,6 +29,12 @@ pub struct Config {
     #[arg(long, env = "AGENTRY_LOG", default_value = "info,sqlx=warn")]
     pub log_filter: String,
 
+    /// Threads that run the server's tasks; default: one per CPU the process
+    /// may use. Set fewer when the server shares the machine's CPUs with
+    /// busy neighbours: threads beyond the CPUs it gets only add switching.
+    #[arg(long, env = "AGENTRY_WORKER_THREADS")]
+    pub worker_threads: Option<std::num::NonZeroUsize>,
+
     #[command(flatten)]
     pub serve: ServeConfig,
 
