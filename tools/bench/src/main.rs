@@ -4,6 +4,7 @@
 //! HTTP/2 connections, 100 per connection, so 10,000 streams need about 100
 //! file descriptors on each side.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentry_client::{
@@ -40,6 +41,10 @@ struct Args {
     /// PID of the server (default: the process named agentry-server).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Threads of the load generator (default: one per CPU). On the
+    /// server's machine, fewer leave the server its share of the CPUs.
+    #[arg(long)]
+    threads: Option<std::num::NonZeroUsize>,
     #[command(subcommand)]
     mode: Mode,
 }
@@ -94,7 +99,8 @@ enum Mode {
 /// Concurrent unary callers.
 #[derive(clap::Args, Clone, Copy)]
 struct Load {
-    /// Callers, each with one call in flight.
+    /// Callers, each with one call in flight; with --rate, the most calls in
+    /// flight at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// HTTP/2 connections the callers are spread over (one client each).
@@ -102,10 +108,10 @@ struct Load {
     connections: usize,
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Calls per second offered by all callers together (each caller keeps
-    /// a schedule; a caller behind it counts latency from the scheduled
-    /// start, so a stall is not hidden by the calls it delayed); 0: as fast
-    /// as answers come.
+    /// Calls per second to start, whether or not earlier calls have been
+    /// answered (open loop, like traffic from many independent callers);
+    /// 0: closed loop, each caller starts its next call when the previous
+    /// one is answered.
     #[arg(long, default_value_t = 0)]
     rate: u64,
 }
@@ -119,82 +125,140 @@ enum Done {
 }
 
 /// Latencies (µs) of the served calls, and how many were refused as exhausted.
+#[derive(Default)]
 struct Run {
     latencies: Vec<u32>,
     exhausted: u64,
     elapsed: f64,
 }
 
+impl Run {
+    fn add(&mut self, done: Done, latency: Duration) {
+        match done {
+            Done::Ok => self
+                .latencies
+                .push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX)),
+            Done::Exhausted => self.exhausted += 1,
+        }
+    }
+
+    fn merge(&mut self, other: Run) {
+        self.latencies.extend(other.latencies);
+        self.exhausted += other.exhausted;
+    }
+}
+
 impl Load {
-    /// Runs `call` from `concurrency` callers spread over `clients` for `seconds`.
+    /// Runs `call` over `clients` for `seconds`: from `concurrency` callers,
+    /// or at `rate` calls per second.
     async fn run<C, F, Fut>(&self, clients: &[C], call: F) -> Result<Run, Error>
     where
         C: Clone + Send + 'static,
         F: Fn(C) -> Fut + Clone + Send + 'static,
-        Fut: std::future::Future<Output = Result<Done, Error>> + Send,
+        Fut: std::future::Future<Output = Result<Done, Error>> + Send + 'static,
     {
-        let callers = self.concurrency.max(1);
-        let period =
-            (self.rate > 0).then(|| Duration::from_secs_f64(callers as f64 / self.rate as f64));
         let started = Instant::now();
         let until = started + Duration::from_secs(self.seconds);
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..callers {
-            let (client, call) = (clients[i % clients.len()].clone(), call.clone());
-            tasks.spawn(async move {
-                let (mut latencies, mut exhausted) = (Vec::new(), 0u64);
-                // Callers start staggered over one period so the offered load is even.
-                let mut next = period.map(|p| started + p.mul_f64(i as f64 / callers as f64));
-                loop {
-                    let at = match next {
-                        // The timer's lateness (up to a millisecond) is not the server's.
-                        Some(at) if at > Instant::now() => {
-                            tokio::time::sleep_until(at.into()).await;
-                            Instant::now()
-                        }
-                        // Behind schedule: the wait for the previous call counts.
-                        Some(at) => at,
-                        None => Instant::now(),
-                    };
-                    if at >= until {
-                        break;
-                    }
-                    match call(client.clone()).await? {
-                        Done::Ok => latencies
-                            .push(u32::try_from(at.elapsed().as_micros()).unwrap_or(u32::MAX)),
-                        Done::Exhausted => exhausted += 1,
-                    }
-                    next = next.zip(period).map(|(n, p)| n + p);
-                }
-                Ok::<_, Error>((latencies, exhausted))
-            });
-        }
-        let mut run = Run {
-            latencies: Vec::new(),
-            exhausted: 0,
-            elapsed: 0.0,
+        let mut run = if self.rate > 0 {
+            self.open_loop(clients, call, started, until).await?
+        } else {
+            self.closed_loop(clients, call, until).await?
         };
-        while let Some(r) = tasks.join_next().await {
-            let (latencies, exhausted) = r??;
-            run.latencies.extend(latencies);
-            run.exhausted += exhausted;
-        }
         run.elapsed = started.elapsed().as_secs_f64();
         Ok(run)
     }
 
-    /// One HTTP/2 connection per `connections`, without the SDK.
-    async fn channels(&self, args: &Args) -> Result<Vec<Channel>, Error> {
-        let mut channels = Vec::new();
-        for _ in 0..self.connections.max(1) {
-            channels.push(
-                Endpoint::from_shared(args.url.clone())?
-                    .tcp_nodelay(true)
-                    .connect()
-                    .await?,
-            );
+    async fn closed_loop<C, F, Fut>(&self, clients: &[C], call: F, until: Instant) -> Result<Run, Error>
+    where
+        C: Clone + Send + 'static,
+        F: Fn(C) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = Result<Done, Error>> + Send + 'static,
+    {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..self.concurrency.max(1) {
+            let (client, call) = (clients[i % clients.len()].clone(), call.clone());
+            tasks.spawn(async move {
+                let mut run = Run::default();
+                loop {
+                    let at = Instant::now();
+                    if at >= until {
+                        break;
+                    }
+                    let done = call(client.clone()).await?;
+                    run.add(done, at.elapsed());
+                }
+                Ok::<_, Error>(run)
+            });
         }
-        Ok(channels)
+        let mut run = Run::default();
+        while let Some(r) = tasks.join_next().await {
+            run.merge(r??);
+        }
+        Ok(run)
+    }
+
+    /// A pacing thread starts each call at its due time (within the
+    /// ~50 µs a thread's sleep takes; tokio's millisecond timers would start
+    /// them in bursts, queueing calls behind each other in the load generator).
+    /// A call's latency counts from its start, so a wait for one of the
+    /// `concurrency` slots counts.
+    async fn open_loop<C, F, Fut>(
+        &self,
+        clients: &[C],
+        call: F,
+        started: Instant,
+        until: Instant,
+    ) -> Result<Run, Error>
+    where
+        C: Clone + Send + 'static,
+        F: Fn(C) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = Result<Done, Error>> + Send + 'static,
+    {
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.concurrency.max(1)));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (clients, rate) = (clients.to_vec(), self.rate as f64);
+        let runtime = tokio::runtime::Handle::current();
+        let pacer = tokio::task::spawn_blocking(move || {
+            let mut started_calls = 0u64;
+            loop {
+                let now = Instant::now();
+                if now >= until {
+                    break;
+                }
+                let due = (now - started).as_secs_f64() * rate;
+                while (started_calls as f64) < due {
+                    let client = clients[started_calls as usize % clients.len()].clone();
+                    let (call, slots, tx) = (call.clone(), slots.clone(), tx.clone());
+                    runtime.spawn(async move {
+                        let result = match slots.acquire_owned().await {
+                            Ok(_slot) => call(client).await.map(|done| (done, now.elapsed())),
+                            Err(e) => Err(e.into()),
+                        };
+                        // The receiver outlives every sender but the ones sent with.
+                        let _ = tx.send(result);
+                    });
+                    started_calls += 1;
+                }
+                let next = started + Duration::from_secs_f64((started_calls as f64 + 1.0) / rate);
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+        });
+        pacer.await?;
+        let mut run = Run::default();
+        while let Some(result) = rx.recv().await {
+            let (done, latency) = result?;
+            run.add(done, latency);
+        }
+        Ok(run)
+    }
+
+    /// One bare HTTP/2 connection per `connections`.
+    async fn connections(&self, args: &Args) -> Result<Vec<raw::Connection>, Error> {
+        let mut connections = Vec::new();
+        for _ in 0..self.connections.max(1) {
+            connections.push(raw::connect(&args.url).await?);
+        }
+        Ok(connections)
     }
 
     /// One client per connection, all with `key`.
@@ -356,9 +420,17 @@ fn report_latencies(name: &str, mut micros: Vec<u32>) {
     println!("{name}_p99_ms: {:.3}", percentile(&micros, 0.99));
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Error> {
+fn main() -> Result<(), Error> {
     let args = Args::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(threads) = args.threads {
+        runtime.worker_threads(threads.get());
+    }
+    runtime.build()?.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<(), Error> {
     let db = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .connect(&args.database_url)
@@ -584,12 +656,12 @@ async fn available(args: &Args, shape: Shape, load: Load) -> Result<(), Error> {
         .await?
         .len();
     let run = if raw {
-        let channels = load.channels(args).await?;
-        let request = raw::request(&s.tenant_key, limit)?;
-        load.run(&channels, move |channel| {
+        let connections = load.connections(args).await?;
+        let request = raw::request(&args.url, &s.tenant_key, limit)?;
+        load.run(&connections, move |connection| {
             let request = request.clone();
             async move {
-                let bytes = raw::get_available_agents(channel, request).await?;
+                let bytes = raw::get_available_agents(connection, request).await?;
                 if expected > 0 && bytes == 0 {
                     return Err("an empty answer where agents were available".into());
                 }
@@ -652,7 +724,7 @@ async fn acquire(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Watch the stored workload while callers race.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = {
         let (db, stop, id) = (db.clone(), stop.clone(), config.id.clone());
         tokio::spawn(async move {
@@ -712,92 +784,109 @@ async fn acquire(
     Ok(())
 }
 
-/// GetAvailableAgents as bytes: a pre-encoded request, answers counted, not decoded.
+/// GetAvailableAgents over a bare HTTP/2 connection: a pre-encoded request,
+/// answers counted, not decoded. Without tonic's channel (a buffer task each
+/// call passes through) the load generator spends about half the CPU per call,
+/// which on the server's own machine is CPU left to the server.
 mod raw {
     use prost::Message as _;
-    use prost::bytes::{Buf, BufMut};
-    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-    use tonic::codegen::http::uri::PathAndQuery;
-    use tonic::metadata::MetadataValue;
-    use tonic::transport::Channel;
-    use tonic::{Request, Status};
+    use prost::bytes::{BufMut, Bytes, BytesMut};
+    use tonic::codegen::http::{self, HeaderValue, Method, Uri};
 
     use super::{AgentFilter, Error, pb};
 
     const PATH: &str = "/agentry.v1.RoutingService/GetAvailableAgents";
 
-    /// The encoded request and its authorization header.
+    /// A connection's handle; clones share the connection.
+    pub(super) type Connection = h2::client::SendRequest<Bytes>;
+
+    /// The framed request and its headers.
     #[derive(Clone)]
     pub(super) struct Prepared {
-        body: Vec<u8>,
-        authorization: MetadataValue<tonic::metadata::Ascii>,
+        frame: Bytes,
+        uri: Uri,
+        authorization: HeaderValue,
     }
 
-    pub(super) fn request(key: &str, limit: i32) -> Result<Prepared, Error> {
-        let body = pb::GetAvailableAgentsRequest {
+    pub(super) fn request(url: &str, key: &str, limit: i32) -> Result<Prepared, Error> {
+        let message = pb::GetAvailableAgentsRequest {
             filter: Some(AgentFilter::new().into()),
             limit,
         }
         .encode_to_vec();
+        // gRPC's length-prefixed message: uncompressed flag, big-endian length.
+        let mut frame = BytesMut::with_capacity(5 + message.len());
+        frame.put_u8(0);
+        frame.put_u32(u32::try_from(message.len())?);
+        frame.put_slice(&message);
         Ok(Prepared {
-            body,
+            frame: frame.freeze(),
+            uri: format!("{}{PATH}", url.trim_end_matches('/')).parse()?,
             authorization: format!("Bearer {key}").parse()?,
         })
     }
 
+    pub(super) async fn connect(url: &str) -> Result<Connection, Error> {
+        let uri: Uri = url.parse()?;
+        let authority = uri.authority().ok_or("the server URL has no host")?;
+        let tcp = tokio::net::TcpStream::connect(authority.as_str()).await?;
+        tcp.set_nodelay(true)?;
+        // Windows large enough that answers in flight never wait for a window update.
+        let (connection, driver) = h2::client::Builder::new()
+            .initial_window_size(1 << 20)
+            .initial_connection_window_size(16 << 20)
+            .handshake(tcp)
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = driver.await {
+                eprintln!("agentry-bench: connection closed: {e}");
+            }
+        });
+        Ok(connection)
+    }
+
     /// One call; the answer's length in bytes.
     pub(super) async fn get_available_agents(
-        channel: Channel,
+        connection: Connection,
         prepared: Prepared,
     ) -> Result<usize, Error> {
-        let mut grpc = tonic::client::Grpc::new(channel);
-        grpc.ready().await?;
-        let mut request = Request::new(prepared.body);
-        request
-            .metadata_mut()
-            .insert("authorization", prepared.authorization);
-        let answer = grpc
-            .unary(request, PathAndQuery::from_static(PATH), Bytes)
-            .await?;
-        Ok(answer.into_inner())
-    }
-
-    /// Sends bytes as they are; reads an answer as its length.
-    struct Bytes;
-
-    impl Codec for Bytes {
-        type Encode = Vec<u8>;
-        type Decode = usize;
-        type Encoder = Bytes;
-        type Decoder = Bytes;
-
-        fn encoder(&mut self) -> Bytes {
-            Bytes
+        let mut connection = connection.ready().await?;
+        let request = http::Request::builder()
+            .method(Method::POST)
+            .uri(prepared.uri)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("authorization", prepared.authorization)
+            .body(())?;
+        let (answer, mut body) = connection.send_request(request, false)?;
+        body.send_data(prepared.frame, true)?;
+        let (head, mut answer) = answer.await?.into_parts();
+        if head.status != http::StatusCode::OK {
+            return Err(format!("HTTP status {}", head.status).into());
         }
-
-        fn decoder(&mut self) -> Bytes {
-            Bytes
+        let mut length = 0;
+        while let Some(chunk) = answer.data().await {
+            let chunk = chunk?;
+            length += chunk.len();
+            answer.flow_control().release_capacity(chunk.len())?;
         }
-    }
-
-    impl Encoder for Bytes {
-        type Item = Vec<u8>;
-        type Error = Status;
-
-        fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
-            buf.put_slice(&item);
-            Ok(())
-        }
-    }
-
-    impl Decoder for Bytes {
-        type Item = usize;
-        type Error = Status;
-
-        fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<usize>, Status> {
-            let n = buf.remaining();
-            buf.advance(n);
-            Ok(Some(n))
+        let trailers = answer.trailers().await?;
+        // A trailers-only answer (an error) carries its status in the headers.
+        let status = trailers
+            .as_ref()
+            .and_then(|t| t.get("grpc-status"))
+            .or_else(|| head.headers.get("grpc-status"));
+        match status.map(HeaderValue::as_bytes) {
+            Some(b"0") => Ok(length),
+            other => Err(format!(
+                "grpc-status {:?}: {:?}",
+                other.map(String::from_utf8_lossy),
+                trailers
+                    .as_ref()
+                    .and_then(|t| t.get("grpc-message"))
+                    .or_else(|| head.headers.get("grpc-message"))
+            )
+            .into()),
         }
     }
 }
