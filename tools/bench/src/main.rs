@@ -168,7 +168,12 @@ impl Load {
         Ok(run)
     }
 
-    async fn closed_loop<C, F, Fut>(&self, clients: &[C], call: F, until: Instant) -> Result<Run, Error>
+    async fn closed_loop<C, F, Fut>(
+        &self,
+        clients: &[C],
+        call: F,
+        until: Instant,
+    ) -> Result<Run, Error>
     where
         C: Clone + Send + 'static,
         F: Fn(C) -> Fut + Clone + Send + 'static,
