@@ -1,0 +1,38 @@
+//! The server's PostgreSQL database as the load generator reads it: the
+//! connection (and the autovacuum warning every run starts with) and the
+//! transaction counter the heartbeat mode reports. Counters lag, so
+//! [`COUNTERS_SETTLE`] says how long to wait before reading them.
+
+use std::time::Duration;
+
+use crate::Error;
+
+/// How long PostgreSQL may take to publish an idle backend's counters.
+pub(crate) const COUNTERS_SETTLE: Duration = Duration::from_secs(11);
+
+/// A small pool on `url`; says whether autovacuum is on.
+pub(crate) async fn connect(url: &str) -> Result<sqlx::PgPool, Error> {
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(url)
+        .await?;
+    // Without autovacuum, dead rows of the hot tables (workload counters,
+    // leases, heartbeat times) pile up run after run and slow every write.
+    let autovacuum: String = sqlx::query_scalar("SHOW autovacuum").fetch_one(&db).await?;
+    println!("postgres_autovacuum: {autovacuum}");
+    if autovacuum != "on" {
+        eprintln!(
+            "warning: autovacuum is off on this PostgreSQL; run VACUUM ANALYZE between runs (see BENCHMARKS.md)"
+        );
+    }
+    Ok(db)
+}
+
+/// Committed and rolled-back transactions of the database so far.
+pub(crate) async fn transactions(db: &sqlx::PgPool) -> Result<i64, Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(db)
+    .await?)
+}

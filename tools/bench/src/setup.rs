@@ -1,0 +1,56 @@
+//! What every mode starts with: a fresh tenant (`bench-<time>`) with a tenant
+//! key and an agent key, the manifests its agents name, and clients for both
+//! keys. Each run gets its own tenant so runs on one database do not see each
+//! other's registrations.
+
+use agentry_client::{Client, CreateApiKey, CreateManifest, pb};
+
+use crate::Error;
+use crate::cli::Args;
+
+pub(crate) struct Setup {
+    pub(crate) tenant_key: String,
+    pub(crate) agent_key: String,
+    pub(crate) tenant: Client,
+    pub(crate) agent: Client,
+}
+
+/// A new tenant, its keys and clients, and `manifests` manifests (kept when
+/// an earlier run created them).
+pub(crate) async fn setup(args: &Args, manifests: usize) -> Result<Setup, Error> {
+    let admin = Client::builder(args.url.as_str())
+        .api_key(&args.admin_key)
+        .connect()
+        .await?;
+    let suffix = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_micros()
+    );
+    let tenant = admin.create_tenant(&format!("bench-{suffix}")).await?;
+    let key = |role| admin.create_api_key(CreateApiKey::new(role).tenant(&tenant.id));
+    let tenant_key = key(pb::Role::Tenant).await?.secret;
+    let agent_key = key(pb::Role::Agent).await?.secret;
+    for i in 0..manifests {
+        match admin
+            .create_manifest(CreateManifest::new(agent_id(i), "bench", "Bench", "1.0.0"))
+            .await
+        {
+            Ok(_) | Err(agentry_client::Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let connect = |key: &str| Client::builder(args.url.as_str()).api_key(key).connect();
+    Ok(Setup {
+        tenant: connect(&tenant_key).await?,
+        agent: connect(&agent_key).await?,
+        tenant_key,
+        agent_key,
+    })
+}
+
+/// The agent id of manifest `i`.
+pub(crate) fn agent_id(i: usize) -> String {
+    format!("bench-agent-{i:03}")
+}

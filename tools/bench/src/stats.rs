@@ -1,0 +1,52 @@
+//! What a run measured and how it is reported: each call's outcome
+//! ([`Done`]), the latencies collected by the load driver ([`Run`]) and the
+//! p50/p99 lines every mode prints. Shared so that all modes report
+//! latencies the same way.
+
+use std::time::Duration;
+
+/// What one caller's call came to.
+pub(crate) enum Done {
+    /// Served.
+    Ok,
+    /// Refused with RESOURCE_EXHAUSTED (counted, not an error).
+    Exhausted,
+}
+
+/// Latencies (µs) of the served calls, and how many were refused as exhausted.
+#[derive(Default)]
+pub(crate) struct Run {
+    pub(crate) latencies: Vec<u32>,
+    pub(crate) exhausted: u64,
+    pub(crate) elapsed: f64,
+}
+
+impl Run {
+    pub(crate) fn add(&mut self, done: Done, latency: Duration) {
+        match done {
+            Done::Ok => self
+                .latencies
+                .push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX)),
+            Done::Exhausted => self.exhausted += 1,
+        }
+    }
+
+    pub(crate) fn merge(&mut self, other: Run) {
+        self.latencies.extend(other.latencies);
+        self.exhausted += other.exhausted;
+    }
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[index]) / 1000.0
+}
+
+pub(crate) fn report_latencies(name: &str, mut micros: Vec<u32>) {
+    micros.sort_unstable();
+    println!("{name}_p50_ms: {:.3}", percentile(&micros, 0.50));
+    println!("{name}_p99_ms: {:.3}", percentile(&micros, 0.99));
+}

@@ -1,0 +1,77 @@
+//! Raw health streams (`RegistrationService/HealthStream` through tonic's
+//! generated client, not the SDK), as the heartbeat and idle modes open them:
+//! welcomed streams, 100 per HTTP/2 connection, opened 200 at a time. The SDK
+//! would hide the stream's messages the heartbeat mode times.
+
+use agentry_client::pb;
+use pb::health_stream_request::Message as Out;
+use pb::health_stream_response::Message as In;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::Error;
+use crate::cli::Args;
+use crate::setup::agent_id;
+
+/// A raw health stream that has been welcomed.
+pub(crate) struct Stream {
+    pub(crate) tx: mpsc::Sender<pb::HealthStreamRequest>,
+    pub(crate) rx: tonic::Streaming<pb::HealthStreamResponse>,
+    pub(crate) epoch: i64,
+}
+
+async fn open_stream(channel: Channel, key: &str, instance: String) -> Result<Stream, Error> {
+    let mut client = pb::registration_service_client::RegistrationServiceClient::new(channel);
+    let (tx, rx) = mpsc::channel(64);
+    let hello = pb::Hello {
+        instance_id: instance,
+        agent_id: agent_id(0),
+        ..Default::default()
+    };
+    tx.send(pb::HealthStreamRequest {
+        message: Some(Out::Hello(hello)),
+    })
+    .await?;
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse()?);
+    let mut rx = client.health_stream(request).await?.into_inner();
+    match rx.message().await?.and_then(|m| m.message) {
+        Some(In::Welcome(w)) => Ok(Stream {
+            tx,
+            rx,
+            epoch: w.epoch,
+        }),
+        other => Err(format!("expected welcome, got {other:?}").into()),
+    }
+}
+
+async fn channels(url: &str, streams: usize) -> Result<Vec<Channel>, Error> {
+    let mut out = Vec::new();
+    for _ in 0..streams.div_ceil(100) {
+        out.push(Endpoint::from_shared(url.to_owned())?.connect().await?);
+    }
+    Ok(out)
+}
+
+/// `count` welcomed streams of agent `bench-agent-000`, instances `bench-<i>`.
+pub(crate) async fn open_many(args: &Args, key: &str, count: usize) -> Result<Vec<Stream>, Error> {
+    let channels = channels(&args.url, count).await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut streams = Vec::new();
+    for i in 0..count {
+        let (channel, key) = (channels[i / 100].clone(), key.to_owned());
+        tasks.spawn(async move { open_stream(channel, &key, format!("bench-{i}")).await });
+        if tasks.len() >= 200
+            && let Some(r) = tasks.join_next().await
+        {
+            streams.push(r??);
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        streams.push(r??);
+    }
+    Ok(streams)
+}
