@@ -8,18 +8,10 @@ use std::time::Duration;
 use agentry_client::{AgentFilter, CreateConfiguration, RegisterInstance};
 
 use crate::Error;
-use crate::cli::{Args, Load};
+use crate::cli::{Args, Load, Shape};
 use crate::raw;
 use crate::setup::{agent_id, setup};
 use crate::stats::{Done, report_latencies};
-
-/// What the `available` mode sets up and asks.
-pub(crate) struct Shape {
-    pub(crate) registrations: usize,
-    pub(crate) configurations: usize,
-    pub(crate) limit: i32,
-    pub(crate) raw: bool,
-}
 
 pub(crate) async fn run(args: &Args, shape: Shape, load: Load) -> Result<(), Error> {
     let Shape {

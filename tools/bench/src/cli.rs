@@ -1,7 +1,7 @@
-//! The command line: global options ([`Args`]), the four modes ([`Mode`]) and
-//! the unary load shared by `available` and `acquire` ([`Load`]). Kept apart
-//! from the modes so that every flag BENCHMARKS.md uses is declared in one
-//! place.
+//! The command line: global options ([`Args`]), the four modes ([`Mode`]),
+//! what `available` sets up ([`Shape`]) and the unary load shared by
+//! `available` and `acquire` ([`Load`]). Kept apart from the modes so that
+//! every flag BENCHMARKS.md uses is declared in one place.
 
 use clap::{Parser, Subcommand};
 
@@ -53,20 +53,8 @@ pub(crate) enum Mode {
     },
     /// GetAvailableAgents over a tenant with many registrations.
     Available {
-        #[arg(long, default_value_t = 10_000)]
-        registrations: usize,
-        #[arg(long, default_value_t = 50)]
-        configurations: usize,
-        /// Agents asked for per call.
-        #[arg(long, default_value_t = 10)]
-        limit: i32,
-        /// Send the calls without the SDK and count the answers' bytes
-        /// instead of decoding them: on a machine shared with the server,
-        /// decoding costs the load generator about as much CPU as answering
-        /// costs the server, so this measures the server rather than the
-        /// load generator.
-        #[arg(long)]
-        raw: bool,
+        #[command(flatten)]
+        shape: Shape,
         #[command(flatten)]
         load: Load,
     },
@@ -77,6 +65,25 @@ pub(crate) enum Mode {
         #[arg(long, default_value_t = 50)]
         max_workload: i32,
     },
+}
+
+/// What the `available` mode sets up and asks.
+#[derive(clap::Args, Clone, Copy)]
+pub(crate) struct Shape {
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) registrations: usize,
+    #[arg(long, default_value_t = 50)]
+    pub(crate) configurations: usize,
+    /// Agents asked for per call.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) limit: i32,
+    /// Send the calls without the SDK and count the answers' bytes
+    /// instead of decoding them: on a machine shared with the server,
+    /// decoding costs the load generator about as much CPU as answering
+    /// costs the server, so this measures the server rather than the
+    /// load generator.
+    #[arg(long)]
+    pub(crate) raw: bool,
 }
 
 /// Concurrent unary callers.

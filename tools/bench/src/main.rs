@@ -51,21 +51,7 @@ async fn run(args: Args) -> Result<(), Error> {
             window,
         } => heartbeats::run(&args, &db, agents, seconds, window).await,
         Mode::Idle { streams, seconds } => idle::run(&args, streams, seconds).await,
-        Mode::Available {
-            registrations,
-            configurations,
-            limit,
-            raw,
-            load,
-        } => {
-            let shape = available::Shape {
-                registrations,
-                configurations,
-                limit,
-                raw,
-            };
-            available::run(&args, shape, load).await
-        }
+        Mode::Available { shape, load } => available::run(&args, shape, load).await,
         Mode::Acquire { load, max_workload } => acquire::run(&args, &db, load, max_workload).await,
     }
 }
