@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentry_client::{AgentFilter, CreateConfiguration, RegisterInstance, pb};
+use agentry_client::{AgentFilter, Client, CreateConfiguration, RegisterInstance, pb};
 
 use crate::Error;
 use crate::cli::{Args, Load};
@@ -61,7 +61,7 @@ pub(crate) async fn run(
     };
     let clients = load.clients(args, &s.tenant_key).await?;
     let run = load
-        .run(&clients, |client| async move {
+        .run(&clients, |client: Client| async move {
             match client
                 .acquire_agent(AgentFilter::new(), Some(Duration::from_secs(60)))
                 .await

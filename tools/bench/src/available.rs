@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use agentry_client::{AgentFilter, CreateConfiguration, RegisterInstance};
+use agentry_client::{AgentFilter, Client, CreateConfiguration, RegisterInstance};
 
 use crate::Error;
 use crate::cli::{Args, Load, Shape};
@@ -80,7 +80,7 @@ pub(crate) async fn run(args: &Args, shape: Shape, load: Load) -> Result<(), Err
         .await?
     } else {
         let clients = load.clients(args, &s.tenant_key).await?;
-        load.run(&clients, move |client| async move {
+        load.run(&clients, move |client: Client| async move {
             let agents = client
                 .get_available_agents(AgentFilter::new(), limit)
                 .await?;

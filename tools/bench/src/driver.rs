@@ -4,6 +4,7 @@
 //! (`--rate` calls started per second by a pacing thread), and collects the
 //! latencies into a [`Run`]. Also opens the connections the callers use.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,15 +15,40 @@ use crate::cli::{Args, Load};
 use crate::raw;
 use crate::stats::{Done, Run};
 
+/// A client (or connection) the callers share: cloned into each caller.
+pub(crate) trait Shared: Clone + Send + 'static {}
+
+impl<T: Clone + Send + 'static> Shared for T {}
+
+/// What the loops call with a client: a closure, cloned into each caller,
+/// whose call is a future they can spawn. Named once so that both loops ask
+/// the same of it.
+pub(crate) trait Call<C>: Clone + Send + 'static {
+    type Future: Future<Output = Result<Done, Error>> + Send + 'static;
+
+    fn call(&self, client: C) -> Self::Future;
+}
+
+impl<C, F, Fut> Call<C> for F
+where
+    F: Fn(C) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<Done, Error>> + Send + 'static,
+{
+    type Future = Fut;
+
+    fn call(&self, client: C) -> Fut {
+        self(client)
+    }
+}
+
 impl Load {
     /// Runs `call` over `clients` for `seconds`: from `concurrency` callers,
     /// or at `rate` calls per second.
-    pub(crate) async fn run<C, F, Fut>(&self, clients: &[C], call: F) -> Result<Run, Error>
-    where
-        C: Clone + Send + 'static,
-        F: Fn(C) -> Fut + Clone + Send + 'static,
-        Fut: std::future::Future<Output = Result<Done, Error>> + Send + 'static,
-    {
+    pub(crate) async fn run<C: Shared>(
+        &self,
+        clients: &[C],
+        call: impl Call<C>,
+    ) -> Result<Run, Error> {
         let started = Instant::now();
         let until = started + Duration::from_secs(self.seconds);
         let mut run = if self.rate > 0 {
@@ -34,17 +60,12 @@ impl Load {
         Ok(run)
     }
 
-    async fn closed_loop<C, F, Fut>(
+    async fn closed_loop<C: Shared>(
         &self,
         clients: &[C],
-        call: F,
+        call: impl Call<C>,
         until: Instant,
-    ) -> Result<Run, Error>
-    where
-        C: Clone + Send + 'static,
-        F: Fn(C) -> Fut + Clone + Send + 'static,
-        Fut: std::future::Future<Output = Result<Done, Error>> + Send + 'static,
-    {
+    ) -> Result<Run, Error> {
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..self.concurrency.max(1) {
             let (client, call) = (clients[i % clients.len()].clone(), call.clone());
@@ -55,7 +76,7 @@ impl Load {
                     if at >= until {
                         break;
                     }
-                    let done = call(client.clone()).await?;
+                    let done = call.call(client.clone()).await?;
                     run.add(done, at.elapsed());
                 }
                 Ok::<_, Error>(run)
@@ -73,18 +94,13 @@ impl Load {
     /// them in bursts, queueing calls behind each other in the load generator).
     /// A call's latency counts from its start, so a wait for one of the
     /// `concurrency` slots counts.
-    async fn open_loop<C, F, Fut>(
+    async fn open_loop<C: Shared>(
         &self,
         clients: &[C],
-        call: F,
+        call: impl Call<C>,
         started: Instant,
         until: Instant,
-    ) -> Result<Run, Error>
-    where
-        C: Clone + Send + 'static,
-        F: Fn(C) -> Fut + Clone + Send + 'static,
-        Fut: std::future::Future<Output = Result<Done, Error>> + Send + 'static,
-    {
+    ) -> Result<Run, Error> {
         let slots = Arc::new(tokio::sync::Semaphore::new(self.concurrency.max(1)));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let (clients, rate) = (clients.to_vec(), self.rate as f64);
@@ -102,7 +118,7 @@ impl Load {
                     let (call, slots, tx) = (call.clone(), slots.clone(), tx.clone());
                     runtime.spawn(async move {
                         let result = match slots.acquire_owned().await {
-                            Ok(_slot) => call(client).await.map(|done| (done, now.elapsed())),
+                            Ok(_slot) => call.call(client).await.map(|done| (done, now.elapsed())),
                             Err(e) => Err(e.into()),
                         };
                         // The receiver outlives every sender but the ones sent with.
