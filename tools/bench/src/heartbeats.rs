@@ -15,7 +15,7 @@ use crate::pg::{COUNTERS_SETTLE, transactions};
 use crate::rss::server_rss_kib;
 use crate::setup::setup;
 use crate::stats::report_latencies;
-use crate::stream::open_many;
+use crate::stream::{goodbye_all, open_many};
 
 pub(crate) async fn run(
     args: &Args,
@@ -107,14 +107,7 @@ pub(crate) async fn run(
         (tx1 - tx0) as f64 / counted
     );
     println!("server_rss_kib: {rss}");
-    for stream in &done {
-        let bye = pb::HealthStreamRequest {
-            message: Some(Out::Goodbye(pb::Goodbye {
-                reason: "bench done".into(),
-            })),
-        };
-        let _ = stream.tx.send(bye).await;
-    }
+    goodbye_all(&done, "bench done").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     Ok(())
 }

@@ -3,14 +3,11 @@
 
 use std::time::Duration;
 
-use agentry_client::pb;
-use pb::health_stream_request::Message as Out;
-
 use crate::Error;
 use crate::cli::Args;
 use crate::rss::server_rss_kib;
 use crate::setup::setup;
-use crate::stream::open_many;
+use crate::stream::{goodbye_all, open_many};
 
 pub(crate) async fn run(args: &Args, count: usize, seconds: u64) -> Result<(), Error> {
     let s = setup(args, 1).await?;
@@ -26,12 +23,7 @@ pub(crate) async fn run(args: &Args, count: usize, seconds: u64) -> Result<(), E
         "server_rss_per_stream_kib: {:.2}",
         after.saturating_sub(before) as f64 / streams.len().max(1) as f64
     );
-    for stream in &streams {
-        let bye = pb::HealthStreamRequest {
-            message: Some(Out::Goodbye(pb::Goodbye::default())),
-        };
-        let _ = stream.tx.send(bye).await;
-    }
+    goodbye_all(&streams, "").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! Raw health streams (`RegistrationService/HealthStream` through tonic's
 //! generated client, not the SDK), as the heartbeat and idle modes open them:
-//! welcomed streams, 100 per HTTP/2 connection, opened 200 at a time. The SDK
-//! would hide the stream's messages the heartbeat mode times.
+//! welcomed streams, 100 per HTTP/2 connection, opened 200 at a time, and
+//! their goodbyes. The SDK would hide the stream's messages the heartbeat
+//! mode times.
 
 use agentry_client::pb;
 use pb::health_stream_request::Message as Out;
@@ -45,6 +46,18 @@ async fn open_stream(channel: Channel, key: &str, instance: String) -> Result<St
             epoch: w.epoch,
         }),
         other => Err(format!("expected welcome, got {other:?}").into()),
+    }
+}
+
+/// Says goodbye on every stream (a stream already closed is passed over).
+pub(crate) async fn goodbye_all(streams: &[Stream], reason: &str) {
+    for stream in streams {
+        let bye = pb::HealthStreamRequest {
+            message: Some(Out::Goodbye(pb::Goodbye {
+                reason: reason.to_owned(),
+            })),
+        };
+        let _ = stream.tx.send(bye).await;
     }
 }
 
