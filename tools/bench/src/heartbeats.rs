@@ -14,7 +14,7 @@ use crate::cli::Args;
 use crate::pg::{COUNTERS_SETTLE, transactions};
 use crate::rss::server_rss_kib;
 use crate::setup::setup;
-use crate::stats::report_latencies;
+use crate::stats::{micros, report_latencies};
 use crate::stream::{goodbye_all, open_many};
 
 pub(crate) async fn run(
@@ -70,8 +70,7 @@ pub(crate) async fn run(
                     })) => match sent.pop_front() {
                         // Acks come in order: each answers the oldest heartbeat in flight.
                         Some((seq, at)) if seq == ack.sequence => {
-                            latencies
-                                .push(u32::try_from(at.elapsed().as_micros()).unwrap_or(u32::MAX));
+                            latencies.push(micros(at.elapsed()));
                         }
                         _ => return (latencies, stream),
                     },

@@ -24,9 +24,7 @@ pub(crate) struct Run {
 impl Run {
     pub(crate) fn add(&mut self, done: Done, latency: Duration) {
         match done {
-            Done::Ok => self
-                .latencies
-                .push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX)),
+            Done::Ok => self.latencies.push(micros(latency)),
             Done::Exhausted => self.exhausted += 1,
         }
     }
@@ -35,6 +33,11 @@ impl Run {
         self.latencies.extend(other.latencies);
         self.exhausted += other.exhausted;
     }
+}
+
+/// A latency in whole µs, as the runs keep them (saturating at `u32::MAX`).
+pub(crate) fn micros(latency: Duration) -> u32 {
+    u32::try_from(latency.as_micros()).unwrap_or(u32::MAX)
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
