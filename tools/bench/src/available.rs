@@ -10,7 +10,7 @@ use agentry_client::{AgentFilter, Client, CreateConfiguration, RegisterInstance}
 use crate::Error;
 use crate::cli::{Args, Load, Shape};
 use crate::raw;
-use crate::setup::{agent_id, setup};
+use crate::setup::{agent_id, setup, spawn_bounded};
 use crate::stats::{Done, report_latencies};
 
 pub(crate) async fn run(args: &Args, shape: Shape, load: Load) -> Result<(), Error> {
@@ -26,26 +26,18 @@ pub(crate) async fn run(args: &Args, shape: Shape, load: Load) -> Result<(), Err
             .create_configuration(CreateConfiguration::for_agent(agent_id(i)).max_workload(1000))
             .await?;
     }
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..registrations {
+    spawn_bounded(registrations, 64, |i| {
         let agent = s.agent.clone();
-        tasks.spawn(async move {
+        async move {
             agent
                 .register_instance(RegisterInstance::new(
                     format!("bench-{i}"),
                     agent_id(i % configurations),
                 ))
                 .await
-        });
-        if tasks.len() >= 64
-            && let Some(r) = tasks.join_next().await
-        {
-            r??;
         }
-    }
-    while let Some(r) = tasks.join_next().await {
-        r??;
-    }
+    })
+    .await?;
     println!("registrations: {registrations} over {configurations} configurations");
     // Let the view catch up with the registrations.
     loop {

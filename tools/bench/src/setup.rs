@@ -1,7 +1,10 @@
 //! What every mode starts with: a fresh tenant (`bench-<time>`) with a tenant
 //! key and an agent key, the manifests its agents name, and clients for both
 //! keys. Each run gets its own tenant so runs on one database do not see each
-//! other's registrations.
+//! other's registrations. Also the bounded spawning the modes open streams
+//! and register instances with.
+
+use std::future::Future;
 
 use agentry_client::{Client, CreateApiKey, CreateManifest, pb};
 
@@ -48,6 +51,36 @@ pub(crate) async fn setup(args: &Args, manifests: usize) -> Result<Setup, Error>
         tenant_key,
         agent_key,
     })
+}
+
+/// Runs `task(0)` .. `task(count - 1)` as tasks, at most `most` at once, and
+/// collects what they return (in the order they finish); the first error ends
+/// it.
+pub(crate) async fn spawn_bounded<T, E, Fut>(
+    count: usize,
+    most: usize,
+    mut task: impl FnMut(usize) -> Fut,
+) -> Result<Vec<T>, Error>
+where
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+    Error: From<E>,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut out = Vec::new();
+    for i in 0..count {
+        tasks.spawn(task(i));
+        if tasks.len() >= most
+            && let Some(r) = tasks.join_next().await
+        {
+            out.push(r??);
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        out.push(r??);
+    }
+    Ok(out)
 }
 
 /// The agent id of manifest `i`.

@@ -13,7 +13,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::Error;
 use crate::cli::Args;
-use crate::setup::agent_id;
+use crate::setup::{agent_id, spawn_bounded};
 
 /// A raw health stream that has been welcomed.
 pub(crate) struct Stream {
@@ -72,19 +72,9 @@ async fn channels(url: &str, streams: usize) -> Result<Vec<Channel>, Error> {
 /// `count` welcomed streams of agent `bench-agent-000`, instances `bench-<i>`.
 pub(crate) async fn open_many(args: &Args, key: &str, count: usize) -> Result<Vec<Stream>, Error> {
     let channels = channels(&args.url, count).await?;
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut streams = Vec::new();
-    for i in 0..count {
+    spawn_bounded(count, 200, |i| {
         let (channel, key) = (channels[i / 100].clone(), key.to_owned());
-        tasks.spawn(async move { open_stream(channel, &key, format!("bench-{i}")).await });
-        if tasks.len() >= 200
-            && let Some(r) = tasks.join_next().await
-        {
-            streams.push(r??);
-        }
-    }
-    while let Some(r) = tasks.join_next().await {
-        streams.push(r??);
-    }
-    Ok(streams)
+        async move { open_stream(channel, &key, format!("bench-{i}")).await }
+    })
+    .await
 }
