@@ -10,7 +10,7 @@ use agentry_client::{AgentFilter, Client, CreateConfiguration, RegisterInstance,
 
 use crate::Error;
 use crate::cli::{Args, Load};
-use crate::setup::{agent_id, setup};
+use crate::setup::{agent_id, setup, wait_for_view};
 use crate::stats::{Done, report_latencies};
 
 pub(crate) async fn run(
@@ -31,14 +31,7 @@ pub(crate) async fn run(
             .register_instance(RegisterInstance::new(format!("bench-{i}"), agent_id(0)))
             .await?;
     }
-    while s
-        .tenant
-        .get_available_agents(AgentFilter::new(), 1)
-        .await?
-        .is_empty()
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_view(&s.tenant, 1, 1, Duration::from_millis(50)).await?;
     // Watch the stored workload while callers race.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = {

@@ -10,7 +10,7 @@ use agentry_client::{AgentFilter, Client, CreateConfiguration, RegisterInstance}
 use crate::Error;
 use crate::cli::{Args, Load, Shape};
 use crate::raw;
-use crate::setup::{agent_id, setup, spawn_bounded};
+use crate::setup::{agent_id, setup, spawn_bounded, wait_for_view};
 use crate::stats::{Done, report_latencies};
 
 pub(crate) async fn run(args: &Args, shape: Shape, load: Load) -> Result<(), Error> {
@@ -40,17 +40,7 @@ pub(crate) async fn run(args: &Args, shape: Shape, load: Load) -> Result<(), Err
     .await?;
     println!("registrations: {registrations} over {configurations} configurations");
     // Let the view catch up with the registrations.
-    loop {
-        let seen = s
-            .tenant
-            .get_available_agents(AgentFilter::new(), 1000)
-            .await?
-            .len();
-        if seen == configurations {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_view(&s.tenant, 1000, configurations, Duration::from_millis(100)).await?;
     let expected = s
         .tenant
         .get_available_agents(AgentFilter::new(), limit)

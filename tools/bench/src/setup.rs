@@ -2,11 +2,12 @@
 //! key and an agent key, the manifests its agents name, and clients for both
 //! keys. Each run gets its own tenant so runs on one database do not see each
 //! other's registrations. Also the bounded spawning the modes open streams
-//! and register instances with.
+//! and register instances with, and the wait for the registrations to show.
 
 use std::future::Future;
+use std::time::Duration;
 
-use agentry_client::{Client, CreateApiKey, CreateManifest, pb};
+use agentry_client::{AgentFilter, Client, CreateApiKey, CreateManifest, pb};
 
 use crate::Error;
 use crate::cli::Args;
@@ -51,6 +52,25 @@ pub(crate) async fn setup(args: &Args, manifests: usize) -> Result<Setup, Error>
         tenant_key,
         agent_key,
     })
+}
+
+/// Waits, asking every `poll`, until the tenant's view answers `want` of at
+/// most `limit` available agents: until the registrations have reached it.
+pub(crate) async fn wait_for_view(
+    tenant: &Client,
+    limit: i32,
+    want: usize,
+    poll: Duration,
+) -> Result<(), Error> {
+    while tenant
+        .get_available_agents(AgentFilter::new(), limit)
+        .await?
+        .len()
+        != want
+    {
+        tokio::time::sleep(poll).await;
+    }
+    Ok(())
 }
 
 /// Runs `task(0)` .. `task(count - 1)` as tasks, at most `most` at once, and
