@@ -12,8 +12,8 @@ use agentry_client::Client;
 
 use crate::Error;
 use crate::cli::{Args, Load};
-use crate::raw;
 use crate::stats::{Done, Run};
+use crate::{raw, setup};
 
 /// A client (or connection) the callers share: cloned into each caller.
 pub(crate) trait Shared: Clone + Send + 'static {}
@@ -152,12 +152,7 @@ impl Load {
     pub(crate) async fn clients(&self, args: &Args, key: &str) -> Result<Vec<Client>, Error> {
         let mut clients = Vec::new();
         for _ in 0..self.connections.max(1) {
-            clients.push(
-                Client::builder(args.url.as_str())
-                    .api_key(key)
-                    .connect()
-                    .await?,
-            );
+            clients.push(setup::client(args, key).await?);
         }
         Ok(clients)
     }

@@ -22,10 +22,7 @@ pub(crate) struct Setup {
 /// A new tenant, its keys and clients, and `manifests` manifests (kept when
 /// an earlier run created them).
 pub(crate) async fn setup(args: &Args, manifests: usize) -> Result<Setup, Error> {
-    let admin = Client::builder(args.url.as_str())
-        .api_key(&args.admin_key)
-        .connect()
-        .await?;
+    let admin = client(args, &args.admin_key).await?;
     let suffix = format!(
         "{:x}",
         std::time::SystemTime::now()
@@ -45,13 +42,20 @@ pub(crate) async fn setup(args: &Args, manifests: usize) -> Result<Setup, Error>
             Err(e) => return Err(e.into()),
         }
     }
-    let connect = |key: &str| Client::builder(args.url.as_str()).api_key(key).connect();
     Ok(Setup {
-        tenant: connect(&tenant_key).await?,
-        agent: connect(&agent_key).await?,
+        tenant: client(args, &tenant_key).await?,
+        agent: client(args, &agent_key).await?,
         tenant_key,
         agent_key,
     })
+}
+
+/// An SDK client of the server with `key`.
+pub(crate) async fn client(args: &Args, key: &str) -> Result<Client, agentry_client::Error> {
+    Client::builder(args.url.as_str())
+        .api_key(key)
+        .connect()
+        .await
 }
 
 /// Waits, asking every `poll`, until the tenant's view answers `want` of at
