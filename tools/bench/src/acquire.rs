@@ -11,7 +11,7 @@ use agentry_client::{AgentFilter, Client, CreateConfiguration, RegisterInstance,
 use crate::Error;
 use crate::cli::{Args, Load};
 use crate::setup::{agent_id, setup, wait_for_view};
-use crate::stats::{Done, report_latencies};
+use crate::stats::{Done, report_latencies, report_rate};
 
 pub(crate) async fn run(
     args: &Args,
@@ -78,11 +78,7 @@ pub(crate) async fn run(
         .get_configuration(&config.id)
         .await?
         .current_workload;
-    println!("acquire_release_pairs: {pairs}");
-    println!(
-        "acquire_release_pairs_per_sec: {:.0}",
-        pairs as f64 / run.elapsed
-    );
+    report_rate("acquire_release_pairs", pairs, run.elapsed);
     println!("resource_exhausted: {exhausted}");
     println!("peak_workload_seen: {peak} (max_workload {max_workload})");
     println!("final_workload: {final_workload}");

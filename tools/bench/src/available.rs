@@ -11,7 +11,7 @@ use crate::Error;
 use crate::cli::{Args, Load, Shape};
 use crate::raw;
 use crate::setup::{agent_id, setup, spawn_bounded, wait_for_view};
-use crate::stats::{Done, report_latencies};
+use crate::stats::{Done, report_latencies, report_rate};
 
 pub(crate) async fn run(args: &Args, shape: Shape, load: Load) -> Result<(), Error> {
     let Shape {
@@ -79,11 +79,7 @@ pub(crate) async fn run(args: &Args, shape: Shape, load: Load) -> Result<(), Err
         "available_agents_per_answer: {expected} (limit {limit}, decoded: {})",
         !raw
     );
-    println!("available_calls: {}", run.latencies.len());
-    println!(
-        "available_calls_per_sec: {:.0}",
-        run.latencies.len() as f64 / run.elapsed
-    );
+    report_rate("available_calls", run.latencies.len(), run.elapsed);
     report_latencies("available_latency", run.latencies);
     Ok(())
 }

@@ -14,7 +14,7 @@ use crate::cli::Args;
 use crate::pg::{COUNTERS_SETTLE, transactions};
 use crate::rss::server_rss_kib;
 use crate::setup::setup;
-use crate::stats::{micros, report_latencies};
+use crate::stats::{micros, report_latencies, report_rate};
 use crate::stream::{goodbye_all, open_many};
 
 pub(crate) async fn run(
@@ -93,11 +93,7 @@ pub(crate) async fn run(
     tokio::time::sleep(COUNTERS_SETTLE).await;
     let tx1 = transactions(db).await?;
     let counted = started.elapsed().as_secs_f64();
-    println!("heartbeats_acked: {}", all.len());
-    println!(
-        "heartbeats_acked_per_sec: {:.0}",
-        all.len() as f64 / elapsed
-    );
+    report_rate("heartbeats_acked", all.len(), elapsed);
     report_latencies("ack_latency", all);
     println!(
         "db_transactions: {} in {counted:.0} s (the window and {} s of quiet streams), {:.1}/s",

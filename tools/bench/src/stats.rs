@@ -1,7 +1,7 @@
 //! What a run measured and how it is reported: each call's outcome
-//! ([`Done`]), the latencies collected by the load driver ([`Run`]) and the
-//! p50/p99 lines every mode prints. Shared so that all modes report
-//! latencies the same way.
+//! ([`Done`]), the latencies collected by the load driver ([`Run`]), and the
+//! count, per-second and p50/p99 lines the modes print. Shared so that all
+//! modes report them the same way.
 
 use std::time::Duration;
 
@@ -46,6 +46,12 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     }
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     f64::from(sorted[index]) / 1000.0
+}
+
+/// `{name}: count` and `{name}_per_sec` over `elapsed` seconds.
+pub(crate) fn report_rate(name: &str, count: usize, elapsed: f64) {
+    println!("{name}: {count}");
+    println!("{name}_per_sec: {:.0}", count as f64 / elapsed);
 }
 
 pub(crate) fn report_latencies(name: &str, mut micros: Vec<u32>) {
