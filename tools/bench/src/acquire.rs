@@ -10,6 +10,7 @@ use agentry_client::{AgentFilter, Client, CreateConfiguration, RegisterInstance,
 
 use crate::Error;
 use crate::cli::{Args, Load};
+use crate::pg::current_workload;
 use crate::setup::{agent_id, setup, wait_for_view};
 use crate::stats::{Done, report_latencies, report_rate};
 
@@ -39,13 +40,7 @@ pub(crate) async fn run(
         tokio::spawn(async move {
             let mut peak = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let w: i32 = sqlx::query_scalar(
-                    "SELECT current_workload FROM agent_configurations WHERE id = $1::uuid",
-                )
-                .bind(&id)
-                .fetch_one(&db)
-                .await
-                .unwrap_or(0);
+                let w = current_workload(&db, &id).await.unwrap_or(0);
                 peak = peak.max(w);
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }

@@ -1,7 +1,8 @@
 //! The server's PostgreSQL database as the load generator reads it: the
-//! connection (and the autovacuum warning every run starts with) and the
-//! transaction counter the heartbeat mode reports. Counters lag, so
-//! [`COUNTERS_SETTLE`] says how long to wait before reading them.
+//! connection (and the autovacuum warning every run starts with), the
+//! transaction counter the heartbeat mode reports and the stored workload the
+//! acquire mode watches. Counters lag, so [`COUNTERS_SETTLE`] says how long to
+//! wait before reading them.
 
 use std::time::Duration;
 
@@ -35,4 +36,12 @@ pub(crate) async fn transactions(db: &sqlx::PgPool) -> Result<i64, Error> {
     )
     .fetch_one(db)
     .await?)
+}
+
+/// The stored `current_workload` of configuration `id`.
+pub(crate) async fn current_workload(db: &sqlx::PgPool, id: &str) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar("SELECT current_workload FROM agent_configurations WHERE id = $1::uuid")
+        .bind(id)
+        .fetch_one(db)
+        .await
 }
