@@ -141,19 +141,24 @@ impl Load {
 
     /// One bare HTTP/2 connection per `connections`.
     pub(crate) async fn connections(&self, args: &Args) -> Result<Vec<raw::Connection>, Error> {
-        let mut connections = Vec::new();
-        for _ in 0..self.connections.max(1) {
-            connections.push(raw::connect(&args.url).await?);
-        }
-        Ok(connections)
+        self.per_connection(|| raw::connect(&args.url)).await
     }
 
     /// One client per connection, all with `key`.
     pub(crate) async fn clients(&self, args: &Args, key: &str) -> Result<Vec<Client>, Error> {
-        let mut clients = Vec::new();
+        self.per_connection(|| setup::client(args, key)).await
+    }
+
+    /// `connect()` once per `connections` (at least once), one after another.
+    async fn per_connection<T, E, Fut>(&self, connect: impl Fn() -> Fut) -> Result<Vec<T>, Error>
+    where
+        Fut: Future<Output = Result<T, E>>,
+        Error: From<E>,
+    {
+        let mut out = Vec::new();
         for _ in 0..self.connections.max(1) {
-            clients.push(setup::client(args, key).await?);
+            out.push(connect().await?);
         }
-        Ok(clients)
+        Ok(out)
     }
 }
