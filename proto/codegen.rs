@@ -31,10 +31,10 @@ fn generate_api(
         // Smaller per-call buffers: see server/pb/codec.rs.
         builder = builder.codec_path("crate::pb::codec::Codec");
         // Answers of the routing hot path are sent from pre-encoded entries:
-        // see server/routing/encoded.rs.
+        // see server/pb/encoded.rs.
         builder = builder.extern_path(
             ".agentry.v1.GetAvailableAgentsResponse",
-            "crate::routing::encoded::AvailableAgents",
+            "crate::pb::encoded::AvailableAgents",
         );
     }
     builder

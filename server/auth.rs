@@ -19,7 +19,9 @@ use tonic::Request;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+use crate::feed::{Follower, Snapshot, Update};
 use crate::pb::Role;
+use crate::request::Traced;
 
 const KEY_PREFIX: &str = "agk_";
 
@@ -135,6 +137,31 @@ impl Authenticator {
         cache.keys.clear();
     }
 
+    /// The opening of every handler: authorizes `request` for `roles`, then
+    /// converts its message into the domain request `D`.
+    pub async fn accept<P, D>(&self, request: Request<P>, roles: &[Role]) -> Result<(Caller, D)>
+    where
+        D: TryFrom<P, Error = Error> + Traced,
+    {
+        let caller = self.authorize(&request, roles).await?;
+        let domain = D::try_from(request.into_inner())?;
+        domain.trace(&tracing::Span::current());
+        Ok((caller, domain))
+    }
+
+    /// The caller of `request`, if its key is valid and has one of `roles`.
+    /// Records the role and tenant on the current RPC span, refusals included.
+    pub async fn authorize<T>(&self, request: &Request<T>, roles: &[Role]) -> Result<Caller> {
+        let caller = self.authenticate(request).await?;
+        let span = tracing::Span::current();
+        span.record("role", caller.role.db_name().unwrap_or_default());
+        if let Some(tenant) = caller.tenant_id {
+            span.record("tenant", tracing::field::display(tenant));
+        }
+        caller.require(roles)?;
+        Ok(caller)
+    }
+
     /// The caller of `request`, if its bearer key is valid and not revoked.
     pub async fn authenticate<T>(&self, request: &Request<T>) -> Result<Caller> {
         const MISSING: Error =
@@ -184,6 +211,22 @@ impl Authenticator {
             cache.keys.insert(key_id, (presented, caller.clone()));
         }
         Ok(caller)
+    }
+}
+
+/// Revocations reach the key cache of every replica through the feed; a
+/// feed that reconnects may have missed some, so it forgets everything.
+impl Follower for Authenticator {
+    fn reset(&self, _snapshot: &Snapshot) {
+        self.forget_all();
+    }
+
+    fn apply(&self, updates: &[Update]) {
+        for update in updates {
+            if let Update::ApiKey { id } = update {
+                self.forget(*id);
+            }
+        }
     }
 }
 

@@ -1,13 +1,11 @@
-//! Database connection, embedded migrations, and the one mapping of
-//! constraint violations to domain errors.
+//! Database connection and embedded migrations. (Database errors become
+//! domain errors in `error.rs`.)
 
 use std::time::Duration;
 
 use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
-
-use crate::error::Error;
 
 /// The schema, embedded in the binary and applied at start-up.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -78,42 +76,6 @@ fn redact(url: &str) -> String {
         Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
         None => url.to_owned(),
     }
-}
-
-/// Turns a constraint violation into the domain error it stands for; other
-/// database errors pass through unchanged.
-pub fn classify(err: sqlx::Error) -> Error {
-    let Some(db) = err.as_database_error() else {
-        return Error::Database(err);
-    };
-    let message = match db.constraint() {
-        Some("agent_manifests_agent_id_key") => {
-            return Error::AlreadyExists("a manifest with this agent_id already exists".into());
-        }
-        Some("agent_configurations_tenant_manifest_key") => {
-            return Error::AlreadyExists(
-                "the tenant already has a configuration for this manifest".into(),
-            );
-        }
-        Some("tenants_name_key") => {
-            return Error::AlreadyExists("a tenant with this name already exists".into());
-        }
-        // Deleting a referenced manifest (an insert racing a delete reads "insert or update").
-        Some("agent_configurations_manifest_id_fkey")
-            if db.message().starts_with("update or delete") =>
-        {
-            "manifest is referenced by configurations; delete them first"
-        }
-        Some("agent_configurations_manifest_id_fkey") => return Error::NotFound("manifest".into()),
-        Some("agent_configurations_workload_range") => {
-            "max_workload cannot go below current_workload"
-        }
-        Some("api_keys_tenant_id_fkey") | Some("agent_configurations_tenant_id_fkey") => {
-            return Error::NotFound("tenant".into());
-        }
-        _ => return Error::Database(err),
-    };
-    Error::FailedPrecondition(message.into())
 }
 
 #[cfg(test)]

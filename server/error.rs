@@ -30,8 +30,9 @@ pub enum Error {
     /// The service cannot answer now; the caller may retry.
     #[error("{0}")]
     Unavailable(String),
+    /// A database failure that is not the caller's doing (see `From<sqlx::Error>`).
     #[error("database error")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
@@ -60,6 +61,63 @@ impl Error {
                 | sqlx::Error::PoolClosed
                 | sqlx::Error::WorkerCrashed
         )
+    }
+}
+
+/// SQLSTATE codes the server tells apart (PostgreSQL, Appendix A).
+pub mod sqlstate {
+    /// `unique_violation`.
+    pub const UNIQUE_VIOLATION: &str = "23505";
+    /// `foreign_key_violation`.
+    pub const FOREIGN_KEY_VIOLATION: &str = "23503";
+    /// `check_violation`.
+    pub const CHECK_VIOLATION: &str = "23514";
+    /// `deadlock_detected`.
+    pub const DEADLOCK_DETECTED: &str = "40P01";
+    /// `serialization_failure`.
+    pub const SERIALIZATION_FAILURE: &str = "40001";
+}
+
+/// Every database error becomes a domain error here, so that no call site
+/// can forget: by SQLSTATE first, then by constraint for the precise message.
+/// Never by message text, which follows the server's `lc_messages`.
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Error {
+        let Some(db) = err.as_database_error() else {
+            return Error::Database(err);
+        };
+        let code = db.code();
+        match (code.as_deref(), db.constraint()) {
+            (Some(sqlstate::UNIQUE_VIOLATION), constraint) => Error::AlreadyExists(
+                match constraint {
+                    Some("agent_manifests_agent_id_key") => {
+                        "a manifest with this agent_id already exists"
+                    }
+                    Some("agent_configurations_tenant_manifest_key") => {
+                        "the tenant already has a configuration for this manifest"
+                    }
+                    Some("tenants_name_key") => "a tenant with this name already exists",
+                    _ => "it already exists",
+                }
+                .into(),
+            ),
+            (Some(sqlstate::FOREIGN_KEY_VIOLATION), constraint) => match constraint {
+                Some("api_keys_tenant_id_fkey" | "agent_configurations_tenant_id_fkey") => {
+                    Error::NotFound("tenant".into())
+                }
+                // A delete of a referenced manifest is refused before it
+                // reaches the constraint (manifests::store::delete); here it
+                // lost a race in one direction or the other.
+                Some("agent_configurations_manifest_id_fkey") => Error::FailedPrecondition(
+                    "the manifest was deleted meanwhile, or is referenced by configurations".into(),
+                ),
+                _ => Error::FailedPrecondition("a referenced row does not exist".into()),
+            },
+            (Some(sqlstate::CHECK_VIOLATION), Some("agent_configurations_workload_range")) => {
+                Error::FailedPrecondition("max_workload cannot go below current_workload".into())
+            }
+            _ => Error::Database(err),
+        }
     }
 }
 

@@ -1,23 +1,31 @@
 //! Agentry server: a multi-tenant registry and router for AI agents.
 //!
-//! The three tiers of the product each have a module (`manifests`,
-//! `configurations`, and later registrations and routing), split into the gRPC
-//! service (`service.rs`) and its SQL (`store.rs`). Cross-cutting pieces:
-//! `auth` (API keys, roles, tenant scope), `error` (the one place errors become
-//! `tonic::Status`), `validate` (request checks that name the field) and
-//! `server` (wiring, health, reflection, shutdown).
+//! `ARCHITECTURE.md` at the repository root walks through the parts. In short:
+//! each tier has a module (`manifests`, `configurations`, `registrations`,
+//! `routing`, plus `admin` for tenants and keys) holding its validated
+//! requests (`request.rs`), its gRPC service (`service.rs`) and its SQL
+//! (`store.rs`), and the moving parts of that tier (health streams and the
+//! heartbeat writer; the availability view and the lease writer). `feed`
+//! carries committed database changes to every replica's view, key cache and
+//! sessions. Cross-cutting: `auth` (API keys, roles, tenant scope, the opening
+//! of every handler), `error` (the one mapping to `tonic::Status`, and of
+//! database errors to domain errors), `validate`, `pagination`, `pb` (wire
+//! types), and `server` (wiring, health, shutdown).
+
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod configurations;
-pub mod context;
 pub mod db;
 pub mod error;
+pub mod feed;
 pub mod manifests;
 pub mod pagination;
 pub mod pb;
 pub mod registrations;
+pub mod request;
 pub mod routing;
 pub mod server;
 pub mod validate;

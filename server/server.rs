@@ -15,10 +15,11 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::admin::AdminApi;
+use crate::auth::Authenticator;
 use crate::config::ServeConfig;
 use crate::configurations::ConfigurationApi;
-use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::feed::Feed;
 use crate::manifests::ManifestApi;
 use crate::pb;
 use crate::pb::admin_service_server::AdminServiceServer;
@@ -27,13 +28,21 @@ use crate::pb::manifest_service_server::ManifestServiceServer;
 use crate::pb::registration_service_server::RegistrationServiceServer;
 use crate::pb::routing_service_server::RoutingServiceServer;
 use crate::registrations::RegistrationApi;
+use crate::registrations::heartbeats::HeartbeatWriter;
+use crate::registrations::registry::Registry;
 use crate::registrations::sessions::Sessions;
+use crate::registrations::stream::{HealthStreams, StreamTiming};
+use crate::registrations::sweeper::{SweepSettings, Sweeper};
 use crate::routing::RoutingApi;
+use crate::routing::store::Expiry;
+use crate::routing::view::View;
+use crate::routing::writer::LeaseWriter;
 
-/// Services whose `grpc.health.v1` status follows the database ("" is the whole server).
 /// Idle time before TCP keepalive probes a silent peer.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
+/// The names whose `grpc.health.v1` status follows the database: the whole
+/// server ("") and each of its services.
 const HEALTH_NAMES: &[&str] = &[
     "",
     <ManifestServiceServer<ManifestApi> as NamedService>::NAME,
@@ -53,30 +62,48 @@ pub async fn serve(
     Server::new(pool, config).run(listener, shutdown).await
 }
 
-/// A configured server, before it runs.
+/// A configured server, before it runs: its parts, built and wired here.
 #[derive(Debug)]
 pub struct Server {
-    ctx: Context,
+    pool: PgPool,
     config: ServeConfig,
+    auth: Authenticator,
+    sessions: Arc<Sessions>,
+    view: Arc<View>,
+    leases: Arc<LeaseWriter>,
+    heartbeats: HeartbeatWriter,
+    sweeper: Arc<Sweeper>,
 }
 
 impl Server {
     /// A server over `pool`.
     pub fn new(pool: PgPool, config: ServeConfig) -> Self {
+        let sessions = Arc::new(Sessions::default());
+        let sweeper = Sweeper::new(
+            pool.clone(),
+            SweepSettings::from(&config.registry),
+            Arc::new(Expiry),
+        );
         Server {
-            ctx: Context::new(pool, config.registry.clone()),
+            auth: Authenticator::new(pool.clone()),
+            view: Arc::new(View::new(config.registry.watch_buffer)),
+            leases: Arc::default(),
+            heartbeats: HeartbeatWriter::new(pool.clone(), sessions.clone()),
+            sweeper: Arc::new(sweeper),
+            sessions,
+            pool,
             config,
         }
     }
 
     /// The health streams this server holds, and their counters.
     pub fn sessions(&self) -> Arc<Sessions> {
-        self.ctx.sessions.clone()
+        self.sessions.clone()
     }
 
     /// The lease writer of this server, and its counters.
-    pub fn leases(&self) -> Arc<crate::routing::writer::LeaseWriter> {
-        self.ctx.leases.clone()
+    pub fn leases(&self) -> Arc<LeaseWriter> {
+        self.leases.clone()
     }
 
     /// Serves the API on `listener` until `shutdown` resolves, then drains:
@@ -88,27 +115,52 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
-        let Server { ctx, config } = self;
+        let Server {
+            pool,
+            config,
+            auth,
+            sessions,
+            view,
+            leases,
+            heartbeats,
+            sweeper,
+        } = self;
+        let registry = &config.registry;
         let (reporter, health_service) = tonic_health::server::health_reporter();
         set_health(&reporter, ServingStatus::Serving).await;
         let (stopping_tx, stopping) = watch::channel(false);
+        let feed = Feed::new(pool.clone())
+            .with(view.clone())
+            .with(Arc::new(auth.clone()))
+            .with(sessions.clone());
         let background = [
             tokio::spawn(watch_database(
-                ctx.pool.clone(),
+                pool.clone(),
                 reporter.clone(),
                 config.health_check_interval,
                 stopping.clone(),
             )),
-            tokio::spawn(flush_heartbeats(ctx.clone(), stopping.clone())),
-            tokio::spawn(sweep(RegistrationApi::new(ctx.clone()), stopping.clone())),
-            tokio::spawn(crate::routing::view::follow(ctx.clone(), stopping.clone())),
             tokio::spawn({
-                let (leases, pool) = (ctx.leases.clone(), ctx.pool.clone());
+                let (heartbeats, interval, stopping) = (
+                    heartbeats.clone(),
+                    registry.heartbeat_flush_interval,
+                    stopping.clone(),
+                );
+                async move { heartbeats.run(interval, stopping).await }
+            }),
+            tokio::spawn({
+                let (sweeper, interval, stopping) =
+                    (sweeper.clone(), registry.sweep_interval, stopping.clone());
+                async move { sweeper.run(interval, stopping).await }
+            }),
+            tokio::spawn(feed.run(stopping.clone())),
+            tokio::spawn({
+                let (leases, pool) = (leases.clone(), pool.clone());
                 async move { leases.run(pool).await }
             }),
         ];
         // Routing reads need the view: give its first load a moment before serving.
-        if tokio::time::timeout(Duration::from_secs(10), ctx.view.ready())
+        if tokio::time::timeout(Duration::from_secs(10), view.ready())
             .await
             .is_err()
         {
@@ -116,6 +168,33 @@ impl Server {
                 "availability view not loaded yet; routing answers from an empty view until it is"
             );
         }
+
+        let streams = HealthStreams::new(
+            pool.clone(),
+            Registry::new(
+                pool.clone(),
+                sessions.clone(),
+                registry.create_unknown_manifests,
+            ),
+            sessions.clone(),
+            StreamTiming {
+                hello_timeout: registry.hello_timeout,
+                heartbeat_interval: registry.heartbeat_interval,
+                stale_timeout: registry.stale_timeout,
+            },
+        );
+        let registrations = RegistrationApi::new(
+            auth.clone(),
+            pool.clone(),
+            Registry::new(
+                pool.clone(),
+                sessions.clone(),
+                registry.create_unknown_manifests,
+            ),
+            streams,
+            heartbeats.clone(),
+            sweeper.clone(),
+        );
 
         // Both reflection versions: grpcurl 1.8 only speaks v1alpha.
         let reflection = || {
@@ -132,26 +211,33 @@ impl Server {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(ManifestServiceServer::new(ManifestApi::new(ctx.clone())))
+            .add_service(ManifestServiceServer::new(ManifestApi::new(
+                auth.clone(),
+                pool.clone(),
+            )))
             .add_service(ConfigurationServiceServer::new(ConfigurationApi::new(
-                ctx.clone(),
+                auth.clone(),
+                pool.clone(),
             )))
-            .add_service(RegistrationServiceServer::new(RegistrationApi::new(
-                ctx.clone(),
+            .add_service(RegistrationServiceServer::new(registrations))
+            .add_service(RoutingServiceServer::new(RoutingApi::new(
+                auth.clone(),
+                pool.clone(),
+                view.clone(),
+                leases.clone(),
             )))
-            .add_service(RoutingServiceServer::new(RoutingApi::new(ctx.clone())))
-            .add_service(AdminServiceServer::new(AdminApi::new(ctx.clone())));
+            .add_service(AdminServiceServer::new(AdminApi::new(auth, pool.clone())));
 
         let signal = {
             let reporter = reporter.clone();
-            let ctx = ctx.clone();
+            let sessions = sessions.clone();
             async move {
                 shutdown.await;
                 // Stop the checker first so it cannot flip health back to SERVING.
                 let _ = stopping_tx.send(true);
                 set_health(&reporter, ServingStatus::NotServing).await;
-                let streams = ctx.sessions.len();
-                ctx.sessions.drain_all(
+                let streams = sessions.len();
+                sessions.drain_all(
                     "server shutting down",
                     &Status::unavailable("server shutting down; reconnect"),
                 );
@@ -161,7 +247,10 @@ impl Server {
                 );
             }
         };
-        tracing::info!(addr = ?listener.local_addr().ok(), "serving gRPC");
+        match listener.local_addr() {
+            Ok(addr) => tracing::info!(%addr, "serving gRPC"),
+            Err(e) => tracing::info!(error = %e, "serving gRPC (address unknown)"),
+        }
         // Small request/response frames must not wait for Nagle's algorithm
         // (40 ms stalls against delayed ACKs); keepalive finds dead peers.
         let incoming = TcpIncoming::from(listener)
@@ -186,44 +275,11 @@ impl Server {
             task.abort();
         }
         // Whatever heartbeats arrived since the last flush.
-        if let Err(e) = ctx.sessions.flush(&ctx.pool).await {
+        if let Err(e) = heartbeats.flush().await {
             tracing::warn!(error = %e, "last heartbeat flush failed");
         }
         tracing::info!("server stopped");
         result
-    }
-}
-
-/// Writes heartbeat times in one statement per flush interval.
-async fn flush_heartbeats(ctx: Context, mut stopping: watch::Receiver<bool>) {
-    let mut ticker = tokio::time::interval(ctx.registry.heartbeat_flush_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stopping.wait_for(|s| *s) => return,
-        }
-        if let Err(e) = ctx.sessions.flush(&ctx.pool).await {
-            tracing::warn!(error = %e, "heartbeat flush failed; retrying next interval");
-        }
-    }
-}
-
-/// Runs the stale sweep every sweep interval.
-async fn sweep(api: RegistrationApi, mut stopping: watch::Receiver<bool>) {
-    let interval = api.ctx.registry.sweep_interval;
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stopping.wait_for(|s| *s) => return,
-        }
-        if let Err(e) =
-            crate::registrations::sweeper::sweep(&api.ctx.pool, &api.sweep_settings()).await
-        {
-            tracing::warn!(error = %e, "sweep failed; retrying next interval");
-        }
     }
 }
 

@@ -1,5 +1,8 @@
-//! Tenants and API keys.
+//! Tenants and API keys: validated requests (`request`), the service
+//! (`service`) and the SQL (`store`, also used by the `keys` and `tenants`
+//! commands).
 
+pub mod request;
 mod service;
 pub mod store;
 

@@ -5,7 +5,6 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::auth::mint_key;
-use crate::db::classify;
 use crate::error::{Error, Result};
 use crate::pagination::TimeKey;
 use crate::pb::{self, Role};
@@ -59,7 +58,7 @@ pub async fn create_tenant(pool: &PgPool, name: &str) -> Result<TenantRow> {
         .bind(name)
         .fetch_one(pool)
         .await
-        .map_err(classify)
+        .map_err(Error::from)
 }
 
 /// A tenant by UUID or by name.
@@ -108,8 +107,7 @@ pub async fn create_key(
     .bind(&key.hash)
     .bind(description)
     .fetch_one(pool)
-    .await
-    .map_err(classify)?;
+    .await?;
     Ok((row, key.secret))
 }
 

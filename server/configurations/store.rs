@@ -4,7 +4,6 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::db::classify;
 use crate::error::{Error, Result};
 use crate::pagination::TimeKey;
 use crate::pb;
@@ -108,7 +107,7 @@ pub async fn insert(
     .bind(f.max_workload)
     .fetch_one(pool)
     .await
-    .map_err(classify)
+    .map_err(Error::from)
 }
 
 /// One configuration within `tenant` (`None`: any tenant), optionally locked.
@@ -142,6 +141,17 @@ pub async fn all(pool: &PgPool) -> Result<Vec<ConfigurationRow>> {
     Ok(sqlx::query_as(select_from!("agent_configurations"))
         .fetch_all(pool)
         .await?)
+}
+
+/// The configurations among `ids` that exist, in one read.
+pub async fn get_many(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<ConfigurationRow>> {
+    Ok(sqlx::query_as(concat!(
+        select_from!("agent_configurations"),
+        " WHERE c.id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(pool)
+    .await?)
 }
 
 /// Configurations oldest first, `limit + 1` of them at most.
@@ -188,8 +198,7 @@ pub async fn update<'e>(
     .bind(f.model_id)
     .bind(f.max_workload)
     .fetch_optional(db)
-    .await
-    .map_err(classify)?
+    .await?
     .ok_or_else(|| Error::NotFound("configuration".into()))
 }
 
@@ -200,8 +209,7 @@ pub async fn delete(pool: &PgPool, tenant: Option<Uuid>, id: Uuid) -> Result<()>
     .bind(id)
     .bind(tenant)
     .execute(pool)
-    .await
-    .map_err(classify)?;
+    .await?;
     if done.rows_affected() == 0 {
         return Err(Error::NotFound("configuration".into()));
     }

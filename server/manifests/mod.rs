@@ -1,5 +1,7 @@
-//! Tier 1: manifests, the system-wide blueprints of agent kinds.
+//! Tier 1: manifests, the system-wide blueprints of agent kinds: validated
+//! requests (`request`), the service (`service`) and the SQL (`store`).
 
+pub mod request;
 mod service;
 pub mod store;
 

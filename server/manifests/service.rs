@@ -1,15 +1,16 @@
 //! `agentry.v1.ManifestService`.
 
+use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
+use super::request::ManifestPatch;
 use super::store::{self, ManifestFields, ManifestFilter, ManifestKey};
-use crate::context::Context;
-use crate::error::{Error, Result};
+use crate::auth::Authenticator;
 use crate::pagination;
 use crate::pb::manifest_service_server::ManifestService;
 use crate::pb::{self, Role};
-use crate::validate;
+use crate::request::Id;
 
 const ANY_ROLE: &[Role] = &[Role::Admin, Role::Tenant, Role::Agent];
 const ADMIN: &[Role] = &[Role::Admin];
@@ -17,73 +18,15 @@ const ADMIN: &[Role] = &[Role::Admin];
 /// Serves manifests: anyone may read them, only admins change them.
 #[derive(Debug, Clone)]
 pub struct ManifestApi {
-    ctx: Context,
+    auth: Authenticator,
+    pool: PgPool,
 }
 
 impl ManifestApi {
-    /// The service over `ctx`.
-    pub fn new(ctx: Context) -> Self {
-        ManifestApi { ctx }
+    /// The service over manifests in `pool`.
+    pub fn new(auth: Authenticator, pool: PgPool) -> Self {
+        ManifestApi { auth, pool }
     }
-}
-
-/// Validates the writable fields of a manifest; `prefix` names the message in errors.
-fn fields(m: pb::Manifest, prefix: &str) -> Result<ManifestFields> {
-    let f = |name: &str| format!("{prefix}.{name}");
-    validate::slug(&f("agent_id"), &m.agent_id, 64)?;
-    validate::slug(&f("agent_type"), &m.agent_type, 64)?;
-    validate::name(&f("name"), &m.name, validate::MAX_NAME_CHARS)?;
-    validate::text(&f("description"), &m.description, validate::MAX_TEXT_CHARS)?;
-    validate::semver(&f("version"), &m.version)?;
-    validate::capabilities(&f("capabilities"), &m.capabilities)?;
-    validate::text(
-        &f("requirements"),
-        &m.requirements,
-        validate::MAX_TEXT_CHARS,
-    )?;
-    let status =
-        validate::enum_value(&f("status"), m.status)?.unwrap_or(pb::ManifestStatus::Active);
-    Ok(ManifestFields {
-        metadata: validate::json(&f("metadata"), m.metadata)?,
-        agent_id: m.agent_id,
-        agent_type: m.agent_type,
-        name: m.name,
-        description: m.description,
-        version: m.version,
-        capabilities: m.capabilities,
-        requirements: m.requirements,
-        status,
-    })
-}
-
-/// Copies the fields named in `paths` from `src` onto `dst`.
-fn apply_mask(dst: &mut pb::Manifest, src: pb::Manifest, paths: &[String]) -> Result<()> {
-    if paths.is_empty() {
-        return Err(Error::invalid(
-            "update_mask",
-            "is required: name the fields to change",
-        ));
-    }
-    let mut src = src;
-    for path in paths {
-        match path.as_str() {
-            "agent_type" => dst.agent_type = std::mem::take(&mut src.agent_type),
-            "name" => dst.name = std::mem::take(&mut src.name),
-            "description" => dst.description = std::mem::take(&mut src.description),
-            "version" => dst.version = std::mem::take(&mut src.version),
-            "capabilities" => dst.capabilities = std::mem::take(&mut src.capabilities),
-            "requirements" => dst.requirements = std::mem::take(&mut src.requirements),
-            "metadata" => dst.metadata = src.metadata.take(),
-            "status" => dst.status = src.status,
-            other => {
-                return Err(Error::invalid(
-                    "update_mask",
-                    format!("unknown or immutable field {other:?}"),
-                ));
-            }
-        }
-    }
-    Ok(())
 }
 
 #[tonic::async_trait]
@@ -93,11 +36,11 @@ impl ManifestService for ManifestApi {
         &self,
         request: Request<pb::CreateManifestRequest>,
     ) -> Result<Response<pb::Manifest>, Status> {
-        self.ctx.caller(&request, ADMIN).await?;
-        let manifest = validate::required("manifest", request.into_inner().manifest)?;
-        let fields = fields(manifest, "manifest")?;
-        tracing::Span::current().record("agent_id", fields.agent_id.as_str());
-        let row = store::insert(&self.ctx.pool, &fields).await?;
+        let (_, fields) = self
+            .auth
+            .accept::<_, ManifestFields>(request, ADMIN)
+            .await?;
+        let row = store::insert(&self.pool, &fields).await?;
         tracing::info!(id = %row.id, "manifest created");
         Ok(Response::new(row.into()))
     }
@@ -107,19 +50,12 @@ impl ManifestService for ManifestApi {
         &self,
         request: Request<pb::GetManifestRequest>,
     ) -> Result<Response<pb::Manifest>, Status> {
-        self.ctx.caller(&request, ANY_ROLE).await?;
-        let key = match request.into_inner().key {
-            Some(pb::get_manifest_request::Key::Id(id)) => {
-                ManifestKey::Id(validate::uuid("id", &id)?)
-            }
-            Some(pb::get_manifest_request::Key::AgentId(agent_id)) => {
-                validate::slug("agent_id", &agent_id, 64)?;
-                ManifestKey::AgentId(agent_id)
-            }
-            None => return Err(Error::invalid("key", "set id or agent_id").into()),
-        };
+        let (_, key) = self
+            .auth
+            .accept::<_, ManifestKey>(request, ANY_ROLE)
+            .await?;
         Ok(Response::new(
-            store::get(&self.ctx.pool, &key, false).await?.into(),
+            store::get(&self.pool, &key, false).await?.into(),
         ))
     }
 
@@ -128,17 +64,11 @@ impl ManifestService for ManifestApi {
         &self,
         request: Request<pb::ListManifestsRequest>,
     ) -> Result<Response<pb::ListManifestsResponse>, Status> {
-        self.ctx.caller(&request, ANY_ROLE).await?;
-        let r = request.into_inner();
-        let non_empty = |s: String| (!s.is_empty()).then_some(s);
-        let filter = ManifestFilter {
-            status: validate::enum_value("status", r.status)?,
-            agent_type: non_empty(r.agent_type),
-            capability: non_empty(r.capability),
-            after: pagination::decode::<String>(&r.page_token)?,
-            limit: pagination::page_size(r.page_size)?,
-        };
-        let rows = store::list(&self.ctx.pool, &filter).await?;
+        let (_, filter) = self
+            .auth
+            .accept::<_, ManifestFilter>(request, ANY_ROLE)
+            .await?;
+        let rows = store::list(&self.pool, &filter).await?;
         let (rows, next_page_token) = pagination::page(rows, filter.limit, |m| m.agent_id.clone());
         Ok(Response::new(pb::ListManifestsResponse {
             manifests: rows.into_iter().map(Into::into).collect(),
@@ -151,20 +81,13 @@ impl ManifestService for ManifestApi {
         &self,
         request: Request<pb::UpdateManifestRequest>,
     ) -> Result<Response<pb::Manifest>, Status> {
-        self.ctx.caller(&request, ADMIN).await?;
-        let r = request.into_inner();
-        let patch = validate::required("manifest", r.manifest)?;
-        let id = validate::uuid("manifest.id", &patch.id)?;
-        tracing::Span::current().record("id", tracing::field::display(id));
-        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
-        let mut tx = self.ctx.pool.begin().await.map_err(Error::from)?;
-        let mut current: pb::Manifest = store::get(&mut *tx, &ManifestKey::Id(id), true)
-            .await?
-            .into();
-        apply_mask(&mut current, patch, &paths)?;
-        let fields = fields(current, "manifest")?;
+        let (_, patch) = self.auth.accept::<_, ManifestPatch>(request, ADMIN).await?;
+        let (id, paths) = (patch.id, patch.paths.clone());
+        let mut tx = self.pool.begin().await.map_err(crate::Error::from)?;
+        let current = store::get(&mut *tx, &ManifestKey::Id(id), true).await?;
+        let fields = patch.apply(current.into())?;
         let row = store::update(&mut *tx, id, &fields).await?;
-        tx.commit().await.map_err(Error::from)?;
+        tx.commit().await.map_err(crate::Error::from)?;
         tracing::info!(fields = ?paths, "manifest updated");
         Ok(Response::new(row.into()))
     }
@@ -174,10 +97,8 @@ impl ManifestService for ManifestApi {
         &self,
         request: Request<pb::DeleteManifestRequest>,
     ) -> Result<Response<pb::DeleteManifestResponse>, Status> {
-        self.ctx.caller(&request, ADMIN).await?;
-        let id = validate::uuid("id", &request.get_ref().id)?;
-        tracing::Span::current().record("id", tracing::field::display(id));
-        store::delete(&self.ctx.pool, id).await?;
+        let (_, Id(id)) = self.auth.accept::<_, Id>(request, ADMIN).await?;
+        store::delete(&self.pool, id).await?;
         tracing::info!("manifest deleted");
         Ok(Response::new(pb::DeleteManifestResponse {}))
     }

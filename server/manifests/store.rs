@@ -5,7 +5,6 @@ use sqlx::types::Json;
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::db::classify;
 use crate::error::{Error, Result};
 use crate::pb;
 
@@ -118,7 +117,7 @@ pub async fn insert(pool: &PgPool, m: &ManifestFields) -> Result<ManifestRow> {
     .bind(m.status.db_name())
     .fetch_one(pool)
     .await
-    .map_err(classify)
+    .map_err(Error::from)
 }
 
 /// One manifest, optionally locked for update within a transaction.
@@ -160,6 +159,18 @@ pub async fn all(pool: &PgPool) -> Result<Vec<ManifestRow>> {
             .fetch_all(pool)
             .await?,
     )
+}
+
+/// The manifests among `ids` that exist, in one read.
+pub async fn get_many(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<ManifestRow>> {
+    Ok(sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM agent_manifests WHERE id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(pool)
+    .await?)
 }
 
 /// Manifests ordered by agent_id, `limit + 1` of them at most.
@@ -205,20 +216,27 @@ pub async fn update<'e>(
     .bind(&m.metadata)
     .bind(m.status.db_name())
     .fetch_optional(db)
-    .await
-    .map_err(classify)?
+    .await?
     .ok_or_else(|| Error::NotFound("manifest".into()))
 }
 
 /// Deletes manifest `id`; refused while configurations reference it.
 pub async fn delete(pool: &PgPool, id: Uuid) -> Result<()> {
-    let done = sqlx::query("DELETE FROM agent_manifests WHERE id = $1")
-        .bind(id)
-        .execute(pool)
-        .await
-        .map_err(classify)?;
-    if done.rows_affected() == 0 {
-        return Err(Error::NotFound("manifest".into()));
+    // The check is part of the statement, so the usual case needs no
+    // constraint error to tell "referenced" from "missing".
+    let (deleted, referenced): (i64, bool) = sqlx::query_as(
+        "WITH d AS (DELETE FROM agent_manifests WHERE id = $1 \
+           AND NOT EXISTS (SELECT 1 FROM agent_configurations WHERE manifest_id = $1) RETURNING 1) \
+         SELECT (SELECT count(*) FROM d), EXISTS (SELECT 1 FROM agent_configurations WHERE manifest_id = $1)",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await?;
+    match (deleted, referenced) {
+        (0, true) => Err(Error::FailedPrecondition(
+            "manifest is referenced by configurations; delete them first".into(),
+        )),
+        (0, false) => Err(Error::NotFound("manifest".into())),
+        _ => Ok(()),
     }
-    Ok(())
 }

@@ -1,12 +1,16 @@
 //! Tier 3: registrations, the running agent instances, and how they stay
-//! registered: the bidirectional health stream (`stream`), the in-memory
-//! sessions and batched heartbeat writer (`sessions`), and the stale sweep
-//! (`sweeper`).
+//! registered: validated requests (`request`), registering and fenced changes
+//! (`registry`), the bidirectional health stream (`stream`), the live streams
+//! in memory (`sessions`), the batched heartbeat writer (`heartbeats`), the
+//! stale sweep (`sweeper`), and the SQL (`store`).
 
+pub mod heartbeats;
+pub mod registry;
+pub mod request;
 mod service;
 pub mod sessions;
 pub mod store;
-mod stream;
+pub mod stream;
 pub mod sweeper;
 
 pub use service::RegistrationApi;

@@ -1,17 +1,16 @@
-//! Live health streams held by this server, and the heartbeat writer that
-//! persists their last-seen times in one statement per flush interval.
+//! Live health streams held by this server: who is connected at which
+//! epoch, their last heartbeat (noted in memory, written by `heartbeats`),
+//! and the channel through which the server talks to each stream's task.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::store;
-use crate::error::Result;
+use crate::feed::{Follower, Op, Snapshot, Update};
 use crate::pb;
 
 /// What the server tells a session's task from outside the stream.
@@ -35,7 +34,8 @@ pub struct Session {
     pub epoch: i64,
     last_seen_micros: AtomicI64,
     dirty: AtomicBool,
-    /// Work the instance reported in its last heartbeat.
+    /// Work the instance reported in its last heartbeat. Kept, not yet used
+    /// by routing (which ranks by open leases).
     pub load: AtomicI32,
     /// Whether an operator's drain was passed on (once per session).
     drained: AtomicBool,
@@ -103,15 +103,18 @@ impl Sessions {
     }
 
     /// Adds `session`, superseding an older session of the same registration.
+    /// One lock: a `detach` in between cannot leave a dead session in the map.
     pub fn attach(&self, session: Arc<Session>) {
-        let previous = self.lock().insert(session.registration_id, session.clone());
-        if let Some(old) = previous {
-            if old.epoch < session.epoch {
-                old.tell(Control::Superseded(session.epoch));
-            } else {
-                // A newer one raced ahead of us: keep it, and this one is the stale one.
-                self.lock().insert(old.registration_id, old.clone());
-                session.tell(Control::Superseded(old.epoch));
+        let mut map = self.lock();
+        match map.get(&session.registration_id) {
+            // A newer one raced ahead of us: keep it, and this one is the stale one.
+            Some(newer) if newer.epoch >= session.epoch => {
+                session.tell(Control::Superseded(newer.epoch));
+            }
+            _ => {
+                if let Some(old) = map.insert(session.registration_id, session.clone()) {
+                    old.tell(Control::Superseded(session.epoch));
+                }
             }
         }
     }
@@ -181,53 +184,63 @@ impl Sessions {
         }
     }
 
-    /// Persists the last-seen times noted since the previous flush, in one
-    /// statement. Sessions whose row was fenced (a newer epoch elsewhere, or
-    /// deactivated) are closed.
-    pub async fn flush(&self, pool: &PgPool) -> Result<usize> {
-        let (mut ids, mut epochs, mut seen) = (Vec::new(), Vec::new(), Vec::new());
-        for session in self.lock().values() {
-            if session.dirty.swap(false, Ordering::AcqRel) {
-                let micros = session.last_seen_micros.load(Ordering::Relaxed);
-                ids.push(session.registration_id);
-                epochs.push(session.epoch);
-                seen.push(DateTime::from_timestamp_micros(micros).unwrap_or_else(Utc::now));
-            }
-        }
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        let updated = match store::touch_many(pool, &ids, &epochs, &seen).await {
-            Ok(updated) => updated,
-            Err(e) => {
-                // Keep them dirty so the next flush retries.
-                self.mark_dirty(&ids);
-                return Err(e);
-            }
-        };
-        self.stats.heartbeat_flushes.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .heartbeat_rows
-            .fetch_add(updated.len() as u64, Ordering::Relaxed);
-        if updated.len() < ids.len() {
-            let updated: std::collections::HashSet<Uuid> = updated.iter().copied().collect();
-            let map = self.lock();
-            for id in ids.iter().filter(|id| !updated.contains(id)) {
-                if let Some(session) = map.get(id) {
-                    session.tell(Control::Close(tonic::Status::aborted(
-                        "the registration was taken over by a newer connection or deactivated",
-                    )));
-                }
-            }
-        }
-        Ok(updated.len())
+    /// The heartbeat times noted since the last call, as (registration,
+    /// epoch, time); those sessions are clean until their next heartbeat.
+    pub fn take_dirty(&self) -> Vec<(Uuid, i64, DateTime<Utc>)> {
+        self.lock()
+            .values()
+            .filter(|s| s.dirty.swap(false, Ordering::AcqRel))
+            .map(|s| {
+                let micros = s.last_seen_micros.load(Ordering::Relaxed);
+                let seen = DateTime::from_timestamp_micros(micros).unwrap_or_else(Utc::now);
+                (s.registration_id, s.epoch, seen)
+            })
+            .collect()
     }
 
-    fn mark_dirty(&self, ids: &[Uuid]) {
+    /// Marks the sessions of `ids` dirty again (their write failed).
+    pub fn mark_dirty(&self, ids: &[Uuid]) {
         let map = self.lock();
         for id in ids {
             if let Some(session) = map.get(id) {
                 session.dirty.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Closes this server's sessions of `ids`, whose rows turned out fenced
+    /// (a newer epoch elsewhere) or deactivated.
+    pub fn close_fenced(&self, ids: &[Uuid]) {
+        let map = self.lock();
+        for id in ids {
+            if let Some(session) = map.get(id) {
+                session.tell(Control::Close(tonic::Status::aborted(
+                    "the registration was taken over by a newer connection or deactivated",
+                )));
+            }
+        }
+    }
+}
+
+/// Sessions hear of their configuration's changes, and of an operator's
+/// drain, from the feed: the write may have happened on another replica.
+impl Follower for Sessions {
+    fn reset(&self, _snapshot: &Snapshot) {}
+
+    fn apply(&self, updates: &[Update]) {
+        for update in updates {
+            match update {
+                Update::Configuration {
+                    op: Op::Update,
+                    row: Some(row),
+                    ..
+                } => self.configuration_changed(&row.clone().into()),
+                Update::Registration { row: Some(row), .. }
+                    if row.registration_status == "active" && row.drain_time.is_some() =>
+                {
+                    self.drain(row.id, row.epoch, &row.drain_reason);
+                }
+                _ => {}
             }
         }
     }

@@ -6,9 +6,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::db::classify;
+pub use super::request::{Announcement, RegistrationFilter, RegistrationKey};
 use crate::error::{Error, Result};
-use crate::pagination::TimeKey;
 use crate::pb::{self, HealthStatus};
 
 /// A registration as stored, with its manifest's agent_id.
@@ -33,6 +32,9 @@ pub struct RegistrationRow {
     pub deactivation_date: Option<DateTime<Utc>>,
     pub drain_time: Option<DateTime<Utc>>,
     pub drain_reason: String,
+    /// Takes new work: active, healthy or degraded, not drained (the
+    /// generated column of migration 0008, the one definition of it).
+    pub routable: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -66,17 +68,6 @@ impl From<RegistrationRow> for pb::Registration {
     }
 }
 
-/// What an instance says about itself when it registers.
-#[derive(Debug, Clone)]
-pub struct Announcement {
-    pub instance_id: String,
-    pub agent_id: String,
-    pub name: String,
-    pub connection_details: serde_json::Value,
-    pub runtime_config: serde_json::Value,
-    pub capacity: Option<i32>,
-}
-
 /// Kinds of registration events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
@@ -103,32 +94,13 @@ impl EventKind {
     }
 }
 
-/// Filters of a registration listing.
-#[derive(Debug, Clone, Default)]
-pub struct RegistrationFilter {
-    pub tenant: Option<Uuid>,
-    pub registration_status: Option<&'static str>,
-    pub health_status: Option<&'static str>,
-    pub agent_id: Option<String>,
-    pub configuration_id: Option<Uuid>,
-    pub after: Option<TimeKey>,
-    pub limit: i64,
-}
-
-/// How to find one registration.
-#[derive(Debug, Clone)]
-pub enum RegistrationKey {
-    Id(Uuid),
-    InstanceId(String),
-}
-
 macro_rules! select_from {
     ($source:literal) => {
         concat!(
             "SELECT r.id, r.tenant_id, r.manifest_id, m.agent_id, r.configuration_id, r.instance_id, r.name, \
              r.registration_status, r.health_status, r.connection_details, r.runtime_config, r.capacity, \
              r.epoch, r.failure_count, r.last_health_check, r.activation_date, r.deactivation_date, \
-             r.drain_time, r.drain_reason, r.created_at, r.updated_at FROM ",
+             r.drain_time, r.drain_reason, r.routable, r.created_at, r.updated_at FROM ",
             $source,
             " r JOIN agent_manifests m ON m.id = r.manifest_id"
         )
@@ -177,8 +149,7 @@ pub async fn register(
     .bind(manifest_id)
     .bind(&manifest_name)
     .execute(&mut *tx)
-    .await
-    .map_err(classify)?;
+    .await?;
     let (configuration_id,): (Uuid,) = sqlx::query_as(
         "SELECT id FROM agent_configurations WHERE tenant_id = $1 AND manifest_id = $2",
     )
@@ -214,8 +185,7 @@ pub async fn register(
     .bind(&a.runtime_config)
     .bind(a.capacity)
     .fetch_one(&mut *tx)
-    .await
-    .map_err(classify)?;
+    .await?;
     let row = get(&mut *tx, Some(tenant), &RegistrationKey::Id(id)).await?;
     let kind = if created {
         EventKind::Registered

@@ -6,23 +6,29 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use std::time::Duration;
+
 use chrono::Utc;
+use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Status, Streaming};
 use tracing::Instrument;
+use uuid::Uuid;
 
-use super::service::{REGISTRANTS, RegistrationApi, announcement};
-use super::sessions::{Control, Session};
+use super::registry::Registry;
+use super::request::{Announcement, Beat};
+use super::sessions::{Control, Session, Sessions};
 use super::store::{self, RegistrationKey, Transition};
 use crate::error::Error;
 use crate::pb::health_stream_request::Message as In;
 use crate::pb::health_stream_response::Message as Out;
 use crate::pb::{self, HealthStatus};
+use crate::request::Traced;
 
 /// The server half of a health stream.
-pub(super) type ResponseStream =
+pub type ResponseStream =
     Pin<Box<dyn Stream<Item = Result<pb::HealthStreamResponse, Status>> + Send + 'static>>;
 
 /// Responses a slow agent may leave unread before the server stops reading its heartbeats.
@@ -42,66 +48,99 @@ fn duration(d: std::time::Duration) -> prost_types::Duration {
     prost_types::Duration::try_from(d).unwrap_or_default()
 }
 
-/// Waits for `Hello`, registers, answers `Welcome` and hands the stream to a task.
-pub(super) async fn open(
-    api: &RegistrationApi,
-    request: Request<Streaming<pb::HealthStreamRequest>>,
-) -> Result<Response<ResponseStream>, Status> {
-    let caller = api.ctx.caller(&request, REGISTRANTS).await?;
-    let tenant = caller.owning_tenant("")?;
-    let mut inbound = request.into_inner();
-    let first = tokio::time::timeout(api.ctx.registry.hello_timeout, inbound.message())
-        .await
-        .map_err(|_| Status::deadline_exceeded("no Hello within the hello timeout"))??;
-    let hello = match first.and_then(|m| m.message) {
-        Some(In::Hello(hello)) => hello,
-        Some(_) => {
-            return Err(Error::invalid(
-                "message",
-                "the first message of a health stream must be hello",
-            )
-            .into());
-        }
-        None => return Err(Error::invalid("hello", "the stream ended before its hello").into()),
-    };
-    tracing::Span::current().record("instance", hello.instance_id.as_str());
-    let a = announcement(
-        "hello",
-        hello.instance_id,
-        hello.agent_id,
-        hello.name,
-        hello.connection_details,
-        hello.runtime_config,
-        hello.capacity,
-    )?;
-    let (row, _created) = api.register(tenant, &a).await?;
-    let configuration =
-        crate::configurations::store::get(&api.ctx.pool, Some(tenant), row.configuration_id, false)
-            .await?;
+/// The timing a health stream runs with (from the registry settings).
+#[derive(Debug, Clone, Copy)]
+pub struct StreamTiming {
+    /// How long a new stream may take to send `Hello`.
+    pub hello_timeout: Duration,
+    /// Heartbeat interval asked of agents.
+    pub heartbeat_interval: Duration,
+    /// Silence after which the sweep marks an instance unknown (told to agents).
+    pub stale_timeout: Duration,
+}
 
-    let (session, control) = Session::new(row.id, row.configuration_id, row.epoch);
-    api.ctx.sessions.attach(session.clone());
-    let drain = row.drain_time.map(|_| row.drain_reason.clone());
-    let (tx, rx) = mpsc::channel(OUTBOX);
-    let welcome = pb::Welcome {
-        epoch: row.epoch,
-        heartbeat_interval: Some(duration(api.ctx.registry.heartbeat_interval)),
-        stale_timeout: Some(duration(api.ctx.registry.stale_timeout)),
-        configuration: Some(configuration.into()),
-        registration: Some(row.into()),
-    };
-    // The channel is new and empty: this cannot fail for lack of room.
-    let _ = tx.try_send(out(Out::Welcome(welcome)));
-    // A drained instance that reconnects is still drained: it hears so first.
-    if let Some(reason) = drain {
-        api.ctx
-            .sessions
-            .drain(session.registration_id, session.epoch, &reason);
+/// Opens health streams and runs their tasks.
+#[derive(Debug, Clone)]
+pub struct HealthStreams {
+    pool: PgPool,
+    registry: Registry,
+    sessions: Arc<Sessions>,
+    timing: StreamTiming,
+}
+
+impl HealthStreams {
+    /// Streams registering through `registry`, held in `sessions`.
+    pub fn new(
+        pool: PgPool,
+        registry: Registry,
+        sessions: Arc<Sessions>,
+        timing: StreamTiming,
+    ) -> Self {
+        HealthStreams {
+            pool,
+            registry,
+            sessions,
+            timing,
+        }
     }
-    let span = tracing::Span::current();
-    tokio::spawn(run(api.clone(), session, inbound, control, tx).instrument(span));
-    let responses = ReceiverStream::new(rx).map(|m: Outgoing| m.map(|boxed| *boxed));
-    Ok(Response::new(Box::pin(responses)))
+
+    /// Waits for `Hello`, registers for `tenant`, answers `Welcome` and hands
+    /// the stream to a task.
+    pub async fn open(
+        &self,
+        tenant: Uuid,
+        mut inbound: Streaming<pb::HealthStreamRequest>,
+    ) -> Result<ResponseStream, Status> {
+        let first = tokio::time::timeout(self.timing.hello_timeout, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within the hello timeout"))??;
+        let hello = match first.and_then(|m| m.message) {
+            Some(In::Hello(hello)) => hello,
+            Some(_) => {
+                return Err(Error::invalid(
+                    "message",
+                    "the first message of a health stream must be hello",
+                )
+                .into());
+            }
+            None => {
+                return Err(Error::invalid("hello", "the stream ended before its hello").into());
+            }
+        };
+        let a = Announcement::try_from(hello)?;
+        a.trace(&tracing::Span::current());
+        let (row, _created) = self.registry.register(tenant, &a).await?;
+        let configuration = crate::configurations::store::get(
+            &self.pool,
+            Some(tenant),
+            row.configuration_id,
+            false,
+        )
+        .await?;
+
+        let (session, control) = Session::new(row.id, row.configuration_id, row.epoch);
+        self.sessions.attach(session.clone());
+        let drain = row.drain_time.map(|_| row.drain_reason.clone());
+        let (tx, rx) = mpsc::channel(OUTBOX);
+        let welcome = pb::Welcome {
+            epoch: row.epoch,
+            heartbeat_interval: Some(duration(self.timing.heartbeat_interval)),
+            stale_timeout: Some(duration(self.timing.stale_timeout)),
+            configuration: Some(configuration.into()),
+            registration: Some(row.into()),
+        };
+        // The channel is new and empty: this cannot fail for lack of room.
+        let _ = tx.try_send(out(Out::Welcome(welcome)));
+        // A drained instance that reconnects is still drained: it hears so first.
+        if let Some(reason) = drain {
+            self.sessions
+                .drain(session.registration_id, session.epoch, &reason);
+        }
+        let span = tracing::Span::current();
+        tokio::spawn(run(self.clone(), session, inbound, control, tx).instrument(span));
+        let responses = ReceiverStream::new(rx).map(|m: Outgoing| m.map(|boxed| *boxed));
+        Ok(Box::pin(responses))
+    }
 }
 
 /// How a session ended.
@@ -116,7 +155,7 @@ enum End {
 }
 
 async fn run(
-    api: RegistrationApi,
+    streams: HealthStreams,
     session: Arc<Session>,
     mut inbound: Streaming<pb::HealthStreamRequest>,
     mut control: mpsc::UnboundedReceiver<Control>,
@@ -127,7 +166,7 @@ async fn run(
         tokio::select! {
             message = inbound.message() => match message {
                 Ok(Some(pb::HealthStreamRequest { message: Some(In::Heartbeat(hb)) })) => {
-                    match heartbeat(&api, &session, &mut health, hb).await {
+                    match heartbeat(&streams, &session, &mut health, hb).await {
                         Ok(ack) => {
                             if tx.send(out(Out::Ack(ack))).await.is_err() {
                                 break End::Broken;
@@ -178,7 +217,7 @@ async fn run(
             () = tx.closed() => break End::Broken,
         }
     };
-    api.ctx.sessions.detach(&session);
+    streams.sessions.detach(&session);
     let key = RegistrationKey::Id(session.registration_id);
     let transition = match end {
         End::Goodbye => Transition::Deactivate,
@@ -191,7 +230,7 @@ async fn run(
     // Boxed here and below: a database call inlined into the session's
     // state machine would make every idle stream's task ten times larger.
     match Box::pin(store::transition(
-        &api.ctx.pool,
+        &streams.pool,
         None,
         &key,
         session.epoch,
@@ -211,17 +250,11 @@ async fn run(
 
 /// Takes one heartbeat; on refusal, the status to end the stream with.
 async fn heartbeat(
-    api: &RegistrationApi,
+    streams: &HealthStreams,
     session: &Session,
     health: &mut HealthStatus,
     hb: pb::Heartbeat,
 ) -> Result<pb::Ack, (Status, End)> {
-    let invalid = |field: &str, reason: &str| {
-        (
-            Status::from(Error::invalid(format!("heartbeat.{field}"), reason)),
-            End::Broken,
-        )
-    };
     if hb.epoch != 0 && hb.epoch != session.epoch {
         let status = Status::aborted(format!(
             "heartbeat epoch {} is not this session's epoch {}",
@@ -229,29 +262,20 @@ async fn heartbeat(
         ));
         return Err((status, End::Broken));
     }
-    let reported = match HealthStatus::try_from(hb.health_status) {
-        Ok(HealthStatus::Unspecified) => *health,
-        Ok(h @ (HealthStatus::Healthy | HealthStatus::Degraded)) => h,
-        _ => return Err(invalid("health_status", "must be HEALTHY or DEGRADED")),
-    };
-    if hb.current_load < 0 {
-        return Err(invalid("current_load", "must not be negative"));
-    }
-    if hb.message.chars().count() > 256 {
-        return Err(invalid("message", "must be at most 256 characters"));
-    }
+    let beat = Beat::try_from(hb).map_err(|e| (Status::from(e), End::Broken))?;
+    let reported = beat.health.unwrap_or(*health);
     let now = Utc::now();
-    api.ctx
+    streams
         .sessions
         .stats
         .heartbeats
         .fetch_add(1, Ordering::Relaxed);
-    session.load.store(hb.current_load, Ordering::Relaxed);
+    session.load.store(beat.current_load, Ordering::Relaxed);
     if reported != *health {
         // Health changes are what readers observe: written at once, fenced by epoch.
         let key = RegistrationKey::Id(session.registration_id);
         match Box::pin(store::transition(
-            &api.ctx.pool,
+            &streams.pool,
             None,
             &key,
             session.epoch,
@@ -267,7 +291,7 @@ async fn heartbeat(
         session.seen(now);
     }
     Ok(pb::Ack {
-        sequence: hb.sequence,
+        sequence: beat.sequence,
         server_time: Some(pb::timestamp(now)),
     })
 }

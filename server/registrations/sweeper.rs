@@ -1,5 +1,7 @@
 //! The stale-instance sweep, run by a background task and by the `Cleanup` RPC.
-//! It also expires workload leases that were neither released nor renewed.
+//! In the same transaction it has routing expire workload leases that were
+//! neither released nor renewed, through [`LeaseExpiry`]: the leases are
+//! routing's, so routing implements it, and this tier does not import routing.
 //!
 //! One sweep is one transaction holding a transaction-level advisory lock, so
 //! replicas sharing a database never sweep at the same time; a replica that
@@ -13,12 +15,22 @@
 //! than a whole fleet dying at once; deactivation resumes when the share drops,
 //! or when an operator calls `Cleanup` with `ignore_partition_guard`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::config::RegistryConfig;
 use crate::error::Result;
+
+/// Gives back the units of expired leases, inside the sweep's transaction.
+#[tonic::async_trait]
+pub trait LeaseExpiry: Send + Sync + std::fmt::Debug {
+    /// Expires open leases past their expiry; returns how many.
+    async fn expire(&self, conn: &mut PgConnection) -> Result<i64>;
+}
 
 /// Arbitrary, fixed key of the sweep's advisory lock.
 const SWEEP_LOCK: i64 = 0x0061_6765_6e74_7279;
@@ -38,6 +50,63 @@ pub struct SweepSettings {
     pub retention: Option<Duration>,
     /// Delete registration events older than this.
     pub event_retention: Duration,
+}
+
+impl From<&RegistryConfig> for SweepSettings {
+    fn from(r: &RegistryConfig) -> Self {
+        SweepSettings {
+            stale_threshold: r.stale_timeout,
+            guard_ratio: r.partition_guard_ratio,
+            guard_min_instances: r.partition_guard_min_instances,
+            ignore_guard: false,
+            retention: r.registration_retention,
+            event_retention: r.event_retention,
+        }
+    }
+}
+
+/// Runs sweeps with the server's settings.
+#[derive(Debug, Clone)]
+pub struct Sweeper {
+    pool: PgPool,
+    settings: SweepSettings,
+    leases: Arc<dyn LeaseExpiry>,
+}
+
+impl Sweeper {
+    /// A sweeper of `pool` with `settings`, expiring leases through `leases`.
+    pub fn new(pool: PgPool, settings: SweepSettings, leases: Arc<dyn LeaseExpiry>) -> Self {
+        Sweeper {
+            pool,
+            settings,
+            leases,
+        }
+    }
+
+    /// The settings sweeps run with unless an operator overrides them.
+    pub fn settings(&self) -> &SweepSettings {
+        &self.settings
+    }
+
+    /// Runs one sweep with `settings`.
+    pub async fn sweep_with(&self, settings: &SweepSettings) -> Result<SweepReport> {
+        sweep(&self.pool, settings, &*self.leases).await
+    }
+
+    /// Sweeps every `interval` until `stopping` turns true.
+    pub async fn run(&self, interval: Duration, mut stopping: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+            if let Err(e) = self.sweep_with(&self.settings).await {
+                tracing::warn!(error = %e, "sweep failed; retrying next interval");
+            }
+        }
+    }
 }
 
 /// What a sweep changed.
@@ -61,7 +130,7 @@ fn interval(d: Duration) -> sqlx::postgres::types::PgInterval {
 }
 
 /// Runs one sweep.
-pub async fn sweep(pool: &PgPool, s: &SweepSettings) -> Result<SweepReport> {
+async fn sweep(pool: &PgPool, s: &SweepSettings, leases: &dyn LeaseExpiry) -> Result<SweepReport> {
     let mut tx = pool.begin().await?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
         .bind(SWEEP_LOCK)
@@ -147,7 +216,7 @@ pub async fn sweep(pool: &PgPool, s: &SweepSettings) -> Result<SweepReport> {
         None => 0,
     };
     // A crashed caller never leaks workload: its lease expires and the unit comes back.
-    let leases_expired = crate::routing::store::expire(&mut *tx).await?;
+    let leases_expired = leases.expire(&mut tx).await?;
     for history in [
         "DELETE FROM registration_events WHERE at < now() - $1",
         "DELETE FROM workload_leases WHERE released_at < now() - $1",

@@ -1,9 +1,9 @@
-//! Routing: the in-memory availability view (`view`), workload leases
-//! (`store`, batched by `writer`), metrics (`metrics`) and the service
-//! (`service`, `watch`; answers pre-encoded by `encoded`).
+//! Routing: validated requests (`request`), the in-memory availability view
+//! (`view`), workload leases (`store`, batched by `writer`), metrics
+//! (`metrics`) and the service (`service`, `watch`).
 
-pub mod encoded;
 mod metrics;
+pub mod request;
 mod service;
 pub mod store;
 pub mod view;

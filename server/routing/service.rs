@@ -1,26 +1,26 @@
 //! `agentry.v1.RoutingService`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 use uuid::Uuid;
 
-use super::encoded::AvailableAgents;
+use super::request::{
+    AcquireOrder, AvailableQuery, MetricsQuery, ReleaseOrder, RenewOrder, WatchQuery,
+};
 use super::store::{self, LeaseRow};
-use super::view::Filter;
-use super::writer::Reservation;
-use crate::context::Context;
+use super::view::View;
+use super::writer::{LeaseWriter, Reservation};
+use crate::auth::Authenticator;
 use crate::error::{Error, Result};
+use crate::pb::encoded::AvailableAgents;
 use crate::pb::routing_service_server::RoutingService;
 use crate::pb::{self, Role};
-use crate::validate;
 
 const ROUTERS: &[Role] = &[Role::Tenant];
-const DEFAULT_TTL: Duration = Duration::from_secs(60);
-const MAX_TTL: Duration = Duration::from_secs(3600);
-const DEFAULT_PERIOD: Duration = Duration::from_secs(3600);
-const MAX_PERIOD: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Best candidates among which power-of-two-choices picks.
 const CHOICES: usize = 4;
 /// Candidates one reservation offers the lease writer, in pick order: more
@@ -30,81 +30,62 @@ const RESERVE_CANDIDATES: usize = 16;
 /// Serves routing for the caller's tenant from the availability view.
 #[derive(Debug, Clone)]
 pub struct RoutingApi {
-    pub(super) ctx: Context,
+    auth: Authenticator,
+    pool: PgPool,
+    view: Arc<View>,
+    leases: Arc<LeaseWriter>,
 }
 
 impl RoutingApi {
-    /// The service over `ctx`.
-    pub fn new(ctx: Context) -> Self {
-        RoutingApi { ctx }
+    /// The service: reads from `view`, leases through `leases`, lease and
+    /// metrics reads from `pool`.
+    pub fn new(
+        auth: Authenticator,
+        pool: PgPool,
+        view: Arc<View>,
+        leases: Arc<LeaseWriter>,
+    ) -> Self {
+        RoutingApi {
+            auth,
+            pool,
+            view,
+            leases,
+        }
     }
-}
 
-/// Validates a filter; a missing one means "everything".
-pub(super) fn filter(f: Option<pb::AgentFilter>) -> Result<Filter> {
-    let f = f.unwrap_or_default();
-    if !f.agent_id.is_empty() {
-        validate::slug("filter.agent_id", &f.agent_id, 64)?;
-    }
-    if !f.agent_type.is_empty() {
-        validate::slug("filter.agent_type", &f.agent_type, 64)?;
-    }
-    validate::capabilities("filter.capabilities", &f.capabilities)?;
-    Ok(Filter {
-        agent_id: (!f.agent_id.is_empty()).then_some(f.agent_id),
-        agent_type: (!f.agent_type.is_empty()).then_some(f.agent_type),
-        capabilities: f.capabilities,
-        include_degraded: f.include_degraded,
-        include_deprecated: f.include_deprecated,
-    })
-}
-
-/// A positive duration of at most `max`; `default` when absent.
-fn duration(
-    field: &str,
-    value: Option<prost_types::Duration>,
-    default: Duration,
-    max: Duration,
-) -> Result<Duration> {
-    let Some(value) = value else {
-        return Ok(default);
-    };
-    match Duration::try_from(value) {
-        Ok(d) if !d.is_zero() && d <= max => Ok(d),
-        _ => Err(Error::invalid(
-            field,
-            format!("must be a positive duration of at most {}s", max.as_secs()),
-        )),
-    }
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
-}
-
-impl RoutingApi {
-    /// The lease message, with the instance and configuration as the view knows them.
+    /// The lease message, with the instance and configuration as the view
+    /// knows them, or else as stored.
     async fn lease(&self, tenant: Uuid, row: LeaseRow) -> Result<pb::Lease> {
-        let registration = crate::registrations::store::get(
-            &self.ctx.pool,
-            Some(tenant),
-            &crate::registrations::store::RegistrationKey::Id(row.registration_id),
-        )
-        .await
-        .ok()
-        .map(Into::into);
-        let configuration = crate::configurations::store::get(
-            &self.ctx.pool,
-            Some(tenant),
-            row.configuration_id,
-            false,
-        )
-        .await
-        .ok()
-        .map(Into::into);
+        let (configuration, instance) =
+            match self
+                .view
+                .leased(tenant, row.configuration_id, row.registration_id)
+            {
+                Some((c, i)) => (Some(c), Some(i)),
+                None => {
+                    let registration = crate::registrations::store::get(
+                        &self.pool,
+                        Some(tenant),
+                        &crate::registrations::store::RegistrationKey::Id(row.registration_id),
+                    )
+                    .await
+                    .ok()
+                    .map(Into::into);
+                    let configuration = crate::configurations::store::get(
+                        &self.pool,
+                        Some(tenant),
+                        row.configuration_id,
+                        false,
+                    )
+                    .await
+                    .ok()
+                    .map(Into::into);
+                    (configuration, registration)
+                }
+            };
         Ok(pb::Lease {
             id: row.id.to_string(),
-            instance: registration,
+            instance,
             configuration,
             epoch: row.epoch,
             expire_time: Some(pb::timestamp(row.expires_at)),
@@ -112,11 +93,8 @@ impl RoutingApi {
     }
 }
 
-/// The (configuration, registration) ids of an available agent.
-fn ids(agent: &pb::AvailableAgent) -> Option<(Uuid, Uuid)> {
-    let configuration = Uuid::try_parse(&agent.configuration.as_ref()?.id).ok()?;
-    let registration = Uuid::try_parse(&agent.instance.as_ref()?.id).ok()?;
-    Some((configuration, registration))
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
 /// Orders candidates for a reservation: power-of-two-choices among the best
@@ -144,16 +122,12 @@ impl RoutingService for RoutingApi {
         &self,
         request: Request<pb::GetAvailableAgentsRequest>,
     ) -> Result<Response<AvailableAgents>, Status> {
-        let caller = self.ctx.caller(&request, ROUTERS).await?;
+        let (caller, q) = self
+            .auth
+            .accept::<_, AvailableQuery>(request, ROUTERS)
+            .await?;
         let tenant = caller.owning_tenant("")?;
-        let r = request.into_inner();
-        let limit = match r.limit {
-            0 => 100,
-            n @ 1..=1000 => n as usize,
-            _ => return Err(Error::invalid("limit", "must be between 0 and 1000").into()),
-        };
-        let filter = filter(r.filter)?;
-        let agents = self.ctx.view.available_encoded(tenant, &filter, limit);
+        let agents = self.view.available_encoded(tenant, &q.filter, q.limit);
         Ok(Response::new(AvailableAgents { agents }))
     }
 
@@ -162,47 +136,39 @@ impl RoutingService for RoutingApi {
         &self,
         request: Request<pb::AcquireAgentRequest>,
     ) -> Result<Response<pb::Lease>, Status> {
-        let caller = self.ctx.caller(&request, ROUTERS).await?;
+        let (caller, order) = self
+            .auth
+            .accept::<_, AcquireOrder>(request, ROUTERS)
+            .await?;
         let tenant = caller.owning_tenant("")?;
-        let r = request.into_inner();
-        let ttl = duration("ttl", r.ttl, DEFAULT_TTL, MAX_TTL)?;
-        let filter = filter(r.filter)?;
-        let (candidates, _) = self.ctx.view.available(tenant, &filter, usize::MAX);
+        let available = self.view.candidates(tenant, &order.filter, usize::MAX);
         // The view may be a moment behind: the lease writer decides against
         // the database, taking the first of these that still fits.
-        let order: Vec<usize> = pick_order(candidates.len())
-            .into_iter()
-            .filter(|i| ids(&candidates[*i]).is_some())
-            .take(RESERVE_CANDIDATES)
-            .collect();
         let reservation = Reservation {
             tenant,
-            candidates: order.iter().filter_map(|i| ids(&candidates[*i])).collect(),
-            ttl_ms: millis(ttl),
+            candidates: pick_order(available.len())
+                .into_iter()
+                .take(RESERVE_CANDIDATES)
+                .map(|i| available[i])
+                .collect(),
+            ttl_ms: millis(order.ttl),
         };
-        if let Some(grant) = self.ctx.leases.reserve(reservation).await? {
-            tracing::Span::current().record("lease", tracing::field::display(grant.lease.id));
-            let chosen = &candidates[order[grant.candidate]];
-            let mut configuration = chosen.configuration.clone();
-            if let Some(c) = &mut configuration {
-                c.current_workload = grant.current_workload;
-            }
-            let mut instance = chosen.instance.clone();
-            if let Some(i) = &mut instance {
-                i.epoch = grant.lease.epoch;
-            }
-            return Ok(Response::new(pb::Lease {
-                id: grant.lease.id.to_string(),
-                instance,
-                configuration,
-                epoch: grant.lease.epoch,
-                expire_time: Some(pb::timestamp(grant.lease.expires_at)),
-            }));
+        let Some(grant) = self.leases.reserve(reservation).await? else {
+            return Err(Error::ResourceExhausted(
+                "no available agent has free workload for this filter".into(),
+            )
+            .into());
+        };
+        tracing::Span::current().record("lease", tracing::field::display(grant.lease.id));
+        let mut lease = self.lease(tenant, grant.lease).await?;
+        // As the grant left them, whatever the view has applied yet.
+        if let Some(c) = &mut lease.configuration {
+            c.current_workload = grant.current_workload;
         }
-        Err(
-            Error::ResourceExhausted("no available agent has free workload for this filter".into())
-                .into(),
-        )
+        if let Some(i) = &mut lease.instance {
+            i.epoch = lease.epoch;
+        }
+        Ok(Response::new(lease))
     }
 
     #[instrument(name = "routing.renew_lease", skip_all, fields(role, tenant, lease))]
@@ -210,16 +176,9 @@ impl RoutingService for RoutingApi {
         &self,
         request: Request<pb::RenewLeaseRequest>,
     ) -> Result<Response<pb::Lease>, Status> {
-        let caller = self.ctx.caller(&request, ROUTERS).await?;
+        let (caller, r) = self.auth.accept::<_, RenewOrder>(request, ROUTERS).await?;
         let tenant = caller.owning_tenant("")?;
-        let r = request.into_inner();
-        let id = validate::uuid("lease_id", &r.lease_id)?;
-        tracing::Span::current().record("lease", tracing::field::display(id));
-        let ttl = match r.ttl {
-            Some(_) => Some(millis(duration("ttl", r.ttl, DEFAULT_TTL, MAX_TTL)?)),
-            None => None,
-        };
-        let row = store::renew(&self.ctx.pool, tenant, id, ttl).await?;
+        let row = store::renew(&self.pool, tenant, r.lease_id, r.ttl.map(millis)).await?;
         Ok(Response::new(self.lease(tenant, row).await?))
     }
 
@@ -228,27 +187,15 @@ impl RoutingService for RoutingApi {
         &self,
         request: Request<pb::ReleaseAgentRequest>,
     ) -> Result<Response<pb::ReleaseAgentResponse>, Status> {
-        let caller = self.ctx.caller(&request, ROUTERS).await?;
+        let (caller, r) = self
+            .auth
+            .accept::<_, ReleaseOrder>(request, ROUTERS)
+            .await?;
         let tenant = caller.owning_tenant("")?;
-        let r = request.into_inner();
-        let id = validate::uuid("lease_id", &r.lease_id)?;
-        tracing::Span::current().record("lease", tracing::field::display(id));
-        let outcome = match validate::enum_value::<pb::LeaseOutcome>("outcome", r.outcome)? {
-            Some(pb::LeaseOutcome::Succeeded) => "succeeded",
-            Some(pb::LeaseOutcome::Failed) => "failed",
-            Some(pb::LeaseOutcome::Cancelled) => "cancelled",
-            _ => {
-                return Err(Error::invalid(
-                    "outcome",
-                    "is required: SUCCEEDED, FAILED or CANCELLED",
-                )
-                .into());
-            }
-        };
-        let released = self.ctx.leases.release(tenant, id, outcome).await?;
+        let released = self.leases.release(tenant, r.lease_id, r.outcome).await?;
         if !released {
             // Not released by this call: already released, or not this tenant's lease at all.
-            store::get(&self.ctx.pool, tenant, id).await?;
+            store::get(&self.pool, tenant, r.lease_id).await?;
         }
         Ok(Response::new(pb::ReleaseAgentResponse { released }))
     }
@@ -262,16 +209,13 @@ impl RoutingService for RoutingApi {
         &self,
         request: Request<pb::GetAgentMetricsRequest>,
     ) -> Result<Response<pb::AgentMetrics>, Status> {
-        let caller = self
-            .ctx
-            .caller(&request, &[Role::Tenant, Role::Admin])
+        let (caller, q) = self
+            .auth
+            .accept::<_, MetricsQuery>(request, &[Role::Tenant, Role::Admin])
             .await?;
-        let r = request.into_inner();
-        let id = validate::uuid("configuration_id", &r.configuration_id)?;
-        tracing::Span::current().record("configuration", tracing::field::display(id));
-        let period = duration("period", r.period, DEFAULT_PERIOD, MAX_PERIOD)?;
+        let tenant = caller.scope("")?.filter();
         let metrics =
-            super::metrics::compute(&self.ctx.pool, caller.scope("")?.filter(), id, period).await?;
+            super::metrics::compute(&self.pool, tenant, q.configuration_id, q.period).await?;
         Ok(Response::new(metrics))
     }
 
@@ -284,13 +228,12 @@ impl RoutingService for RoutingApi {
         &self,
         request: Request<pb::WatchAvailableAgentsRequest>,
     ) -> Result<Response<super::watch::EventStream>, Status> {
-        let caller = self.ctx.caller(&request, ROUTERS).await?;
+        let (caller, q) = self.auth.accept::<_, WatchQuery>(request, ROUTERS).await?;
         let tenant = caller.owning_tenant("")?;
-        let filter = filter(request.into_inner().filter)?;
         Ok(Response::new(super::watch::start(
-            self.ctx.view.clone(),
+            self.view.clone(),
             tenant,
-            filter,
+            q.filter,
         )))
     }
 }

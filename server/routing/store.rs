@@ -3,10 +3,11 @@
 //! on any number of replicas can never give a unit back twice.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+use crate::registrations::sweeper::LeaseExpiry;
 
 /// A lease as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -24,6 +25,24 @@ pub struct LeaseRow {
 }
 
 const LEASE_COLUMNS: &str = "id, tenant_id, configuration_id, registration_id, epoch, ttl_ms, acquired_at, expires_at, released_at, outcome";
+
+/// Open leases of one instance.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OpenLeases {
+    pub tenant_id: Uuid,
+    pub registration_id: Uuid,
+    pub count: i64,
+}
+
+/// Open leases per instance (the routing view's load).
+pub async fn open_leases(pool: &PgPool) -> Result<Vec<OpenLeases>> {
+    Ok(sqlx::query_as(
+        "SELECT tenant_id, registration_id, count(*) AS count FROM workload_leases \
+         WHERE released_at IS NULL GROUP BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await?)
+}
 
 /// One lease of `tenant`.
 pub async fn get<'e>(db: impl PgExecutor<'e>, tenant: Uuid, id: Uuid) -> Result<LeaseRow> {
@@ -59,6 +78,17 @@ pub async fn renew(pool: &PgPool, tenant: Uuid, id: Uuid, ttl_ms: Option<i64>) -
                 None => "the lease has expired".into(),
             }))
         }
+    }
+}
+
+/// Routing's side of the sweep: expired leases give their units back.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Expiry;
+
+#[tonic::async_trait]
+impl LeaseExpiry for Expiry {
+    async fn expire(&self, conn: &mut PgConnection) -> Result<i64> {
+        expire(conn).await
     }
 }
 

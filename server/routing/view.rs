@@ -1,38 +1,24 @@
-//! The in-memory availability view that serves routing reads.
-//!
-//! Every replica keeps one. It is loaded at start and kept current by the
-//! change notifications that triggers send on `agentry_changes` for every
-//! write, this replica's included, so there is one update path whatever
-//! replica made a change. Heartbeat-only writes notify nobody. When the
-//! listening connection drops, notifications may have been lost, so the view
-//! reloads whole.
+//! The in-memory availability view that serves routing reads: state and
+//! queries, no database. The change feed (`feed`) loads it and keeps it
+//! current on every replica, this one's own writes included, so there is one
+//! update path whatever replica made a change.
 //!
 //! Per configuration it keeps the active instances and, ordered by rank, the
 //! routable ones, so a read walks configurations, not registrations.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock, RwLock};
-use std::time::Duration;
 
-use serde::Deserialize;
-use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 
-use super::encoded::EncodedAgent;
-use crate::configurations::store::{self as configurations, ConfigurationRow};
-use crate::context::Context;
-use crate::error::{Error, Result};
-use crate::manifests::store::{self as manifests, ManifestKey, ManifestRow};
+pub use super::request::Filter;
+use crate::configurations::store::ConfigurationRow;
+use crate::feed::{Follower, Snapshot, Update};
+use crate::manifests::store::ManifestRow;
+use crate::pb::encoded::EncodedAgent;
 use crate::pb::{self, HealthStatus};
-use crate::registrations::sessions::Sessions;
-use crate::registrations::store::{self as registrations, RegistrationRow};
-
-/// Channel the triggers of migration 0003 notify.
-pub const CHANNEL: &str = "agentry_changes";
-/// Notifications applied together at most.
-const FEED_BATCH: usize = 1000;
+use crate::registrations::store::RegistrationRow;
 
 /// A change of the view: one configuration of a tenant, or all of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,16 +31,6 @@ pub struct Change {
     pub revision: u64,
 }
 
-/// What a caller wants routed to.
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    pub agent_id: Option<String>,
-    pub agent_type: Option<String>,
-    pub capabilities: Vec<String>,
-    pub include_degraded: bool,
-    pub include_deprecated: bool,
-}
-
 #[derive(Debug)]
 struct ManifestInfo {
     agent_id: String,
@@ -65,7 +41,8 @@ struct ManifestInfo {
 }
 
 /// Ranks routable instances inside a configuration: healthy before degraded,
-/// fewer open leases (plus reported load) first, fewer recent failures first.
+/// fewer open leases first, fewer recent failures first. (The load agents
+/// report in heartbeats is not used yet.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Rank {
     degraded: bool,
@@ -79,8 +56,8 @@ struct Instance {
     registration: pb::Registration,
     health: HealthStatus,
     failures: i32,
-    /// Drained by an operator: active, but takes no new work.
-    drained: bool,
+    /// Takes new work (the row's `routable`: healthy or degraded, not drained).
+    routable: bool,
 }
 
 #[derive(Debug)]
@@ -111,14 +88,9 @@ impl ConfigState {
     }
 
     fn rank(&self, id: Uuid, leases: &HashMap<Uuid, i32>) -> Option<Rank> {
-        let instance = self.instances.get(&id).filter(|i| !i.drained)?;
-        let degraded = match instance.health {
-            HealthStatus::Healthy => false,
-            HealthStatus::Degraded => true,
-            _ => return None,
-        };
+        let instance = self.instances.get(&id).filter(|i| i.routable)?;
         Some(Rank {
-            degraded,
+            degraded: instance.health != HealthStatus::Healthy,
             busy: leases.get(&id).copied().unwrap_or(0),
             failures: instance.failures,
             id,
@@ -138,8 +110,7 @@ impl ConfigState {
         }
     }
 
-    fn insert_instance(&mut self, instance: Instance, leases: &HashMap<Uuid, i32>) {
-        let id = Uuid::try_parse(&instance.registration.id).unwrap_or_default();
+    fn insert_instance(&mut self, id: Uuid, instance: Instance, leases: &HashMap<Uuid, i32>) {
         self.remove_instance(id, leases);
         if instance.health == HealthStatus::Healthy {
             self.healthy += 1;
@@ -184,17 +155,6 @@ impl View {
             ready: watch::channel(false).0,
         }
     }
-}
-
-/// One notification of `agentry_changes`.
-#[derive(Debug, Deserialize)]
-struct Notice {
-    k: String,
-    id: Uuid,
-    t: Option<Uuid>,
-    w: Option<i32>,
-    d: Option<i32>,
-    op: Option<String>,
 }
 
 impl View {
@@ -248,39 +208,29 @@ impl View {
         });
     }
 
-    /// Replaces the whole view from the database.
-    pub async fn load_all(&self, pool: &PgPool) -> Result<()> {
-        let manifests = manifests::all(pool).await?;
-        let configs = configurations::all(pool).await?;
-        let instances = registrations::all_active(pool).await?;
-        let leases: Vec<(Uuid, Uuid, i64)> = sqlx::query_as(
-            "SELECT tenant_id, registration_id, count(*) FROM workload_leases WHERE released_at IS NULL GROUP BY 1, 2",
-        )
-        .fetch_all(pool)
-        .await?;
+    /// Replaces the whole view with `snapshot`.
+    pub fn load(&self, snapshot: &Snapshot) {
         let mut fresh = State::default();
-        for m in manifests {
+        for m in &snapshot.manifests {
             fresh.manifests.insert(m.id, manifest_info(m));
         }
-        for (tenant, registration, count) in leases {
-            fresh
-                .tenants
-                .entry(tenant)
-                .or_default()
-                .leases
-                .insert(registration, i32::try_from(count).unwrap_or(i32::MAX));
+        for l in &snapshot.open_leases {
+            fresh.tenants.entry(l.tenant_id).or_default().leases.insert(
+                l.registration_id,
+                i32::try_from(l.count).unwrap_or(i32::MAX),
+            );
         }
-        for c in configs {
+        for c in &snapshot.configurations {
             fresh
                 .tenants
                 .entry(c.tenant_id)
                 .or_default()
                 .configs
-                .insert(c.id, ConfigState::new(c));
+                .insert(c.id, ConfigState::new(c.clone()));
         }
-        for r in instances {
+        for r in &snapshot.registrations {
             let tenant = fresh.tenants.entry(r.tenant_id).or_default();
-            place_instance(tenant, r);
+            place_instance(tenant, r.clone());
         }
         let tenants: Vec<Uuid> = fresh.tenants.keys().copied().collect();
         let mut state = self.write();
@@ -291,40 +241,45 @@ impl View {
         }
         drop(state);
         self.ready.send_replace(true);
-        Ok(())
     }
 
-    /// Applies one notification, reading the changed row where needed;
-    /// changed registrations come read already, in `registrations`.
-    async fn apply(
-        &self,
-        pool: &PgPool,
-        sessions: &Sessions,
-        notice: Notice,
-        registrations: &HashMap<Uuid, RegistrationRow>,
-    ) -> Result<()> {
-        match (notice.k.as_str(), notice.t) {
-            ("w", Some(tenant)) => {
-                let mut state = self.write();
+    /// Applies a burst of changes under one write lock.
+    pub fn apply(&self, updates: &[Update]) {
+        let mut state = self.write();
+        for update in updates {
+            self.apply_one(&mut state, update);
+        }
+    }
+
+    fn apply_one(&self, state: &mut State, update: &Update) {
+        match update {
+            Update::Workload {
+                tenant,
+                configuration,
+                current_workload,
+            } => {
                 let config = state
                     .tenants
-                    .get_mut(&tenant)
-                    .and_then(|t| t.configs.get_mut(&notice.id));
-                if let (Some(config), Some(w)) = (config, notice.w) {
-                    config.configuration.current_workload = w;
-                    self.publish(&mut state, tenant, Some(notice.id));
+                    .get_mut(tenant)
+                    .and_then(|t| t.configs.get_mut(configuration));
+                if let Some(config) = config {
+                    config.configuration.current_workload = *current_workload;
+                    self.publish(state, *tenant, Some(*configuration));
                 }
             }
-            ("l", Some(tenant)) => {
-                let mut state = self.write();
-                let t = state.tenants.entry(tenant).or_default();
-                let config = t.instance_config.get(&notice.id).copied();
+            Update::Leases {
+                tenant,
+                registration,
+                delta,
+            } => {
+                let t = state.tenants.entry(*tenant).or_default();
+                let config = t.instance_config.get(registration).copied();
                 let old = config
                     .and_then(|c| t.configs.get(&c))
-                    .and_then(|c| c.rank(notice.id, &t.leases));
-                *t.leases.entry(notice.id).or_default() += notice.d.unwrap_or(0);
-                if t.leases.get(&notice.id).is_some_and(|n| *n <= 0) {
-                    t.leases.remove(&notice.id);
+                    .and_then(|c| c.rank(*registration, &t.leases));
+                *t.leases.entry(*registration).or_default() += delta;
+                if t.leases.get(registration).is_some_and(|n| *n <= 0) {
+                    t.leases.remove(registration);
                 }
                 if let (Some(config), Some(old)) = (config, old) {
                     let TenantState {
@@ -332,118 +287,75 @@ impl View {
                     } = t;
                     if let Some(c) = configs.get_mut(&config) {
                         c.ranked.remove(&old);
-                        if let Some(new) = c.rank(notice.id, leases) {
+                        if let Some(new) = c.rank(*registration, leases) {
                             c.ranked.insert(new);
                         }
                     }
-                    self.publish(&mut state, tenant, Some(config));
+                    self.publish(state, *tenant, Some(config));
                 }
             }
-            ("c", Some(tenant)) => {
-                let row = match configurations::get(pool, Some(tenant), notice.id, false).await {
-                    Ok(row) => Some(row),
-                    Err(Error::NotFound(_)) => None,
-                    Err(e) => return Err(e),
-                };
-                if let Some(row) = &row {
-                    self.ensure_manifest(pool, row.manifest_id).await?;
-                }
-                let changed: Option<pb::Configuration> = {
-                    let mut state = self.write();
-                    let t = state.tenants.entry(tenant).or_default();
-                    let pushed = match row {
-                        Some(row) => {
-                            let configuration: pb::Configuration = row.clone().into();
-                            match t.configs.get_mut(&notice.id) {
-                                Some(c) => {
-                                    c.configuration = configuration.clone();
-                                    c.manifest_id = row.manifest_id;
-                                }
-                                None => {
-                                    t.configs.insert(notice.id, ConfigState::new(row));
-                                }
-                            }
-                            Some(configuration)
+            Update::Configuration {
+                tenant, id, row, ..
+            } => {
+                let t = state.tenants.entry(*tenant).or_default();
+                match row {
+                    Some(row) => match t.configs.get_mut(id) {
+                        Some(c) => {
+                            c.configuration = row.clone().into();
+                            c.manifest_id = row.manifest_id;
                         }
                         None => {
-                            if let Some(gone) = t.configs.remove(&notice.id) {
-                                for id in gone.instances.keys() {
-                                    t.instance_config.remove(id);
-                                }
-                            }
-                            None
+                            t.configs.insert(*id, ConfigState::new(row.clone()));
                         }
-                    };
-                    self.publish(&mut state, tenant, Some(notice.id));
-                    pushed.filter(|_| notice.op.as_deref() == Some("UPDATE"))
-                };
-                // Agents whose stream this replica holds hear about their configuration.
-                if let Some(configuration) = changed {
-                    sessions.configuration_changed(&configuration);
+                    },
+                    None => {
+                        if let Some(gone) = t.configs.remove(id) {
+                            for instance in gone.instances.keys() {
+                                t.instance_config.remove(instance);
+                            }
+                        }
+                    }
                 }
+                self.publish(state, *tenant, Some(*id));
             }
-            ("r", Some(tenant)) => {
-                let row = registrations
-                    .get(&notice.id)
-                    .filter(|r| r.tenant_id == tenant)
-                    .cloned();
-                let mut state = self.write();
-                let t = state.tenants.entry(tenant).or_default();
+            Update::Registration { tenant, id, row } => {
+                let t = state.tenants.entry(*tenant).or_default();
                 let mut touched = vec![];
-                if let Some(old) = t.instance_config.remove(&notice.id) {
+                if let Some(old) = t.instance_config.remove(id) {
                     let TenantState {
                         configs, leases, ..
                     } = &mut *t;
                     if let Some(c) = configs.get_mut(&old) {
-                        c.remove_instance(notice.id, leases);
+                        c.remove_instance(*id, leases);
                     }
                     touched.push(old);
                 }
-                if let Some(row) = row.filter(|r| r.registration_status == "active") {
-                    if row.drain_time.is_some() {
-                        sessions.drain(row.id, row.epoch, &row.drain_reason);
-                    }
+                if let Some(row) = row.as_ref().filter(|r| r.registration_status == "active") {
                     touched.push(row.configuration_id);
-                    place_instance(t, row);
+                    place_instance(t, row.clone());
                 }
                 touched.dedup();
                 for config in touched {
-                    self.publish(&mut state, tenant, Some(config));
+                    self.publish(state, *tenant, Some(config));
                 }
             }
-            ("m", _) => {
-                let row = match manifests::get(pool, &ManifestKey::Id(notice.id), false).await {
-                    Ok(row) => Some(row),
-                    Err(Error::NotFound(_)) => None,
-                    Err(e) => return Err(e),
-                };
-                let mut state = self.write();
+            Update::Manifest { id, row } => {
                 match row {
-                    Some(row) => state.manifests.insert(notice.id, manifest_info(row)),
-                    None => state.manifests.remove(&notice.id),
+                    Some(row) => state.manifests.insert(*id, manifest_info(row)),
+                    None => state.manifests.remove(id),
                 };
                 let affected: Vec<Uuid> = state
                     .tenants
                     .iter()
-                    .filter(|(_, t)| t.configs.values().any(|c| c.manifest_id == notice.id))
+                    .filter(|(_, t)| t.configs.values().any(|c| c.manifest_id == *id))
                     .map(|(id, _)| *id)
                     .collect();
                 for tenant in affected {
-                    self.publish(&mut state, tenant, None);
+                    self.publish(state, tenant, None);
                 }
             }
-            _ => tracing::debug!(kind = %notice.k, "ignored change notification"),
+            Update::ApiKey { .. } => {}
         }
-        Ok(())
-    }
-
-    async fn ensure_manifest(&self, pool: &PgPool, id: Uuid) -> Result<()> {
-        if self.read().manifests.contains_key(&id) {
-            return Ok(());
-        }
-        let row = manifests::get(pool, &ManifestKey::Id(id), false).await?;
-        self.write().manifests.insert(id, manifest_info(row));
-        Ok(())
     }
 
     /// The tenant's available agents, best score first, at most `limit`.
@@ -491,6 +403,34 @@ impl View {
                 Some(EncodedAgent { body, score })
             })
             .collect()
+    }
+
+    /// The (configuration, instance) ids of the tenant's available agents,
+    /// best score first, at most `limit`: what an acquire offers the lease
+    /// writer, without building any answer.
+    pub fn candidates(&self, tenant: Uuid, filter: &Filter, limit: usize) -> Vec<(Uuid, Uuid)> {
+        let state = self.read();
+        let Some(t) = state.tenants.get(&tenant) else {
+            return Vec::new();
+        };
+        select(&state, t, filter, limit)
+            .into_iter()
+            .filter_map(|(_, id)| Some((id, t.configs.get(&id)?.ranked.first()?.id)))
+            .collect()
+    }
+
+    /// The configuration and instance of a lease as the view knows them now,
+    /// if it still holds both.
+    pub fn leased(
+        &self,
+        tenant: Uuid,
+        configuration: Uuid,
+        instance: Uuid,
+    ) -> Option<(pb::Configuration, pb::Registration)> {
+        let state = self.read();
+        let c = state.tenants.get(&tenant)?.configs.get(&configuration)?;
+        let i = c.instances.get(&instance)?;
+        Some((c.configuration.clone(), i.registration.clone()))
     }
 
     /// One configuration's entry, if it is available under `filter`
@@ -596,13 +536,13 @@ fn entry(state: &State, t: &TenantState, id: Uuid, score: f64) -> Option<pb::Ava
     })
 }
 
-fn manifest_info(m: ManifestRow) -> ManifestInfo {
+fn manifest_info(m: &ManifestRow) -> ManifestInfo {
     ManifestInfo {
-        agent_id: m.agent_id,
-        agent_type: m.agent_type,
-        version: m.version,
-        capabilities: m.capabilities.0,
-        status: m.status,
+        agent_id: m.agent_id.clone(),
+        agent_type: m.agent_type.clone(),
+        version: m.version.clone(),
+        capabilities: m.capabilities.0.clone(),
+        status: m.status.clone(),
     }
 }
 
@@ -611,7 +551,7 @@ fn place_instance(t: &mut TenantState, r: RegistrationRow) {
     let instance = Instance {
         health: HealthStatus::from_db_name(&r.health_status),
         failures: r.failure_count,
-        drained: r.drain_time.is_some(),
+        routable: r.routable,
         registration: r.into(),
     };
     let TenantState {
@@ -620,87 +560,17 @@ fn place_instance(t: &mut TenantState, r: RegistrationRow) {
         leases,
     } = t;
     if let Some(c) = configs.get_mut(&config) {
-        c.insert_instance(instance, leases);
+        c.insert_instance(id, instance, leases);
         instance_config.insert(id, config);
     }
 }
 
-/// Keeps the view (and the key cache) current from `agentry_changes` until `stopping` turns true.
-pub async fn follow(ctx: Context, mut stopping: watch::Receiver<bool>) {
-    loop {
-        match listen_once(&ctx, &mut stopping).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "availability view lost its change feed; reloading");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    _ = stopping.wait_for(|s| *s) => return,
-                }
-            }
-        }
+impl Follower for View {
+    fn reset(&self, snapshot: &Snapshot) {
+        self.load(snapshot);
     }
-}
 
-async fn listen_once(ctx: &Context, stopping: &mut watch::Receiver<bool>) -> Result<()> {
-    let (view, pool) = (&ctx.view, &ctx.pool);
-    let mut listener = PgListener::connect_with(pool).await?;
-    // Listen first, then load: nothing that commits in between is missed.
-    listener.listen(CHANNEL).await?;
-    ctx.auth.forget_all();
-    view.load_all(pool).await?;
-    loop {
-        let notification = tokio::select! {
-            n = listener.try_recv() => n?,
-            _ = stopping.wait_for(|s| *s) => return Ok(()),
-        };
-        let Some(first) = notification else {
-            // The connection dropped: notifications may be lost.
-            return Err(Error::Internal("change feed connection lost".into()));
-        };
-        // Whatever else has arrived is applied with it, and the registrations
-        // it names are read in one statement: a sweep or a fleet's reconnect
-        // changes thousands at once, and one read each would queue on the pool.
-        let mut notices = Vec::new();
-        let mut next = Some(first);
-        while let Some(notification) = next {
-            match serde_json::from_str::<Notice>(notification.payload()) {
-                Ok(notice) if notice.k == "k" => ctx.auth.forget(notice.id),
-                Ok(notice) => notices.push(notice),
-                Err(e) => tracing::warn!(error = %e, "malformed change notification"),
-            }
-            next = (notices.len() < FEED_BATCH)
-                .then(|| listener.next_buffered())
-                .flatten();
-        }
-        if let Err(e) = apply_all(ctx, notices).await {
-            tracing::warn!(error = %e, "could not apply changes; reloading the view");
-            view.load_all(pool).await?;
-        }
+    fn apply(&self, updates: &[Update]) {
+        View::apply(self, updates);
     }
-}
-
-/// Applies notifications in order, reading the registrations they name first.
-async fn apply_all(ctx: &Context, notices: Vec<Notice>) -> Result<()> {
-    let mut ids: Vec<Uuid> = notices
-        .iter()
-        .filter(|n| n.k == "r")
-        .map(|n| n.id)
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let registrations: HashMap<Uuid, RegistrationRow> = if ids.is_empty() {
-        HashMap::new()
-    } else {
-        registrations::get_many(&ctx.pool, &ids)
-            .await?
-            .into_iter()
-            .map(|r| (r.id, r))
-            .collect()
-    };
-    for notice in notices {
-        ctx.view
-            .apply(&ctx.pool, &ctx.sessions, notice, &registrations)
-            .await?;
-    }
-    Ok(())
 }

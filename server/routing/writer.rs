@@ -7,13 +7,14 @@
 //! commits of all notifying transactions anyway: about a thousand changes a
 //! second, whatever the number of callers. So this server hands them to one
 //! task that applies everything queued as one call of the SQL function
-//! `agentry_lease_batch` (migration 0007): one statement, so one round trip
+//! `agentry_lease_batch` (migration 0008): one statement, so one round trip
 //! and one commit answer the whole batch. Inside it the configuration rows
 //! are locked in id order and the grants are decided against the locked
 //! values, so `current_workload` never passes `max_workload`, on any number
 //! of replicas.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -22,7 +23,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::store::LeaseRow;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, sqlstate};
 
 /// Operations one transaction takes at most.
 const MAX_BATCH: usize = 512;
@@ -68,9 +69,12 @@ enum Op {
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Transactions the writer committed.
-    pub batches: std::sync::atomic::AtomicU64,
+    pub batches: AtomicU64,
     /// Operations those transactions carried.
-    pub operations: std::sync::atomic::AtomicU64,
+    pub operations: AtomicU64,
+    /// Units released that a configuration's counter did not hold (drift:
+    /// the counter was changed behind the leases' back).
+    pub drifted_units: AtomicU64,
 }
 
 /// The handle services use; [`LeaseWriter::run`] is the task behind it.
@@ -137,8 +141,16 @@ impl LeaseWriter {
             let result = apply_with_retry(&pool, &ops).await;
             tracing::debug!(operations = count, elapsed = ?started.elapsed(), ok = result.is_ok(), "lease batch");
             match result {
-                Ok(outcomes) => {
-                    use std::sync::atomic::Ordering::Relaxed;
+                Ok((outcomes, drift)) => {
+                    for (configuration, units) in drift {
+                        self.stats
+                            .drifted_units
+                            .fetch_add(u64::from(units.unsigned_abs()), Relaxed);
+                        tracing::error!(
+                            %configuration, units,
+                            "workload counter drift: releases gave back units the counter did not hold; set to 0"
+                        );
+                    }
                     self.stats.batches.fetch_add(1, Relaxed);
                     self.stats.operations.fetch_add(count as u64, Relaxed);
                     for (op, outcome) in ops.drain(..).zip(outcomes) {
@@ -188,13 +200,17 @@ fn answer(op: Op, outcome: Outcome) {
     }
 }
 
-async fn apply_with_retry(pool: &PgPool, ops: &[Op]) -> Result<Vec<Outcome>, sqlx::Error> {
+/// The outcome of each op, in order, and the configurations whose counter drifted.
+type Applied = (Vec<Outcome>, Vec<(Uuid, i32)>);
+
+async fn apply_with_retry(pool: &PgPool, ops: &[Op]) -> Result<Applied, sqlx::Error> {
     let mut tries = 0;
     loop {
         tries += 1;
         match apply(pool, ops).await {
             Err(sqlx::Error::Database(e))
-                if e.code().as_deref() == Some("40P01") && tries < DEADLOCK_TRIES =>
+                if e.code().as_deref() == Some(sqlstate::DEADLOCK_DETECTED)
+                    && tries < DEADLOCK_TRIES =>
             {
                 tracing::info!("lease batch chosen as a deadlock victim; trying again");
                 tokio::time::sleep(Duration::from_millis(fastrand::u64(1..20))).await;
@@ -204,23 +220,58 @@ async fn apply_with_retry(pool: &PgPool, ops: &[Op]) -> Result<Vec<Outcome>, sql
     }
 }
 
-/// One row of `agentry_lease_batch`: a released lease, or a grant.
-type BatchRow = (
-    Uuid,
-    Option<i32>,
-    Option<i32>,
-    Option<i64>,
-    Option<i32>,
-    Option<DateTime<Utc>>,
-    Option<DateTime<Utc>>,
-);
+// The derives also give each type its array type (`_agentry_lease_release`...).
+
+/// `agentry_lease_release`: a lease to give back.
+#[derive(Debug, sqlx::Type)]
+#[sqlx(type_name = "agentry_lease_release")]
+struct ReleaseArg {
+    lease_id: Uuid,
+    tenant_id: Uuid,
+    outcome: String,
+}
+
+/// `agentry_lease_reservation`: a unit wanted, and the id its lease gets.
+#[derive(Debug, sqlx::Type)]
+#[sqlx(type_name = "agentry_lease_reservation")]
+struct ReservationArg {
+    lease_id: Uuid,
+    tenant_id: Uuid,
+    ttl_ms: i64,
+}
+
+/// `agentry_lease_candidate`: an instance a reservation would take.
+#[derive(Debug, sqlx::Type)]
+#[sqlx(type_name = "agentry_lease_candidate")]
+struct CandidateArg {
+    reservation: i32,
+    configuration_id: Uuid,
+    registration_id: Uuid,
+}
+
+/// One row of `agentry_lease_batch`.
+#[derive(Debug, sqlx::FromRow)]
+struct BatchRow {
+    kind: String,
+    lease_id: Option<Uuid>,
+    reservation: Option<i32>,
+    candidate: Option<i32>,
+    configuration_id: Option<Uuid>,
+    epoch: Option<i64>,
+    workload: Option<i32>,
+    acquired_at: Option<DateTime<Utc>>,
+    expires_at: Option<DateTime<Utc>>,
+    drift: Option<i32>,
+}
+
+fn malformed(what: &str) -> sqlx::Error {
+    sqlx::Error::Protocol(format!("lease batch: {what}"))
+}
 
 /// Decides and writes one batch: one call of `agentry_lease_batch`
-/// (migration 0007), a single atomic statement, so one round trip.
-async fn apply(pool: &PgPool, ops: &[Op]) -> Result<Vec<Outcome>, sqlx::Error> {
-    let (mut rel_ids, mut rel_tenants, mut rel_outcomes) = (vec![], vec![], vec![]);
-    let (mut res_tenants, mut res_ttls, mut res_leases) = (vec![], vec![], vec![]);
-    let (mut cand_res, mut cand_configs, mut cand_regs) = (vec![], vec![], vec![]);
+/// (migration 0008), a single atomic statement, so one round trip.
+async fn apply(pool: &PgPool, ops: &[Op]) -> Result<Applied, sqlx::Error> {
+    let (mut releases, mut reservations, mut candidates) = (vec![], vec![], vec![]);
     // Which op each reservation index answers.
     let mut reservation_ops = vec![];
     for (index, op) in ops.iter().enumerate() {
@@ -230,68 +281,87 @@ async fn apply(pool: &PgPool, ops: &[Op]) -> Result<Vec<Outcome>, sqlx::Error> {
                 id,
                 outcome,
                 ..
-            } => {
-                rel_ids.push(*id);
-                rel_tenants.push(*tenant);
-                rel_outcomes.push(*outcome);
-            }
+            } => releases.push(ReleaseArg {
+                lease_id: *id,
+                tenant_id: *tenant,
+                outcome: (*outcome).to_owned(),
+            }),
             Op::Reserve(r, _) => {
                 let n = i32::try_from(reservation_ops.len()).unwrap_or(i32::MAX);
                 reservation_ops.push(index);
-                res_tenants.push(r.tenant);
-                res_ttls.push(r.ttl_ms);
-                res_leases.push(Uuid::new_v4());
+                reservations.push(ReservationArg {
+                    lease_id: Uuid::new_v4(),
+                    tenant_id: r.tenant,
+                    ttl_ms: r.ttl_ms,
+                });
                 for (configuration, registration) in &r.candidates {
-                    cand_res.push(n);
-                    cand_configs.push(*configuration);
-                    cand_regs.push(*registration);
+                    candidates.push(CandidateArg {
+                        reservation: n,
+                        configuration_id: *configuration,
+                        registration_id: *registration,
+                    });
                 }
             }
         }
     }
-    let rows: Vec<BatchRow> =
-        sqlx::query_as("SELECT * FROM agentry_lease_batch($1, $2, $3, $4, $5, $6, $7, $8, $9)")
-            .bind(&rel_ids)
-            .bind(&rel_tenants)
-            .bind(&rel_outcomes)
-            .bind(&res_tenants)
-            .bind(&res_ttls)
-            .bind(&res_leases)
-            .bind(&cand_res)
-            .bind(&cand_configs)
-            .bind(&cand_regs)
-            .fetch_all(pool)
-            .await?;
+    let rows: Vec<BatchRow> = sqlx::query_as("SELECT * FROM agentry_lease_batch($1, $2, $3)")
+        .bind(&releases)
+        .bind(&reservations)
+        .bind(&candidates)
+        .fetch_all(pool)
+        .await?;
 
     let mut outcomes: Vec<Option<Outcome>> = ops.iter().map(|_| None).collect();
     let mut released = HashSet::new();
+    let mut drift = Vec::new();
     for row in rows {
-        match row {
-            (id, None, ..) => {
-                released.insert(id);
+        match row.kind.as_str() {
+            "released" => {
+                released.insert(
+                    row.lease_id
+                        .ok_or_else(|| malformed("release without id"))?,
+                );
             }
-            (
-                id,
-                Some(reservation),
-                Some(candidate),
-                Some(epoch),
-                Some(workload),
-                Some(acquired_at),
-                Some(expires_at),
-            ) => {
-                let res = usize::try_from(reservation).unwrap_or(usize::MAX);
-                let op = reservation_ops
-                    .get(res)
-                    .copied()
-                    .ok_or_else(|| sqlx::Error::Protocol("a grant names no reservation".into()))?;
+            "drift" => drift.push((
+                row.configuration_id
+                    .ok_or_else(|| malformed("drift without configuration"))?,
+                row.drift.unwrap_or(0),
+            )),
+            "granted" => {
+                let (
+                    Some(id),
+                    Some(reservation),
+                    Some(candidate),
+                    Some(configuration_id),
+                    Some(epoch),
+                    Some(workload),
+                    Some(acquired_at),
+                    Some(expires_at),
+                ) = (
+                    row.lease_id,
+                    row.reservation,
+                    row.candidate,
+                    row.configuration_id,
+                    row.epoch,
+                    row.workload,
+                    row.acquired_at,
+                    row.expires_at,
+                )
+                else {
+                    return Err(malformed("incomplete grant"));
+                };
+                let op = usize::try_from(reservation)
+                    .ok()
+                    .and_then(|r| reservation_ops.get(r).copied())
+                    .ok_or_else(|| malformed("a grant names no reservation"))?;
                 let Op::Reserve(r, _) = &ops[op] else {
-                    return Err(sqlx::Error::Protocol("a grant names a release".into()));
+                    return Err(malformed("a grant names a release"));
                 };
                 let candidate = usize::try_from(candidate).unwrap_or(usize::MAX);
-                let (configuration_id, registration_id) = *r
+                let (_, registration_id) = *r
                     .candidates
                     .get(candidate)
-                    .ok_or_else(|| sqlx::Error::Protocol("a grant names no candidate".into()))?;
+                    .ok_or_else(|| malformed("a grant names no candidate"))?;
                 outcomes[op] = Some(Outcome::Reserved(Some(Grant {
                     candidate,
                     current_workload: workload,
@@ -309,7 +379,7 @@ async fn apply(pool: &PgPool, ops: &[Op]) -> Result<Vec<Outcome>, sqlx::Error> {
                     },
                 })));
             }
-            _ => return Err(sqlx::Error::Protocol("malformed lease batch row".into())),
+            other => return Err(malformed(&format!("unknown row kind {other:?}"))),
         }
     }
     for (op, outcome) in ops.iter().zip(&mut outcomes) {
@@ -320,5 +390,5 @@ async fn apply(pool: &PgPool, ops: &[Op]) -> Result<Vec<Outcome>, sqlx::Error> {
             Op::Reserve(..) => {}
         }
     }
-    Ok(outcomes.into_iter().flatten().collect())
+    Ok((outcomes.into_iter().flatten().collect(), drift))
 }

@@ -10,6 +10,7 @@ mod generated {
 pub use generated::*;
 
 pub mod codec;
+pub mod encoded;
 
 /// Encoded descriptor set of the API, served by reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

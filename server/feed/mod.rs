@@ -1,0 +1,259 @@
+//! The change feed: how committed database changes reach every replica.
+//!
+//! Triggers (migrations 0003-0008) `NOTIFY agentry_changes` on every change
+//! of a configuration, registration, manifest, lease or API key, whichever
+//! replica made it; heartbeat-only writes notify nobody. Each replica runs
+//! one [`Feed`]: it LISTENs, then reads a [`Snapshot`], then turns every
+//! burst of notifications into [`Update`]s, reading the rows they name in one
+//! statement per kind, and hands them to its [`Follower`]s: the routing view,
+//! the authenticator's key cache and the health-stream sessions. When the
+//! listening connection drops, notifications may have been lost, so the feed
+//! reconnects and every follower starts over from a fresh snapshot.
+
+mod change;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+pub use change::{Change, Op};
+
+use crate::configurations::store::{self as configurations, ConfigurationRow};
+use crate::error::{Error, Result};
+use crate::manifests::store::{self as manifests, ManifestRow};
+use crate::registrations::store::{self as registrations, RegistrationRow};
+use crate::routing::store::{self as leases, OpenLeases};
+
+/// The channel the triggers notify.
+pub const CHANNEL: &str = "agentry_changes";
+/// Notifications applied together at most.
+const BURST: usize = 1000;
+/// Pause before reconnecting a lost feed.
+const RECONNECT_DELAY: Duration = Duration::from_millis(500);
+
+/// What followers start from when the feed (re)connects.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Every manifest.
+    pub manifests: Vec<ManifestRow>,
+    /// Every configuration of every tenant.
+    pub configurations: Vec<ConfigurationRow>,
+    /// Every active registration.
+    pub registrations: Vec<RegistrationRow>,
+    /// Open leases per instance.
+    pub open_leases: Vec<OpenLeases>,
+}
+
+/// One change with the row it names, read after the change committed
+/// (`None`: the row is gone, or not the notified tenant's).
+#[derive(Debug, Clone)]
+pub enum Update {
+    /// A configuration was created, changed or deleted.
+    Configuration {
+        tenant: Uuid,
+        id: Uuid,
+        op: Op,
+        row: Option<ConfigurationRow>,
+    },
+    /// Only a configuration's workload counter changed.
+    Workload {
+        tenant: Uuid,
+        configuration: Uuid,
+        current_workload: i32,
+    },
+    /// A registration changed as routing sees it.
+    Registration {
+        tenant: Uuid,
+        id: Uuid,
+        row: Option<RegistrationRow>,
+    },
+    /// A manifest was created, changed or deleted.
+    Manifest { id: Uuid, row: Option<ManifestRow> },
+    /// An instance's open leases changed by `delta`.
+    Leases {
+        tenant: Uuid,
+        registration: Uuid,
+        delta: i32,
+    },
+    /// An API key was revoked or deleted.
+    ApiKey { id: Uuid },
+}
+
+/// A part of the server kept current by the feed. Each takes what concerns it.
+pub trait Follower: Send + Sync + std::fmt::Debug {
+    /// The feed (re)connected and changes may have been missed: start over.
+    fn reset(&self, snapshot: &Snapshot);
+    /// A burst of changes, in commit order.
+    fn apply(&self, updates: &[Update]);
+}
+
+/// The LISTEN loop of one replica.
+#[derive(Debug)]
+pub struct Feed {
+    pool: PgPool,
+    followers: Vec<Arc<dyn Follower>>,
+}
+
+impl Feed {
+    /// A feed over `pool` with no followers yet.
+    pub fn new(pool: PgPool) -> Self {
+        Feed {
+            pool,
+            followers: Vec::new(),
+        }
+    }
+
+    /// Adds a follower; followers hear every burst in the order they were added.
+    pub fn with(mut self, follower: Arc<dyn Follower>) -> Self {
+        self.followers.push(follower);
+        self
+    }
+
+    /// Follows the database until `stopping` turns true, reconnecting and
+    /// starting over whenever the listening connection is lost.
+    pub async fn run(self, mut stopping: watch::Receiver<bool>) {
+        loop {
+            match self.listen_once(&mut stopping).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "change feed lost; reconnecting and reloading");
+                    tokio::select! {
+                        () = tokio::time::sleep(RECONNECT_DELAY) => {}
+                        _ = stopping.wait_for(|s| *s) => return,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn listen_once(&self, stopping: &mut watch::Receiver<bool>) -> Result<()> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        // Listen first, then load: nothing that commits in between is missed.
+        listener.listen(CHANNEL).await?;
+        let snapshot = snapshot(&self.pool).await?;
+        for follower in &self.followers {
+            follower.reset(&snapshot);
+        }
+        drop(snapshot);
+        loop {
+            let notification = tokio::select! {
+                n = listener.try_recv() => n?,
+                _ = stopping.wait_for(|s| *s) => return Ok(()),
+            };
+            let Some(first) = notification else {
+                return Err(Error::Internal("change feed connection lost".into()));
+            };
+            // Whatever else has arrived is applied with it: a sweep or a
+            // fleet's reconnect changes thousands of rows at once, and one
+            // read per change would queue on the pool.
+            let mut changes = Vec::new();
+            let mut next = Some(first);
+            while let Some(notification) = next {
+                match Change::decode(notification.payload()) {
+                    Ok(change) => changes.push(change),
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        payload = notification.payload(),
+                        "malformed change notification"
+                    ),
+                }
+                next = (changes.len() < BURST)
+                    .then(|| listener.next_buffered())
+                    .flatten();
+            }
+            let updates = resolve(&self.pool, changes).await?;
+            for follower in &self.followers {
+                follower.apply(&updates);
+            }
+        }
+    }
+}
+
+async fn snapshot(pool: &PgPool) -> Result<Snapshot> {
+    Ok(Snapshot {
+        manifests: manifests::all(pool).await?,
+        configurations: configurations::all(pool).await?,
+        registrations: registrations::all_active(pool).await?,
+        open_leases: leases::open_leases(pool).await?,
+    })
+}
+
+/// Reads the rows `changes` name, one statement per kind of row.
+async fn resolve(pool: &PgPool, changes: Vec<Change>) -> Result<Vec<Update>> {
+    let mut wanted = (Vec::new(), Vec::new(), Vec::new());
+    for change in &changes {
+        match change {
+            Change::Configuration { id, .. } => wanted.0.push(*id),
+            Change::Registration { id, .. } => wanted.1.push(*id),
+            Change::Manifest { id } => wanted.2.push(*id),
+            _ => {}
+        }
+    }
+    let by_id = |ids: &mut Vec<Uuid>| {
+        ids.sort_unstable();
+        ids.dedup();
+        !ids.is_empty()
+    };
+    let mut configs: HashMap<Uuid, ConfigurationRow> = HashMap::new();
+    if by_id(&mut wanted.0) {
+        for row in configurations::get_many(pool, &wanted.0).await? {
+            configs.insert(row.id, row);
+        }
+    }
+    let mut regs: HashMap<Uuid, RegistrationRow> = HashMap::new();
+    if by_id(&mut wanted.1) {
+        for row in registrations::get_many(pool, &wanted.1).await? {
+            regs.insert(row.id, row);
+        }
+    }
+    let mut mans: HashMap<Uuid, ManifestRow> = HashMap::new();
+    if by_id(&mut wanted.2) {
+        for row in manifests::get_many(pool, &wanted.2).await? {
+            mans.insert(row.id, row);
+        }
+    }
+    Ok(changes
+        .into_iter()
+        .map(|change| match change {
+            Change::Configuration { op, id, tenant } => Update::Configuration {
+                tenant,
+                id,
+                op,
+                row: configs.get(&id).filter(|r| r.tenant_id == tenant).cloned(),
+            },
+            Change::Workload {
+                configuration,
+                tenant,
+                current_workload,
+            } => Update::Workload {
+                tenant,
+                configuration,
+                current_workload,
+            },
+            Change::Registration { id, tenant } => Update::Registration {
+                tenant,
+                id,
+                row: regs.get(&id).filter(|r| r.tenant_id == tenant).cloned(),
+            },
+            Change::Manifest { id } => Update::Manifest {
+                id,
+                row: mans.get(&id).cloned(),
+            },
+            Change::Leases {
+                registration,
+                tenant,
+                delta,
+            } => Update::Leases {
+                tenant,
+                registration,
+                delta,
+            },
+            Change::ApiKey { id } => Update::ApiKey { id },
+        })
+        .collect())
+}

@@ -1,0 +1,79 @@
+//! The heartbeat writer: persists the last-seen times of all this server's
+//! health streams in one statement per flush interval, whatever the number
+//! of agents. Heartbeats are acknowledged from memory (`sessions`); a write
+//! that fails leaves them dirty for the next interval, and a restart loses at
+//! most one interval of timestamps.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::sessions::Sessions;
+use super::store;
+use crate::error::Result;
+
+/// Writes the heartbeat times that `sessions` noted.
+#[derive(Debug, Clone)]
+pub struct HeartbeatWriter {
+    pool: PgPool,
+    sessions: Arc<Sessions>,
+}
+
+impl HeartbeatWriter {
+    /// A writer of `sessions`' heartbeats into `pool`.
+    pub fn new(pool: PgPool, sessions: Arc<Sessions>) -> Self {
+        HeartbeatWriter { pool, sessions }
+    }
+
+    /// Persists the times noted since the previous flush, in one statement.
+    /// Sessions whose row was fenced (a newer epoch elsewhere, or
+    /// deactivated) are closed. Returns the rows written.
+    pub async fn flush(&self) -> Result<usize> {
+        let dirty = self.sessions.take_dirty();
+        if dirty.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<Uuid> = dirty.iter().map(|d| d.0).collect();
+        let epochs: Vec<i64> = dirty.iter().map(|d| d.1).collect();
+        let seen: Vec<_> = dirty.iter().map(|d| d.2).collect();
+        let updated = match store::touch_many(&self.pool, &ids, &epochs, &seen).await {
+            Ok(updated) => updated,
+            Err(e) => {
+                self.sessions.mark_dirty(&ids);
+                return Err(e);
+            }
+        };
+        let stats = &self.sessions.stats;
+        stats.heartbeat_flushes.fetch_add(1, Ordering::Relaxed);
+        stats
+            .heartbeat_rows
+            .fetch_add(updated.len() as u64, Ordering::Relaxed);
+        if updated.len() < ids.len() {
+            let updated: HashSet<Uuid> = updated.into_iter().collect();
+            let fenced: Vec<Uuid> = ids.into_iter().filter(|id| !updated.contains(id)).collect();
+            self.sessions.close_fenced(&fenced);
+            return Ok(updated.len());
+        }
+        Ok(updated.len())
+    }
+
+    /// Flushes every `interval` until `stopping` turns true.
+    pub async fn run(&self, interval: Duration, mut stopping: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+            if let Err(e) = self.flush().await {
+                tracing::warn!(error = %e, "heartbeat flush failed; retrying next interval");
+            }
+        }
+    }
+}

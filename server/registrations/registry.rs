@@ -1,0 +1,69 @@
+//! Registering instances and applying fenced changes to them, for the
+//! unary RPCs and the health stream alike: the database row first, then this
+//! server's own session of the instance (superseded or closed at once; other
+//! replicas' sessions are fenced by epoch when they next write).
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::sessions::{Control, Sessions};
+use super::store::{self, Announcement, RegistrationKey, RegistrationRow, Transition};
+use crate::error::Result;
+
+/// Registers instances and changes their state.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    pool: PgPool,
+    sessions: Arc<Sessions>,
+    create_unknown_manifests: bool,
+}
+
+impl Registry {
+    /// A registry writing to `pool` and fencing `sessions`. With
+    /// `create_unknown_manifests`, a registration of an unknown agent_id
+    /// creates a placeholder manifest.
+    pub fn new(pool: PgPool, sessions: Arc<Sessions>, create_unknown_manifests: bool) -> Self {
+        Registry {
+            pool,
+            sessions,
+            create_unknown_manifests,
+        }
+    }
+
+    /// Registers (or re-registers) an instance with a new epoch, and fences
+    /// off its older session here. Returns the row and whether it was created.
+    pub async fn register(
+        &self,
+        tenant: Uuid,
+        a: &Announcement,
+    ) -> Result<(RegistrationRow, bool)> {
+        let (row, created) =
+            store::register(&self.pool, tenant, a, self.create_unknown_manifests).await?;
+        self.sessions.supersede_older(row.id, row.epoch);
+        tracing::info!(registration = %row.id, epoch = row.epoch, created, "instance registered");
+        Ok((row, created))
+    }
+
+    /// Applies a fenced transition to the instance `instance_id` of `tenant`
+    /// (`None`: any), and closes this server's stream of it when it was
+    /// deactivated.
+    pub async fn transition(
+        &self,
+        tenant: Option<Uuid>,
+        instance_id: String,
+        epoch: i64,
+        t: Transition,
+    ) -> Result<RegistrationRow> {
+        let key = RegistrationKey::InstanceId(instance_id);
+        let row = store::transition(&self.pool, tenant, &key, epoch, t).await??;
+        if matches!(t, Transition::Deactivate) {
+            self.sessions.tell(
+                row.id,
+                Control::Close(tonic::Status::aborted("the registration was deactivated")),
+            );
+        }
+        Ok(row)
+    }
+}
