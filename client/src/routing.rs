@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::{AgentFilter, Client, Error, Result, pb};
+use crate::{Client, Error, Result, pb};
 
 fn proto_duration(field: &str, d: Duration) -> Result<prost_types::Duration> {
     prost_types::Duration::try_from(d).map_err(|e| Error::InvalidConfig(format!("{field}: {e}")))
@@ -118,11 +118,5 @@ impl Client {
             .watch_available_agents(tonic::Request::new(request))
             .await?
             .into_inner())
-    }
-}
-
-impl From<AgentFilter> for pb::AgentFilter {
-    fn from(f: AgentFilter) -> Self {
-        f.filter
     }
 }
