@@ -47,7 +47,7 @@
 mod admin;
 mod agent;
 mod builders;
-mod config;
+mod client;
 mod configurations;
 mod error;
 mod json;
@@ -82,7 +82,7 @@ pub use builders::{
     ListConfigurations, ListManifests, ListRegistrations, ListTenants, RegisterInstance,
     UpdateConfiguration, UpdateManifest,
 };
-pub use config::{Client, ClientBuilder};
+pub use client::{Client, ClientBuilder};
 pub use error::{Error, Result};
 pub use json::{json_to_struct, struct_to_json};
 pub use prost_types::{Duration, FieldMask, Struct, Timestamp, Value};

@@ -1,15 +1,23 @@
-//! Connecting: [`ClientBuilder`] and the [`Client`] it makes.
+//! The [`Client`] facade: the connection and API key it carries, the
+//! authenticated service stubs, and how a call is made (deadline, and retries
+//! of read-only calls). Its calls, grouped by resource, are in the
+//! `manifests`, `configurations`, `registrations`, `routing`, `admin`,
+//! `agent` and `router` modules of the crate.
+
+mod auth;
+mod builder;
+
+pub use builder::ClientBuilder;
 
 use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use tonic::metadata::{AsciiMetadataValue, MetadataValue};
-use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Channel, Uri};
 use tonic::{Code, Request, Response, Status};
 
+use self::auth::Auth;
 use crate::error::{Error, Result};
 use crate::pb::admin_service_client::AdminServiceClient;
 use crate::pb::configuration_service_client::ConfigurationServiceClient;
@@ -17,10 +25,6 @@ use crate::pb::manifest_service_client::ManifestServiceClient;
 use crate::pb::registration_service_client::RegistrationServiceClient;
 use crate::pb::routing_service_client::RoutingServiceClient;
 
-/// Default per-call timeout.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default timeout for establishing the connection.
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts of a read-only call while the server answers `UNAVAILABLE`.
 const READ_ATTEMPTS: u32 = 3;
 /// Backoff before the second attempt; doubles for each further one.
@@ -55,48 +59,7 @@ impl fmt::Debug for Client {
     }
 }
 
-/// Settings of a [`Client`]; made by [`Client::builder`].
-#[must_use = "a builder does nothing until `connect` is called"]
-pub struct ClientBuilder {
-    uri: std::result::Result<Uri, String>,
-    api_key: Option<String>,
-    timeout: Duration,
-    connect_timeout: Duration,
-}
-
-impl fmt::Debug for ClientBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientBuilder")
-            .field("uri", &self.uri)
-            .field("api_key", &self.api_key.as_ref().map(|_| Redacted))
-            .field("timeout", &self.timeout)
-            .field("connect_timeout", &self.connect_timeout)
-            .finish()
-    }
-}
-
 impl Client {
-    /// Starts configuring a client of the server at `url`, e.g.
-    /// `"http://127.0.0.1:50051"`.
-    ///
-    /// `url` may be a `&str`, a `String` or a [`Uri`]. Only `http://` is
-    /// supported (no TLS yet). An unusable URL is reported by
-    /// [`ClientBuilder::connect`] as [`Error::InvalidConfig`].
-    pub fn builder<U>(url: U) -> ClientBuilder
-    where
-        U: TryInto<Uri>,
-        U::Error: fmt::Display,
-    {
-        ClientBuilder {
-            uri: url
-                .try_into()
-                .map_err(|e| format!("invalid server URL: {e}")),
-            api_key: None,
-            timeout: DEFAULT_TIMEOUT,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-        }
-    }
-
     /// The per-call timeout.
     pub(crate) fn timeout(&self) -> Duration {
         self.timeout
@@ -190,136 +153,6 @@ impl Client {
     }
 }
 
-impl ClientBuilder {
-    /// The API key to send with every call, as `authorization: Bearer <key>`.
-    ///
-    /// Without one, every call fails with [`Error::Unauthenticated`]. The key
-    /// never appears in `Debug` output or errors.
-    pub fn api_key(mut self, key: impl Into<String>) -> Self {
-        self.api_key = Some(key.into());
-        self
-    }
-
-    /// Deadline of each call attempt (default 30 s). A call that runs out of
-    /// time fails with [`Error::DeadlineExceeded`].
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// How long establishing the connection may take (default 10 s).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Connects to the server now.
-    ///
-    /// Fails with [`Error::InvalidConfig`] for an unusable URL or API key, and
-    /// with [`Error::Transport`] when the server cannot be reached.
-    pub async fn connect(self) -> Result<Client> {
-        let (endpoint, client) = self.prepare()?;
-        let channel = endpoint.connect().await?;
-        Ok(client(channel))
-    }
-
-    /// Makes a client that connects on its first call (and reconnects as
-    /// needed), so that a server that is down is reported by calls, as
-    /// [`Error::Unavailable`].
-    ///
-    /// Must be called from within a Tokio runtime. Fails with
-    /// [`Error::InvalidConfig`] for an unusable URL or API key.
-    pub fn connect_lazy(self) -> Result<Client> {
-        let (endpoint, client) = self.prepare()?;
-        Ok(client(endpoint.connect_lazy()))
-    }
-
-    /// Checks the settings; returns the endpoint and how to make the client
-    /// from its channel.
-    fn prepare(self) -> Result<(Endpoint, impl FnOnce(Channel) -> Client)> {
-        let uri = self.uri.map_err(Error::InvalidConfig)?;
-        match uri.scheme_str() {
-            Some("http") if uri.authority().is_some() => {}
-            Some("https") => {
-                return Err(Error::InvalidConfig(format!(
-                    "server URL `{uri}`: this client does not speak TLS yet; use http:// \
-                     (behind a TLS-terminating proxy if needed)"
-                )));
-            }
-            _ => {
-                return Err(Error::InvalidConfig(format!(
-                    "server URL `{uri}` must look like `http://host:port`"
-                )));
-            }
-        }
-        let auth = Auth::new(self.api_key.as_deref())?;
-        let endpoint = Endpoint::from(uri.clone()).connect_timeout(self.connect_timeout);
-        let timeout = self.timeout;
-        Ok((endpoint, move |channel| Client {
-            channel,
-            auth,
-            uri,
-            timeout,
-        }))
-    }
-}
-
-/// Adds `authorization: Bearer <key>` to every request.
-#[derive(Clone)]
-pub(crate) struct Auth {
-    header: Option<AsciiMetadataValue>,
-}
-
-impl Auth {
-    fn new(key: Option<&str>) -> Result<Auth> {
-        let header = match key {
-            None => None,
-            Some(key) => {
-                let mut value = MetadataValue::try_from(format!("Bearer {}", key.trim()))
-                    // Never echo the key itself.
-                    .map_err(|_| {
-                        Error::InvalidConfig(
-                            "the API key contains characters not allowed in a header".into(),
-                        )
-                    })?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-        };
-        Ok(Auth { header })
-    }
-}
-
-impl fmt::Debug for Auth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.header.is_some() {
-            "Bearer <redacted>"
-        } else {
-            "none"
-        })
-    }
-}
-
-impl Interceptor for Auth {
-    fn call(&mut self, mut request: Request<()>) -> std::result::Result<Request<()>, Status> {
-        if let Some(header) = &self.header {
-            request
-                .metadata_mut()
-                .insert("authorization", header.clone());
-        }
-        Ok(request)
-    }
-}
-
-/// Stands in for a secret in `Debug` output.
-struct Redacted;
-
-impl fmt::Debug for Redacted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
 /// Sleep before attempt `attempt + 1`: exponential, with the upper half jittered.
 fn backoff(attempt: u32) -> Duration {
     let full = FIRST_BACKOFF.saturating_mul(1 << (attempt - 1).min(16));
@@ -330,72 +163,6 @@ fn backoff(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn debug_never_shows_the_key() {
-        let builder = Client::builder("http://127.0.0.1:50051").api_key("agk_id_secret");
-        let text = format!("{builder:?}");
-        assert!(!text.contains("secret"), "{text}");
-        assert!(text.contains("<redacted>"), "{text}");
-        let auth = Auth::new(Some("agk_id_secret")).expect("auth");
-        assert_eq!(format!("{auth:?}"), "Bearer <redacted>");
-    }
-
-    #[test]
-    fn auth_adds_the_bearer_header() {
-        let mut auth = Auth::new(Some(" agk_x ")).expect("auth");
-        let request = auth.call(Request::new(())).expect("intercept");
-        assert_eq!(
-            request
-                .metadata()
-                .get("authorization")
-                .map(|v| v.to_str().ok()),
-            Some(Some("Bearer agk_x"))
-        );
-        let mut none = Auth::new(None).expect("auth");
-        assert!(
-            none.call(Request::new(()))
-                .expect("intercept")
-                .metadata()
-                .get("authorization")
-                .is_none()
-        );
-    }
-
-    #[tokio::test]
-    async fn bad_settings_are_invalid_config() {
-        let e = Client::builder("http://127.0.0.1:1")
-            .api_key("bad\nkey")
-            .connect_lazy()
-            .expect_err("key");
-        assert!(matches!(e, Error::InvalidConfig(_)));
-        assert!(!e.to_string().contains("bad"), "{e}");
-        for url in [
-            "not a url",
-            "127.0.0.1:50051",
-            "/path",
-            "https://example.com",
-            "ftp://x",
-        ] {
-            let e = Client::builder(url).connect().await.expect_err(url);
-            assert!(matches!(e, Error::InvalidConfig(_)), "{url}: {e:?}");
-        }
-    }
-
-    #[tokio::test]
-    async fn unreachable_servers_are_transport_errors_or_unavailable() {
-        // Port 1 on localhost refuses connections.
-        let e = Client::builder("http://127.0.0.1:1")
-            .connect()
-            .await
-            .expect_err("refused");
-        assert!(matches!(e, Error::Transport(_)), "{e:?}");
-        let lazy = Client::builder("http://127.0.0.1:1")
-            .connect_lazy()
-            .expect("lazy");
-        let e = lazy.get_manifest("x").await.expect_err("refused");
-        assert_eq!(e.code(), Some(Code::Unavailable), "{e:?}");
-    }
 
     #[test]
     fn backoff_grows_with_jitter() {
