@@ -11,6 +11,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
+use crate::backoff::backoff;
 use crate::json::json_to_struct;
 use crate::pb::health_stream_request::Message as Out;
 use crate::pb::health_stream_response::Message as In;
@@ -531,29 +532,9 @@ fn heartbeat(report: &Report, sequence: u64, epoch: i64) -> pb::HealthStreamRequ
     }
 }
 
-/// Wait before reconnection attempt `failures + 1`: exponential, capped, jittered.
-fn backoff(initial: Duration, max: Duration, failures: u32) -> Duration {
-    let full = initial.saturating_mul(1u32 << failures.min(16)).min(max);
-    let half = full / 2;
-    half + half.mul_f64(fastrand::f64())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_with_jitter() {
-        let (initial, max) = (Duration::from_millis(100), Duration::from_secs(1));
-        for _ in 0..100 {
-            let first = backoff(initial, max, 0);
-            assert!(first >= initial / 2 && first <= initial);
-            let third = backoff(initial, max, 2);
-            assert!(third >= initial * 2 && third <= initial * 4);
-            let capped = backoff(initial, max, 30);
-            assert!(capped >= max / 2 && capped <= max);
-        }
-    }
 
     #[test]
     fn fatal_errors_stop_reconnecting() {

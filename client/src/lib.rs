@@ -46,6 +46,7 @@
 
 mod admin;
 mod agent;
+mod backoff;
 mod builders;
 mod client;
 mod configurations;

@@ -18,6 +18,7 @@ use tonic::transport::{Channel, Uri};
 use tonic::{Code, Request, Response, Status};
 
 use self::auth::Auth;
+use crate::backoff::backoff;
 use crate::error::{Error, Result};
 use crate::pb::admin_service_client::AdminServiceClient;
 use crate::pb::configuration_service_client::ConfigurationServiceClient;
@@ -107,7 +108,7 @@ impl Client {
         loop {
             match self.once(request.clone(), &call).await {
                 Err(Error::Unavailable { .. }) if attempt < READ_ATTEMPTS => {
-                    tokio::time::sleep(backoff(attempt)).await;
+                    tokio::time::sleep(backoff(FIRST_BACKOFF, Duration::MAX, attempt - 1)).await;
                     attempt += 1;
                 }
                 result => return result,
@@ -153,26 +154,9 @@ impl Client {
     }
 }
 
-/// Sleep before attempt `attempt + 1`: exponential, with the upper half jittered.
-fn backoff(attempt: u32) -> Duration {
-    let full = FIRST_BACKOFF.saturating_mul(1 << (attempt - 1).min(16));
-    let half = full / 2;
-    half + half.mul_f64(fastrand::f64())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter() {
-        for _ in 0..100 {
-            let first = backoff(1);
-            let second = backoff(2);
-            assert!(first >= FIRST_BACKOFF / 2 && first <= FIRST_BACKOFF);
-            assert!(second >= FIRST_BACKOFF && second <= FIRST_BACKOFF * 2);
-        }
-    }
 
     #[tokio::test]
     async fn a_silent_server_gives_deadline_exceeded() {
