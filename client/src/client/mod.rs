@@ -31,6 +31,15 @@ const READ_ATTEMPTS: u32 = 3;
 /// Backoff before the second attempt; doubles for each further one.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
+/// What the service stubs send through: the shared channel plus the API key.
+pub(crate) type Authed = InterceptedService<Channel, Auth>;
+
+/// A request field of type `google.protobuf.Duration`; a `Duration` too large
+/// for it is [`Error::InvalidConfig`] naming `field`.
+pub(crate) fn proto_duration(field: &str, d: Duration) -> Result<prost_types::Duration> {
+    prost_types::Duration::try_from(d).map_err(|e| Error::InvalidConfig(format!("{field}: {e}")))
+}
+
 /// A connection to an Agentry server, authenticated with one API key.
 ///
 /// Cheap to clone: clones share the underlying HTTP/2 connection, so make one
@@ -66,32 +75,30 @@ impl Client {
         self.timeout
     }
 
-    pub(crate) fn manifest_service(
-        &self,
-    ) -> ManifestServiceClient<InterceptedService<Channel, Auth>> {
-        ManifestServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    /// The channel with the API key added to every request, as the generated
+    /// service stubs take it.
+    fn authed(&self) -> Authed {
+        InterceptedService::new(self.channel.clone(), self.auth.clone())
     }
 
-    pub(crate) fn configuration_service(
-        &self,
-    ) -> ConfigurationServiceClient<InterceptedService<Channel, Auth>> {
-        ConfigurationServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    pub(crate) fn manifest_service(&self) -> ManifestServiceClient<Authed> {
+        ManifestServiceClient::new(self.authed())
     }
 
-    pub(crate) fn registration_service(
-        &self,
-    ) -> RegistrationServiceClient<InterceptedService<Channel, Auth>> {
-        RegistrationServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    pub(crate) fn configuration_service(&self) -> ConfigurationServiceClient<Authed> {
+        ConfigurationServiceClient::new(self.authed())
     }
 
-    pub(crate) fn routing_service(
-        &self,
-    ) -> RoutingServiceClient<InterceptedService<Channel, Auth>> {
-        RoutingServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    pub(crate) fn registration_service(&self) -> RegistrationServiceClient<Authed> {
+        RegistrationServiceClient::new(self.authed())
     }
 
-    pub(crate) fn admin_service(&self) -> AdminServiceClient<InterceptedService<Channel, Auth>> {
-        AdminServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    pub(crate) fn routing_service(&self) -> RoutingServiceClient<Authed> {
+        RoutingServiceClient::new(self.authed())
+    }
+
+    pub(crate) fn admin_service(&self) -> AdminServiceClient<Authed> {
+        AdminServiceClient::new(self.authed())
     }
 
     /// Makes a read-only call, retrying while the server is `UNAVAILABLE`.
