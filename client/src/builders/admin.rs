@@ -38,12 +38,6 @@ impl CreateApiKey {
     }
 }
 
-impl From<CreateApiKey> for pb::CreateApiKeyRequest {
-    fn from(b: CreateApiKey) -> Self {
-        b.request
-    }
-}
-
 /// Builds a [`pb::ListApiKeysRequest`] for [`Client::list_api_keys`](crate::Client::list_api_keys).
 /// Without filters, every unrevoked key is listed.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -70,23 +64,7 @@ impl ListApiKeys {
         self
     }
 
-    /// Maximum number of results (1..=1000; the server defaults to 100).
-    pub fn page_size(mut self, page_size: i32) -> Self {
-        self.request.page_size = page_size;
-        self
-    }
-
-    /// The `next_page_token` of the previous page (with the same filters).
-    pub fn page_token(mut self, page_token: impl Into<String>) -> Self {
-        self.request.page_token = page_token.into();
-        self
-    }
-}
-
-impl From<ListApiKeys> for pb::ListApiKeysRequest {
-    fn from(b: ListApiKeys) -> Self {
-        b.request
-    }
+    paging!();
 }
 
 /// Builds a [`pb::ListTenantsRequest`] for [`Client::list_tenants`](crate::Client::list_tenants).
@@ -102,24 +80,14 @@ impl ListTenants {
         Self::default()
     }
 
-    /// Maximum number of results (1..=1000; the server defaults to 100).
-    pub fn page_size(mut self, page_size: i32) -> Self {
-        self.request.page_size = page_size;
-        self
-    }
-
-    /// The `next_page_token` of the previous page.
-    pub fn page_token(mut self, page_token: impl Into<String>) -> Self {
-        self.request.page_token = page_token.into();
-        self
-    }
+    paging!();
 }
 
-impl From<ListTenants> for pb::ListTenantsRequest {
-    fn from(b: ListTenants) -> Self {
-        b.request
-    }
-}
+into_request!(
+    CreateApiKey => CreateApiKeyRequest,
+    ListApiKeys => ListApiKeysRequest,
+    ListTenants => ListTenantsRequest,
+);
 
 #[cfg(test)]
 mod tests {

@@ -113,12 +113,6 @@ impl CreateConfiguration {
     }
 }
 
-impl From<CreateConfiguration> for pb::CreateConfigurationRequest {
-    fn from(b: CreateConfiguration) -> Self {
-        b.request
-    }
-}
-
 /// Builds a [`pb::ListConfigurationsRequest`] for
 /// [`Client::list_configurations`](crate::Client::list_configurations).
 /// Without filters, every configuration of the caller's tenant is listed.
@@ -152,28 +146,12 @@ impl ListConfigurations {
         self
     }
 
-    /// Maximum number of results (1..=1000; the server defaults to 100).
-    pub fn page_size(mut self, page_size: i32) -> Self {
-        self.request.page_size = page_size;
-        self
-    }
-
-    /// The `next_page_token` of the previous page (with the same filters).
-    pub fn page_token(mut self, page_token: impl Into<String>) -> Self {
-        self.request.page_token = page_token.into();
-        self
-    }
+    paging!();
 
     /// Admin keys only: list this tenant's (UUID) configurations.
     pub fn tenant(mut self, tenant_id: impl Into<String>) -> Self {
         self.request.tenant_id = tenant_id.into();
         self
-    }
-}
-
-impl From<ListConfigurations> for pb::ListConfigurationsRequest {
-    fn from(b: ListConfigurations) -> Self {
-        b.request
     }
 }
 
@@ -294,6 +272,11 @@ impl From<UpdateConfiguration> for pb::UpdateConfigurationRequest {
         }
     }
 }
+
+into_request!(
+    CreateConfiguration => CreateConfigurationRequest,
+    ListConfigurations => ListConfigurationsRequest,
+);
 
 #[cfg(test)]
 mod tests {

@@ -118,23 +118,7 @@ impl ListManifests {
         self
     }
 
-    /// Maximum number of results (1..=1000; the server defaults to 100).
-    pub fn page_size(mut self, page_size: i32) -> Self {
-        self.request.page_size = page_size;
-        self
-    }
-
-    /// The `next_page_token` of the previous page (with the same filters).
-    pub fn page_token(mut self, page_token: impl Into<String>) -> Self {
-        self.request.page_token = page_token.into();
-        self
-    }
-}
-
-impl From<ListManifests> for pb::ListManifestsRequest {
-    fn from(b: ListManifests) -> Self {
-        b.request
-    }
+    paging!();
 }
 
 /// Builds a [`pb::UpdateManifestRequest`] for [`Client::update_manifest`](crate::Client::update_manifest):
@@ -233,6 +217,10 @@ impl From<UpdateManifest> for pb::UpdateManifestRequest {
         }
     }
 }
+
+into_request!(
+    ListManifests => ListManifestsRequest,
+);
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,39 @@
 //!
 //! One file per resource, named as the `Client` calls that take the builders.
 
+// The macros come before the modules: `macro_rules!` is in scope only below
+// its definition.
+
+/// `From<Builder>` for the request message that a builder keeps whole in its
+/// `request` field.
+macro_rules! into_request {
+    ($($builder:ident => $request:ident),+ $(,)?) => {$(
+        impl From<$builder> for crate::pb::$request {
+            fn from(b: $builder) -> Self {
+                b.request
+            }
+        }
+    )+};
+}
+
+/// The paging setters every `List*` builder has, for a request in `self.request`.
+macro_rules! paging {
+    () => {
+        /// Maximum number of results (1..=1000; the server defaults to 100).
+        pub fn page_size(mut self, page_size: i32) -> Self {
+            self.request.page_size = page_size;
+            self
+        }
+
+        /// The `next_page_token` of the previous page, to get the next one.
+        /// Keep the other settings as they were for the previous page.
+        pub fn page_token(mut self, page_token: impl Into<String>) -> Self {
+            self.request.page_token = page_token.into();
+            self
+        }
+    };
+}
+
 mod admin;
 mod configurations;
 mod manifests;

@@ -59,12 +59,6 @@ impl RegisterInstance {
     }
 }
 
-impl From<RegisterInstance> for pb::RegisterInstanceRequest {
-    fn from(b: RegisterInstance) -> Self {
-        b.request
-    }
-}
-
 /// Builds a [`pb::ListRegistrationsRequest`] for
 /// [`Client::list_registrations`](crate::Client::list_registrations).
 /// `ListRegistrations::new().status(pb::RegistrationStatus::Active)` is the
@@ -105,17 +99,7 @@ impl ListRegistrations {
         self
     }
 
-    /// Maximum number of results (1..=1000; the server defaults to 100).
-    pub fn page_size(mut self, page_size: i32) -> Self {
-        self.request.page_size = page_size;
-        self
-    }
-
-    /// The `next_page_token` of the previous page (with the same filters).
-    pub fn page_token(mut self, page_token: impl Into<String>) -> Self {
-        self.request.page_token = page_token.into();
-        self
-    }
+    paging!();
 
     /// Admin keys only: list this tenant's (UUID) registrations.
     pub fn tenant(mut self, tenant_id: impl Into<String>) -> Self {
@@ -124,8 +108,7 @@ impl ListRegistrations {
     }
 }
 
-impl From<ListRegistrations> for pb::ListRegistrationsRequest {
-    fn from(b: ListRegistrations) -> Self {
-        b.request
-    }
-}
+into_request!(
+    RegisterInstance => RegisterInstanceRequest,
+    ListRegistrations => ListRegistrationsRequest,
+);
