@@ -32,7 +32,8 @@ pub struct SessionState {
     pub connected: bool,
     /// The registration as of the last `Welcome`.
     pub registration: Option<pb::Registration>,
-    /// Epoch of the current (or last) connection.
+    /// Epoch of the current (or last) connection; the server turns away
+    /// calls and streams that carry an older one.
     pub epoch: i64,
     /// The tenant's configuration of this agent, kept current by the server.
     pub configuration: Option<pb::Configuration>,
@@ -134,7 +135,9 @@ impl AgentSessionBuilder {
         self
     }
 
-    /// Per-instance capacity.
+    /// Units of work the instance says it can take (`> 0`). Recorded on the
+    /// registration for operators; routing is limited by the configuration's
+    /// `max_workload`, not by this.
     pub fn capacity(mut self, capacity: i32) -> Self {
         self.hello.capacity = Some(capacity);
         self
@@ -210,7 +213,8 @@ impl AgentSession {
         self.state.clone()
     }
 
-    /// The state right now.
+    /// A copy of the state right now; [`state`](Self::state) gives a receiver
+    /// to wait for changes.
     pub fn current(&self) -> SessionState {
         self.state.borrow().clone()
     }

@@ -14,7 +14,8 @@ use crate::backoff::backoff;
 use crate::pb::availability_event::Event;
 use crate::{Client, Result, pb};
 
-/// How the work under a lease ended.
+/// How the work under a lease ended, given to [`Lease::complete`]; the
+/// server counts the outcomes in [`Client::get_agent_metrics`].
 pub use crate::pb::LeaseOutcome as Outcome;
 
 const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
@@ -23,15 +24,20 @@ const FIRST_RENEW_RETRY: Duration = Duration::from_millis(50);
 const RESUBSCRIBE_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_RESUBSCRIBE_BACKOFF: Duration = Duration::from_secs(10);
 
-/// The router's local copy of the available agents.
+/// The router's local copy of the available agents, as of one moment; read
+/// it through [`Router::view`] or [`Router::agents`].
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct RouterView {
-    /// Available agents, best score first.
+    /// The matching available agents, one per configuration with the
+    /// instance to route to, best score first.
     pub agents: Vec<pb::AvailableAgent>,
-    /// Revision of the last event applied.
+    /// The serving replica's revision at the last event applied. It grows
+    /// with every change that replica sees; a resubscription may land on
+    /// another replica, which counts on its own.
     pub revision: u64,
-    /// False between a resync marker (or a lost subscription) and the next snapshot.
+    /// False between a resync marker (or a lost subscription) and the next
+    /// snapshot: meanwhile `agents` may be out of date.
     pub synced: bool,
 }
 
@@ -91,12 +97,15 @@ impl Router {
         self
     }
 
-    /// The available agents now, best score first.
+    /// A copy of the available agents now, best score first. To look, not to
+    /// route: [`acquire`](Self::acquire) lets the server pick, against its
+    /// own up-to-date view.
     pub fn agents(&self) -> Vec<pb::AvailableAgent> {
         self.view.borrow().agents.clone()
     }
 
-    /// A receiver of the view, to wait for changes.
+    /// A receiver of the view, to wait for changes (`changed`, `wait_for`)
+    /// rather than poll [`agents`](Self::agents).
     pub fn view(&self) -> watch::Receiver<RouterView> {
         self.view.clone()
     }
@@ -137,7 +146,8 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// The lease's id.
+    /// The lease's UUID, as the server records it: log it with the work the
+    /// lease covers.
     pub fn id(&self) -> &str {
         &self.lease.id
     }
@@ -158,7 +168,8 @@ impl Lease {
         self.lease.epoch
     }
 
-    /// The lease as the server sent it.
+    /// The lease as the server sent it when granting it. Renewals do not
+    /// update it: its `expire_time` is the first one.
     pub fn as_proto(&self) -> &pb::Lease {
         &self.lease
     }

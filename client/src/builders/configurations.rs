@@ -76,7 +76,7 @@ impl CreateConfiguration {
         self
     }
 
-    /// Custom LLM instructions.
+    /// Custom LLM instructions for the agent (at most 32 KiB).
     pub fn system_prompt(mut self, system_prompt: impl Into<String>) -> Self {
         self.configuration().system_prompt = system_prompt.into();
         self
@@ -184,7 +184,7 @@ impl UpdateConfiguration {
         }
     }
 
-    /// New name.
+    /// Renames the configuration, for people; routing does not look at it.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.configuration.name = name.into();
         mask(&mut self.paths, "name");
@@ -206,7 +206,8 @@ impl UpdateConfiguration {
         self
     }
 
-    /// New custom LLM instructions.
+    /// Replaces the custom LLM instructions (at most 32 KiB). Connected
+    /// agents hear of it at once, as a configuration change on their stream.
     pub fn system_prompt(mut self, system_prompt: impl Into<String>) -> Self {
         self.configuration.system_prompt = system_prompt.into();
         mask(&mut self.paths, "system_prompt");
@@ -241,7 +242,7 @@ impl UpdateConfiguration {
         self
     }
 
-    /// New AI model UUID.
+    /// Switches to the AI model with this UUID.
     pub fn model_id(mut self, model_id: impl Into<String>) -> Self {
         self.configuration.model_id = model_id.into();
         mask(&mut self.paths, "model_id");

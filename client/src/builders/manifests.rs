@@ -43,7 +43,7 @@ impl CreateManifest {
         }
     }
 
-    /// Free-form description.
+    /// Free-form description, for people choosing among manifests.
     pub fn description(mut self, description: impl Into<String>) -> Self {
         self.manifest.description = description.into();
         self
@@ -59,7 +59,8 @@ impl CreateManifest {
         self
     }
 
-    /// System requirements, free text.
+    /// System requirements as free text; the server stores them without
+    /// interpreting them.
     pub fn requirements(mut self, requirements: impl Into<String>) -> Self {
         self.manifest.requirements = requirements.into();
         self
@@ -148,28 +149,29 @@ impl UpdateManifest {
         }
     }
 
-    /// New `agent_type`.
+    /// Moves the manifest to another category (a lowercase slug such as
+    /// `"chat"`), which [`AgentFilter::agent_type`](crate::AgentFilter::agent_type) matches.
     pub fn agent_type(mut self, agent_type: impl Into<String>) -> Self {
         self.manifest.agent_type = agent_type.into();
         mask(&mut self.paths, "agent_type");
         self
     }
 
-    /// New name.
+    /// Renames the manifest for people; the `agent_id` that callers use stays.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.manifest.name = name.into();
         mask(&mut self.paths, "name");
         self
     }
 
-    /// New description.
+    /// Replaces the free-form description.
     pub fn description(mut self, description: impl Into<String>) -> Self {
         self.manifest.description = description.into();
         mask(&mut self.paths, "description");
         self
     }
 
-    /// New semantic version.
+    /// Replaces the semantic version, e.g. `"1.3.0"`.
     pub fn version(mut self, version: impl Into<String>) -> Self {
         self.manifest.version = version.into();
         mask(&mut self.paths, "version");
@@ -187,7 +189,7 @@ impl UpdateManifest {
         self
     }
 
-    /// New requirements.
+    /// Replaces the free-text system requirements.
     pub fn requirements(mut self, requirements: impl Into<String>) -> Self {
         self.manifest.requirements = requirements.into();
         mask(&mut self.paths, "requirements");
@@ -201,7 +203,9 @@ impl UpdateManifest {
         self
     }
 
-    /// New lifecycle status.
+    /// Moves the manifest through its lifecycle: a `Deprecated` manifest is
+    /// routed to only when a filter asks for
+    /// [`include_deprecated`](crate::AgentFilter::include_deprecated).
     pub fn status(mut self, status: pb::ManifestStatus) -> Self {
         self.manifest.set_status(status);
         mask(&mut self.paths, "status");

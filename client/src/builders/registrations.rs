@@ -52,7 +52,9 @@ impl RegisterInstance {
         self
     }
 
-    /// Per-instance capacity.
+    /// Units of work the instance says it can take (`> 0`). Recorded on the
+    /// registration for operators; routing is limited by the configuration's
+    /// `max_workload`, not by this.
     pub fn capacity(mut self, capacity: i32) -> Self {
         self.request.capacity = Some(capacity);
         self

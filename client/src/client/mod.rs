@@ -40,17 +40,25 @@ pub(crate) fn proto_duration(field: &str, d: Duration) -> Result<prost_types::Du
     prost_types::Duration::try_from(d).map_err(|e| Error::InvalidConfig(format!("{field}: {e}")))
 }
 
-/// A connection to an Agentry server, authenticated with one API key.
+/// A connection to an Agentry server, authenticated with one API key; made
+/// by [`Client::builder`].
 ///
 /// Cheap to clone: clones share the underlying HTTP/2 connection, so make one
 /// per API key and clone it into tasks. Calls are grouped by resource:
-/// [manifests](#manifest-operations), [configurations](#configuration-operations)
-/// and [tenants and API keys](#admin-operations).
+/// [manifests](#manifest-operations),
+/// [configurations](#configuration-operations),
+/// [registrations](#registration-operations) and the
+/// [agent sessions](#agent-sessions) that keep them alive,
+/// [routing](#routing-operations) and the [routers](#routers) that hold a
+/// live view and leases, and [tenants and API keys](#admin-operations).
 ///
-/// Every call has a deadline ([`ClientBuilder::timeout`]). Read-only calls
-/// (`get_*`, `list_*`) are made up to three times, with exponential backoff
-/// and jitter, while the server answers `UNAVAILABLE`; other calls are never
-/// retried. The deadline applies to each attempt.
+/// Every unary call has a deadline ([`ClientBuilder::timeout`]), which
+/// applies to each attempt. Read-only calls (`get_*`, `list_*`) are made up
+/// to three times, with exponential backoff and jitter, while the server
+/// answers `UNAVAILABLE`; calls that change something are never retried,
+/// since a lost reply may hide a change that was applied. Streams
+/// ([`Client::watch_available_agents`], the health stream under
+/// [`AgentSession`](crate::AgentSession)) have no deadline.
 #[derive(Clone)]
 pub struct Client {
     channel: Channel,
