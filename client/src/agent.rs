@@ -11,6 +11,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
+use crate::backoff::backoff;
 use crate::json::json_to_struct;
 use crate::pb::health_stream_request::Message as Out;
 use crate::pb::health_stream_response::Message as In;
@@ -31,7 +32,8 @@ pub struct SessionState {
     pub connected: bool,
     /// The registration as of the last `Welcome`.
     pub registration: Option<pb::Registration>,
-    /// Epoch of the current (or last) connection.
+    /// Epoch of the current (or last) connection; the server turns away
+    /// calls and streams that carry an older one.
     pub epoch: i64,
     /// The tenant's configuration of this agent, kept current by the server.
     pub configuration: Option<pb::Configuration>,
@@ -133,7 +135,9 @@ impl AgentSessionBuilder {
         self
     }
 
-    /// Per-instance capacity.
+    /// Units of work the instance says it can take (`> 0`). Recorded on the
+    /// registration for operators; routing is limited by the configuration's
+    /// `max_workload`, not by this.
     pub fn capacity(mut self, capacity: i32) -> Self {
         self.hello.capacity = Some(capacity);
         self
@@ -209,7 +213,8 @@ impl AgentSession {
         self.state.clone()
     }
 
-    /// The state right now.
+    /// A copy of the state right now; [`state`](Self::state) gives a receiver
+    /// to wait for changes.
     pub fn current(&self) -> SessionState {
         self.state.borrow().clone()
     }
@@ -531,29 +536,9 @@ fn heartbeat(report: &Report, sequence: u64, epoch: i64) -> pb::HealthStreamRequ
     }
 }
 
-/// Wait before reconnection attempt `failures + 1`: exponential, capped, jittered.
-fn backoff(initial: Duration, max: Duration, failures: u32) -> Duration {
-    let full = initial.saturating_mul(1u32 << failures.min(16)).min(max);
-    let half = full / 2;
-    half + half.mul_f64(fastrand::f64())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_with_jitter() {
-        let (initial, max) = (Duration::from_millis(100), Duration::from_secs(1));
-        for _ in 0..100 {
-            let first = backoff(initial, max, 0);
-            assert!(first >= initial / 2 && first <= initial);
-            let third = backoff(initial, max, 2);
-            assert!(third >= initial * 2 && third <= initial * 4);
-            let capped = backoff(initial, max, 30);
-            assert!(capped >= max / 2 && capped <= max);
-        }
-    }
 
     #[test]
     fn fatal_errors_stop_reconnecting() {

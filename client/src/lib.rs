@@ -1,9 +1,31 @@
 //! Rust client for [Agentry](https://github.com/agentry/agentry), a
 //! multi-tenant registry and router for AI agents.
 //!
-//! Connect once with an API key, then call the server through [`Client`]:
-//! request builders ([`CreateManifest`], [`UpdateConfiguration`]...) fill in
-//! the protobuf requests of [`pb`], and every failure is an [`Error`] to match.
+//! Connect once with an API key ([`Client::builder`]); the key's role and
+//! tenant decide what the [`Client`] may do. Its calls follow the three tiers
+//! of the API, plus routing and administration:
+//!
+//! - **Manifests**, system-wide blueprints of agent kinds: admins write them,
+//!   everyone reads them ([`CreateManifest`], [`ListManifests`], [`UpdateManifest`]).
+//! - **Configurations**, how a tenant uses a manifest, with the atomically
+//!   kept `current_workload` ([`CreateConfiguration`], [`UpdateConfiguration`],
+//!   [`Client::update_workload`]).
+//! - **Registrations**, the running instances. An agent process embeds an
+//!   [`AgentSession`] ([`Client::agent_session`]): it registers over the
+//!   health stream, sends heartbeats, hears configuration changes and drains,
+//!   and reconnects by itself. [`RegisterInstance`] and the unary calls serve
+//!   agents that cannot hold a stream.
+//! - **Routing**, for services that hand tasks to agents: a [`Router`]
+//!   ([`Client::router`]) keeps a live [`RouterView`] of the agents matching
+//!   an [`AgentFilter`] and hands out [`Lease`]s, each one unit of an agent's
+//!   workload, renewed while held and released by [`Lease::complete`] (or, if
+//!   dropped, as cancelled).
+//! - **Admin**: tenants and API keys ([`CreateApiKey`], [`ListApiKeys`],
+//!   [`ListTenants`]) and the stale-instance sweep ([`Client::cleanup`]).
+//!
+//! Request builders fill in the protobuf requests of [`pb`]; a method that
+//! takes a builder also takes the request message itself. Every failure is an
+//! [`Error`] to match.
 //!
 //! ```no_run
 //! use agentry_client::{Client, CreateConfiguration, CreateManifest, Error, ListManifests};
@@ -38,16 +60,39 @@
 //! # }
 //! ```
 //!
-//! Calls have a deadline (30 s unless set with [`ClientBuilder::timeout`]).
-//! Read-only calls are retried briefly while the server is unavailable;
-//! calls that change something are never retried.
+//! Routing work with a tenant key:
+//!
+//! ```no_run
+//! use agentry_client::{AgentFilter, Outcome};
+//!
+//! # async fn run(client: agentry_client::Client) -> agentry_client::Result<()> {
+//! let router = client.router(AgentFilter::new().capability("code_editing")).await?;
+//! let lease = router.acquire().await?; // one unit of workload, renewed while held
+//! println!("send the task to {:?}", lease.instance().map(|i| &i.instance_id));
+//! lease.complete(Outcome::Succeeded).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The crate's `examples/` hold a whole agent (`agent.rs`) and router
+//! (`router.rs`).
+//!
+//! Unary calls have a deadline (30 s unless set with
+//! [`ClientBuilder::timeout`]); streams (the health stream, watches) have
+//! none, and run as long as they are wanted. Read-only calls are retried briefly while the
+//! server is unavailable; other calls are never retried by the [`Client`],
+//! since a repeat could apply a change twice. The exceptions heal themselves
+//! on purpose: an [`AgentSession`] reconnects, a [`Router`] resubscribes, and
+//! a [`Lease`] retries its renewals (a renewal only moves the expiry). The
+//! client speaks plain `http://` (no TLS yet).
 
-#![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod admin;
 mod agent;
+mod backoff;
 mod builders;
-mod config;
+mod client;
 mod configurations;
 mod error;
 mod json;
@@ -56,8 +101,9 @@ mod registrations;
 mod router;
 mod routing;
 
-/// Code generated from `proto/agentry/v1/*.proto` by `tests/codegen.rs` of
-/// the workspace; do not edit.
+/// Code generated from `proto/agentry/v1/*.proto` by the workspace's
+/// `tests/codegen.rs`, which fails when this copy is stale; do not edit
+/// (`AGENTRY_BLESS=1 cargo test --test codegen` regenerates it).
 #[rustfmt::skip]
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic, rustdoc::all)]
 mod generated {
@@ -82,7 +128,7 @@ pub use builders::{
     ListConfigurations, ListManifests, ListRegistrations, ListTenants, RegisterInstance,
     UpdateConfiguration, UpdateManifest,
 };
-pub use config::{Client, ClientBuilder};
+pub use client::{Client, ClientBuilder};
 pub use error::{Error, Result};
 pub use json::{json_to_struct, struct_to_json};
 pub use prost_types::{Duration, FieldMask, Struct, Timestamp, Value};

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use crate::client::proto_duration;
 use crate::pb::get_registration_request::Key;
-use crate::{Client, Error, Result, pb};
+use crate::{Client, Result, pb};
 
 /// # Registration operations
 ///
@@ -16,7 +17,8 @@ impl Client {
     /// [`RegisterInstance`](crate::RegisterInstance): a repeat with the same
     /// `instance_id` reuses the registration and increments its epoch.
     ///
-    /// Fails with [`Error::NotFound`] when no manifest has the `agent_id`.
+    /// Fails with [`Error::NotFound`](crate::Error::NotFound) when no manifest
+    /// has the `agent_id`.
     pub async fn register_instance(
         &self,
         request: impl Into<pb::RegisterInstanceRequest>,
@@ -66,8 +68,10 @@ impl Client {
     /// Reports an instance's health (`Healthy` or `Degraded`). `epoch` is the
     /// one registration returned (0 skips the check).
     ///
-    /// Fails with [`Error::Aborted`] when a newer registration took over, and
-    /// with [`Error::FailedPrecondition`] when the registration is inactive.
+    /// Fails with [`Error::Aborted`](crate::Error::Aborted) when a newer
+    /// registration took over, and with
+    /// [`Error::FailedPrecondition`](crate::Error::FailedPrecondition) when
+    /// the registration is inactive.
     pub async fn update_health(
         &self,
         instance_id: &str,
@@ -133,12 +137,10 @@ impl Client {
         stale_threshold: Option<Duration>,
         ignore_partition_guard: bool,
     ) -> Result<pb::CleanupResponse> {
-        let stale_threshold = stale_threshold
-            .map(prost_types::Duration::try_from)
-            .transpose()
-            .map_err(|e| Error::InvalidConfig(format!("stale_threshold: {e}")))?;
         let request = pb::CleanupRequest {
-            stale_threshold,
+            stale_threshold: stale_threshold
+                .map(|d| proto_duration("stale_threshold", d))
+                .transpose()?,
             ignore_partition_guard,
         };
         self.write(request, |r| {

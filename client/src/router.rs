@@ -2,31 +2,42 @@
 //! `WatchAvailableAgents`, and [`Lease`] guards that renew and release themselves.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tonic::Code;
 
+use crate::backoff::backoff;
 use crate::pb::availability_event::Event;
 use crate::{Client, Result, pb};
 
-/// How the work under a lease ended.
+/// How the work under a lease ended, given to [`Lease::complete`]; the
+/// server counts the outcomes in [`Client::get_agent_metrics`].
 pub use crate::pb::LeaseOutcome as Outcome;
 
 const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
+/// First wait before retrying a failed lease renewal; it doubles per failure.
+const FIRST_RENEW_RETRY: Duration = Duration::from_millis(50);
 const RESUBSCRIBE_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_RESUBSCRIBE_BACKOFF: Duration = Duration::from_secs(10);
 
-/// The router's local copy of the available agents.
+/// The router's local copy of the available agents, as of one moment; read
+/// it through [`Router::view`] or [`Router::agents`].
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct RouterView {
-    /// Available agents, best score first.
+    /// The matching available agents, one per configuration with the
+    /// instance to route to, best score first.
     pub agents: Vec<pb::AvailableAgent>,
-    /// Revision of the last event applied.
+    /// The serving replica's revision at the last event applied. It grows
+    /// with every change that replica sees; a resubscription may land on
+    /// another replica, which counts on its own.
     pub revision: u64,
-    /// False between a resync marker (or a lost subscription) and the next snapshot.
+    /// False between a resync marker (or a lost subscription) and the next
+    /// snapshot: meanwhile `agents` may be out of date.
     pub synced: bool,
 }
 
@@ -75,19 +86,26 @@ impl Client {
 }
 
 impl Router {
-    /// Lease time to live: a lease is renewed every third of it while held (default 60 s).
+    /// Time to live of the leases this router hands out (default 60 s, at
+    /// least 30 ms). A held lease is renewed a third of the way through each
+    /// ttl and retried within milliseconds when a renewal fails, so a shorter
+    /// ttl only means that a crashed caller's units come back sooner (the
+    /// server's sweep frees them once the ttl has run out).
     #[must_use]
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl.max(Duration::from_millis(30));
         self
     }
 
-    /// The available agents now, best score first.
+    /// A copy of the available agents now, best score first. To look, not to
+    /// route: [`acquire`](Self::acquire) lets the server pick, against its
+    /// own up-to-date view.
     pub fn agents(&self) -> Vec<pb::AvailableAgent> {
         self.view.borrow().agents.clone()
     }
 
-    /// A receiver of the view, to wait for changes.
+    /// A receiver of the view, to wait for changes (`changed`, `wait_for`)
+    /// rather than poll [`agents`](Self::agents).
     pub fn view(&self) -> watch::Receiver<RouterView> {
         self.view.clone()
     }
@@ -98,11 +116,12 @@ impl Router {
     /// Fails with [`Error::ResourceExhausted`](crate::Error::ResourceExhausted)
     /// when no matching agent has room.
     pub async fn acquire(&self) -> Result<Lease> {
+        let sent = Instant::now();
         let lease = self
             .client
             .acquire_agent(self.filter.clone(), Some(self.ttl))
             .await?;
-        let renewer = tokio::spawn(renew(self.client.clone(), lease.id.clone(), self.ttl));
+        let renewer = tokio::spawn(renew(self.client.clone(), lease.id.clone(), self.ttl, sent));
         Ok(Lease {
             client: self.client.clone(),
             lease,
@@ -127,7 +146,8 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// The lease's id.
+    /// The lease's UUID, as the server records it: log it with the work the
+    /// lease covers.
     pub fn id(&self) -> &str {
         &self.lease.id
     }
@@ -148,7 +168,8 @@ impl Lease {
         self.lease.epoch
     }
 
-    /// The lease as the server sent it.
+    /// The lease as the server sent it when granting it. Renewals do not
+    /// update it: its `expire_time` is the first one.
     pub fn as_proto(&self) -> &pb::Lease {
         &self.lease
     }
@@ -179,15 +200,57 @@ impl Drop for Lease {
     }
 }
 
-async fn renew(client: Client, id: String, ttl: Duration) {
+/// Keeps lease `id` alive until the task is aborted (by [`Lease::complete`]
+/// or by dropping the lease) or the server says the lease is gone.
+async fn renew(client: Client, id: String, ttl: Duration, granted: Instant) {
+    keep_alive(ttl, granted, || client.renew_lease(&id, Some(ttl))).await;
+}
+
+/// Calls `renew` a third of the way through each ttl, and again soon after a
+/// failure, until it answers that the lease is gone.
+///
+/// `granted` is when the call that set the current expiry was *sent*. The
+/// server counts the ttl from when it handled that call, which is later, so
+/// `granted + ttl` is never after the server's expiry (our own clock is used,
+/// not the lease's `expire_time`, which is on the server's clock).
+async fn keep_alive<T, F, Fut>(ttl: Duration, mut granted: Instant, mut renew: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    // Why a third and not, say, 90 %: a loaded machine may wake this task
+    // late, the call may queue behind others, and a renewal may fail. Renewing
+    // at a third leaves two thirds of the ttl to absorb the delay and to
+    // retry; at 90 % one slow call or one lost reply is an expired lease, and
+    // the server hands the unit to someone else while the caller still works.
+    let mut due = granted + ttl / 3;
+    // Retries back off only up to a tenth of the ttl, so that several fit in
+    // the two thirds that are left.
+    let max_retry = (ttl / 10).max(FIRST_RENEW_RETRY);
+    let mut failures = 0;
     loop {
-        tokio::time::sleep(ttl / 3).await;
-        match client.renew_lease(&id, Some(ttl)).await {
-            Ok(_) => {}
+        tokio::time::sleep_until(due).await;
+        let sent = Instant::now();
+        let left = (granted + ttl).saturating_duration_since(sent);
+        // An attempt may take half of the time left, so that another one
+        // still fits if it fails. Dropping a slow attempt cancels it.
+        let limit = (left / 2).max(FIRST_RENEW_RETRY);
+        match tokio::time::timeout(limit, renew()).await {
+            Ok(Ok(_)) => {
+                granted = sent;
+                failures = 0;
+                due = sent + ttl / 3;
+            }
             // Released, expired or gone: nothing left to keep alive.
-            Err(e) if matches!(e.code(), Some(Code::FailedPrecondition | Code::NotFound)) => return,
-            // Transient: the next attempt comes within the ttl.
-            Err(_) => {}
+            Ok(Err(e)) if matches!(e.code(), Some(Code::FailedPrecondition | Code::NotFound)) => {
+                return;
+            }
+            // Too slow or a passing failure. A renewal only sets the expiry
+            // to now + ttl, so repeating one is harmless: try again soon.
+            Ok(Err(_)) | Err(_) => {
+                due = Instant::now() + backoff(FIRST_RENEW_RETRY, max_retry, failures);
+                failures = failures.saturating_add(1);
+            }
         }
     }
 }
@@ -242,5 +305,79 @@ async fn follow(
             Ok(s) => stream = s,
             Err(_) => continue,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::Error;
+
+    /// Runs `keep_alive` for a lease of `ttl` granted now, whose renewals
+    /// behave as `answer` says for the call with that number (1 for the
+    /// first); returns when each call was made, relative to the grant.
+    async fn renewals(
+        ttl: Duration,
+        answer: impl Fn(usize) -> Option<Result<()>>,
+    ) -> Vec<Duration> {
+        let granted = Instant::now();
+        let calls = Mutex::new(Vec::new());
+        let renew = || {
+            let n = {
+                let mut calls = calls.lock().expect("calls");
+                calls.push(granted.elapsed());
+                calls.len()
+            };
+            let answer = answer(n);
+            async move {
+                match answer {
+                    Some(answer) => answer,
+                    None => std::future::pending().await,
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), keep_alive(ttl, granted, renew))
+            .await
+            .expect("keep_alive stops once the lease is gone");
+        calls.into_inner().expect("calls")
+    }
+
+    fn gone() -> Option<Result<()>> {
+        Some(Err(Error::from(tonic::Status::failed_precondition(
+            "expired",
+        ))))
+    }
+
+    #[tokio::test]
+    async fn renews_at_a_third_and_retries_failures_before_expiry() {
+        let ttl = Duration::from_millis(900);
+        let calls = renewals(ttl, |n| match n {
+            1 | 2 => Some(Err(Error::from(tonic::Status::unavailable("down")))),
+            3 => Some(Ok(())),
+            _ => gone(),
+        })
+        .await;
+        assert_eq!(calls.len(), 4, "{calls:?}");
+        assert!(calls[0] >= ttl / 3, "not before a third: {calls:?}");
+        assert!(calls[2] < ttl, "failures retried before expiry: {calls:?}");
+        assert!(
+            calls[3] >= calls[2] + ttl / 3,
+            "after a renewal, a third of the new ttl: {calls:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hanging_renewal_leaves_time_for_another() {
+        let ttl = Duration::from_millis(900);
+        let calls = renewals(ttl, |n| match n {
+            1 => None,
+            2 => Some(Ok(())),
+            _ => gone(),
+        })
+        .await;
+        assert_eq!(calls.len(), 3, "{calls:?}");
+        assert!(calls[1] < ttl, "retried before expiry: {calls:?}");
     }
 }

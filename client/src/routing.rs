@@ -2,11 +2,8 @@
 
 use std::time::Duration;
 
-use crate::{AgentFilter, Client, Error, Result, pb};
-
-fn proto_duration(field: &str, d: Duration) -> Result<prost_types::Duration> {
-    prost_types::Duration::try_from(d).map_err(|e| Error::InvalidConfig(format!("{field}: {e}")))
-}
+use crate::client::proto_duration;
+use crate::{Client, Result, pb};
 
 /// # Routing operations
 ///
@@ -37,7 +34,8 @@ impl Client {
     /// [`Router::acquire`](crate::Router::acquire) wraps it in a guard that
     /// renews and releases itself.
     ///
-    /// Fails with [`Error::ResourceExhausted`] when no matching agent has room.
+    /// Fails with [`Error::ResourceExhausted`](crate::Error::ResourceExhausted)
+    /// when no matching agent has room.
     pub async fn acquire_agent(
         &self,
         filter: impl Into<pb::AgentFilter>,
@@ -56,7 +54,8 @@ impl Client {
 
     /// Extends lease `lease_id` by `ttl` from now (`None`: its original ttl).
     ///
-    /// Fails with [`Error::FailedPrecondition`] once the lease was released or expired.
+    /// Fails with [`Error::FailedPrecondition`](crate::Error::FailedPrecondition)
+    /// once the lease was released or expired.
     pub async fn renew_lease(&self, lease_id: &str, ttl: Option<Duration>) -> Result<pb::Lease> {
         let request = pb::RenewLeaseRequest {
             lease_id: lease_id.to_owned(),
@@ -118,11 +117,5 @@ impl Client {
             .watch_available_agents(tonic::Request::new(request))
             .await?
             .into_inner())
-    }
-}
-
-impl From<AgentFilter> for pb::AgentFilter {
-    fn from(f: AgentFilter) -> Self {
-        f.filter
     }
 }
