@@ -12,8 +12,6 @@
 //! database errors to domain errors), `validate`, `pagination`, `pb` (wire
 //! types), and `server` (wiring, health, shutdown).
 
-#![forbid(unsafe_code)]
-
 pub mod admin;
 pub mod auth;
 pub mod config;

@@ -228,7 +228,9 @@ impl AgentSession {
         });
     }
 
-    /// Reports the units of work the instance is doing; sent with the next heartbeat.
+    /// Reports the units of work the instance is doing; sent with the next
+    /// heartbeat. The server validates and keeps it, but routing does not use
+    /// it yet: it ranks instances by their open leases.
     pub fn report_load(&self, load: u32) {
         let load = i32::try_from(load).unwrap_or(i32::MAX);
         self.report.send_if_modified(|r| {

@@ -86,8 +86,6 @@
 //! a [`Lease`] retries its renewals (a renewal only moves the expiry). The
 //! client speaks plain `http://` (no TLS yet).
 
-#![forbid(unsafe_code)]
-
 mod admin;
 mod agent;
 mod backoff;

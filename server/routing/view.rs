@@ -574,3 +574,324 @@ impl Follower for View {
         View::apply(self, updates);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The view alone: snapshots and updates built in memory, no database.
+
+    use chrono::Utc;
+    use sqlx::types::Json;
+
+    use super::*;
+    use crate::configurations::store::ConfigurationFields;
+    use crate::feed::Op;
+    use crate::routing::store::OpenLeases;
+
+    fn manifest(id: Uuid, agent_id: &str, status: &str, capabilities: &[&str]) -> ManifestRow {
+        ManifestRow {
+            id,
+            agent_id: agent_id.into(),
+            agent_type: "ide".into(),
+            name: agent_id.into(),
+            description: String::new(),
+            version: "1.0.0".into(),
+            capabilities: Json(capabilities.iter().map(|c| c.to_string()).collect()),
+            requirements: String::new(),
+            metadata: serde_json::json!({}),
+            status: status.into(),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    fn configuration(
+        id: Uuid,
+        tenant: Uuid,
+        manifest: Uuid,
+        work: i32,
+        max: i32,
+    ) -> ConfigurationRow {
+        ConfigurationRow {
+            id,
+            tenant_id: tenant,
+            manifest_id: manifest,
+            agent_id: "ide-agent".into(),
+            fields: ConfigurationFields {
+                name: "ide".into(),
+                enabled: true,
+                configuration: serde_json::json!({}),
+                system_prompt: String::new(),
+                temperature: None,
+                max_tokens: None,
+                model_id: None,
+                max_workload: max,
+            },
+            current_workload: work,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    fn instance(c: &ConfigurationRow, health: &str, failures: i32) -> RegistrationRow {
+        let id = Uuid::new_v4();
+        RegistrationRow {
+            id,
+            tenant_id: c.tenant_id,
+            manifest_id: c.manifest_id,
+            agent_id: c.agent_id.clone(),
+            configuration_id: c.id,
+            instance_id: id.to_string(),
+            name: String::new(),
+            registration_status: "active".into(),
+            health_status: health.into(),
+            connection_details: serde_json::json!({}),
+            runtime_config: serde_json::json!({}),
+            capacity: None,
+            epoch: 1,
+            failure_count: failures,
+            last_health_check: Utc::now(),
+            activation_date: Utc::now(),
+            deactivation_date: None,
+            drain_time: None,
+            drain_reason: String::new(),
+            routable: matches!(health, "healthy" | "degraded"),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    struct Fleet {
+        view: View,
+        tenant: Uuid,
+        manifest: Uuid,
+        a: ConfigurationRow,
+        b: ConfigurationRow,
+    }
+
+    /// Two configurations of one manifest: `a` at 1/4 with one healthy
+    /// instance, `b` at 0/2 with a healthy and a degraded one.
+    fn fleet() -> (Fleet, Vec<RegistrationRow>) {
+        let (tenant, manifest) = (Uuid::new_v4(), Uuid::new_v4());
+        let a = configuration(Uuid::new_v4(), tenant, manifest, 1, 4);
+        let b = configuration(Uuid::new_v4(), tenant, manifest, 0, 2);
+        let instances = vec![
+            instance(&a, "healthy", 0),
+            instance(&b, "healthy", 2),
+            instance(&b, "degraded", 0),
+        ];
+        let view = View::new(16);
+        view.load(&Snapshot {
+            manifests: vec![manifest_row(manifest, "active")],
+            configurations: vec![a.clone(), b.clone()],
+            registrations: instances.clone(),
+            open_leases: vec![],
+        });
+        let fleet = Fleet {
+            view,
+            tenant,
+            manifest,
+            a,
+            b,
+        };
+        (fleet, instances)
+    }
+
+    fn manifest_row(id: Uuid, status: &str) -> ManifestRow {
+        manifest(id, "ide-agent", status, &["code_editing"])
+    }
+
+    fn ids(f: &Fleet, filter: &Filter) -> Vec<Uuid> {
+        f.view
+            .candidates(f.tenant, filter, 10)
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect()
+    }
+
+    #[test]
+    fn a_loaded_view_ranks_configurations_by_score_and_instances_by_health_leases_failures() {
+        let (f, instances) = fleet();
+        // a: 0.5 * 3/4 + 0.3 * 1 + 0.2 * 1/3; b: 0.5 * 1 + 0.3 * 1/2 + 0.2 * 2/3.
+        let (agents, _) = f.view.available(f.tenant, &Filter::default(), 10);
+        let scores: Vec<f64> = agents.iter().map(|a| a.score).collect();
+        let expected = [0.5 + 0.15 + 0.2 * 2.0 / 3.0, 0.375 + 0.3 + 0.2 / 3.0];
+        assert!((scores[0] - expected[0]).abs() < 1e-9 && (scores[1] - expected[1]).abs() < 1e-9);
+        assert_eq!(ids(&f, &Filter::default()), [f.b.id, f.a.id]);
+        // Inside b the healthy instance wins although it failed twice.
+        let best_of_b = f.view.candidates(f.tenant, &Filter::default(), 1)[0].1;
+        assert_eq!(best_of_b, instances[1].id);
+        // Two open leases on it make no difference to health order...
+        f.view.apply(&[Update::Leases {
+            tenant: f.tenant,
+            registration: instances[1].id,
+            delta: 2,
+        }]);
+        assert_eq!(
+            f.view.candidates(f.tenant, &Filter::default(), 1)[0].1,
+            instances[1].id
+        );
+        // ...but once it is unknown, the degraded one is offered.
+        let mut unknown = instances[1].clone();
+        unknown.health_status = "unknown".into();
+        unknown.routable = false;
+        f.view.apply(&[Update::Registration {
+            tenant: f.tenant,
+            id: unknown.id,
+            row: Some(unknown),
+        }]);
+        // ...and b, degraded only now, falls behind a healthy a.
+        assert_eq!(ids(&f, &Filter::default()), [f.a.id]);
+        let degraded = Filter {
+            include_degraded: true,
+            ..Filter::default()
+        };
+        let b = f.view.candidates(f.tenant, &degraded, 10);
+        assert!(b.contains(&(f.b.id, instances[2].id)), "{b:?}");
+    }
+
+    #[test]
+    fn updates_change_what_is_available() {
+        let (f, instances) = fleet();
+        let any = Filter::default();
+        let before = f.view.revision();
+        // A full configuration is not offered.
+        f.view.apply(&[Update::Workload {
+            tenant: f.tenant,
+            configuration: f.b.id,
+            current_workload: 2,
+        }]);
+        assert_eq!(ids(&f, &any), [f.a.id]);
+        assert!(f.view.revision() > before);
+        // A disabled one neither.
+        let mut disabled = f.a.clone();
+        disabled.fields.enabled = false;
+        f.view.apply(&[Update::Configuration {
+            tenant: f.tenant,
+            id: f.a.id,
+            op: Op::Update,
+            row: Some(disabled),
+        }]);
+        assert!(ids(&f, &any).is_empty());
+        // A deprecated manifest only with include_deprecated.
+        f.view.apply(&[
+            Update::Workload {
+                tenant: f.tenant,
+                configuration: f.b.id,
+                current_workload: 0,
+            },
+            Update::Manifest {
+                id: f.manifest,
+                row: Some(manifest_row(f.manifest, "deprecated")),
+            },
+        ]);
+        assert!(ids(&f, &any).is_empty());
+        let deprecated = Filter {
+            include_deprecated: true,
+            ..Filter::default()
+        };
+        assert_eq!(ids(&f, &deprecated), [f.b.id]);
+        // A departed instance takes its configuration's redundancy with it;
+        // a deleted configuration is gone with its instances.
+        f.view.apply(&[Update::Registration {
+            tenant: f.tenant,
+            id: instances[1].id,
+            row: None,
+        }]);
+        assert_eq!(
+            f.view.candidates(f.tenant, &deprecated, 1)[0].1,
+            instances[2].id
+        );
+        f.view.apply(&[Update::Configuration {
+            tenant: f.tenant,
+            id: f.b.id,
+            op: Op::Delete,
+            row: None,
+        }]);
+        assert!(ids(&f, &deprecated).is_empty());
+        assert!(f.view.leased(f.tenant, f.b.id, instances[2].id).is_none());
+    }
+
+    #[test]
+    fn degraded_only_configurations_are_a_fallback_and_filters_apply() {
+        let (f, instances) = fleet();
+        let capability = |c: &str| Filter {
+            capabilities: vec![c.into()],
+            ..Filter::default()
+        };
+        assert_eq!(ids(&f, &capability("code_editing")).len(), 2);
+        assert!(ids(&f, &capability("terminal")).is_empty());
+        let other_agent = Filter {
+            agent_id: Some("slack-bot".into()),
+            ..Filter::default()
+        };
+        assert!(ids(&f, &other_agent).is_empty());
+        // b loses its healthy instance: only a (healthy) is offered, unless
+        // degraded ones are asked for, or nothing healthy is left.
+        f.view.apply(&[Update::Registration {
+            tenant: f.tenant,
+            id: instances[1].id,
+            row: None,
+        }]);
+        assert_eq!(ids(&f, &Filter::default()), [f.a.id]);
+        let degraded = Filter {
+            include_degraded: true,
+            ..Filter::default()
+        };
+        assert_eq!(ids(&f, &degraded).len(), 2);
+        f.view.apply(&[Update::Registration {
+            tenant: f.tenant,
+            id: instances[0].id,
+            row: None,
+        }]);
+        assert_eq!(ids(&f, &Filter::default()), [f.b.id]);
+        // Another tenant sees nothing of this one.
+        assert!(
+            f.view
+                .candidates(Uuid::new_v4(), &Filter::default(), 10)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn open_leases_survive_a_reload_of_their_instance_and_rank_it() {
+        let (f, _) = fleet();
+        let c = configuration(Uuid::new_v4(), f.tenant, f.manifest, 0, 10);
+        let (busy, idle) = (instance(&c, "healthy", 0), instance(&c, "healthy", 0));
+        f.view.load(&Snapshot {
+            manifests: vec![manifest_row(f.manifest, "active")],
+            configurations: vec![c.clone()],
+            registrations: vec![busy.clone(), idle.clone()],
+            open_leases: vec![OpenLeases {
+                tenant_id: f.tenant,
+                registration_id: busy.id,
+                count: 3,
+            }],
+        });
+        assert_eq!(
+            f.view.candidates(f.tenant, &Filter::default(), 1)[0].1,
+            idle.id
+        );
+        // The idle one is drained (not routable): the busy one is offered.
+        let mut drained = idle.clone();
+        drained.drain_time = Some(Utc::now());
+        drained.routable = false;
+        f.view.apply(&[Update::Registration {
+            tenant: f.tenant,
+            id: idle.id,
+            row: Some(drained),
+        }]);
+        assert_eq!(
+            f.view.candidates(f.tenant, &Filter::default(), 1)[0].1,
+            busy.id
+        );
+        // Its leases end: still the only one, and its leases count is gone.
+        f.view.apply(&[Update::Leases {
+            tenant: f.tenant,
+            registration: busy.id,
+            delta: -3,
+        }]);
+        let (configuration, registration) = f.view.leased(f.tenant, c.id, busy.id).expect("held");
+        assert_eq!(configuration.id, c.id.to_string());
+        assert_eq!(registration.id, busy.id.to_string());
+    }
+}

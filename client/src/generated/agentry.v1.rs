@@ -1140,7 +1140,9 @@ pub struct Heartbeat {
     /// HEALTHY or DEGRADED.
     #[prost(enumeration = "HealthStatus", tag = "2")]
     pub health_status: i32,
-    /// Units of work the instance is doing now.
+    /// Units of work the instance is doing now (not negative). The server that
+    /// holds the stream validates and keeps it; routing does not use it yet and
+    /// ranks an agent's instances by their open leases.
     #[prost(int32, tag = "3")]
     pub current_load: i32,
     /// Optional short status message (at most 256 characters).
