@@ -22,6 +22,7 @@ pub mod feed;
 pub mod manifests;
 pub mod pagination;
 pub mod pb;
+pub mod periodic;
 pub mod registrations;
 pub mod request;
 pub mod routing;

@@ -27,6 +27,7 @@ use crate::pb::configuration_service_server::ConfigurationServiceServer;
 use crate::pb::manifest_service_server::ManifestServiceServer;
 use crate::pb::registration_service_server::RegistrationServiceServer;
 use crate::pb::routing_service_server::RoutingServiceServer;
+use crate::periodic::Ticker;
 use crate::registrations::RegistrationApi;
 use crate::registrations::heartbeats::HeartbeatWriter;
 use crate::registrations::registry::Registry;
@@ -294,23 +295,18 @@ async fn watch_database(
     pool: PgPool,
     reporter: HealthReporter,
     interval: Duration,
-    mut stopping: watch::Receiver<bool>,
+    stopping: watch::Receiver<bool>,
 ) {
     let mut healthy = true;
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stopping.wait_for(|s| *s) => return,
-        }
+    let mut ticker = Ticker::now(interval, stopping);
+    while ticker.tick().await {
         let probe = tokio::time::timeout(
             interval.max(Duration::from_secs(1)),
             sqlx::query("SELECT 1").execute(&pool),
         )
         .await;
         let ok = matches!(probe, Ok(Ok(_)));
-        if *stopping.borrow() {
+        if ticker.stopping() {
             return;
         }
         if ok != healthy {

@@ -82,13 +82,29 @@ macro_rules! select_from {
     };
 }
 
+/// Binds the writable fields, in column order, to `$query`.
+macro_rules! bind_fields {
+    ($query:expr, $f:expr) => {
+        $query
+            .bind(&$f.name)
+            .bind($f.enabled)
+            .bind(&$f.configuration)
+            .bind(&$f.system_prompt)
+            .bind($f.temperature)
+            .bind($f.max_tokens)
+            .bind($f.model_id)
+            .bind($f.max_workload)
+    };
+}
+
+/// Creates a configuration of `manifest_id` for `tenant`.
 pub async fn insert(
     pool: &PgPool,
     tenant: Uuid,
     manifest_id: Uuid,
     f: &ConfigurationFields,
 ) -> Result<ConfigurationRow> {
-    sqlx::query_as(concat!(
+    let query = sqlx::query_as(concat!(
         "WITH inserted AS (INSERT INTO agent_configurations (id, tenant_id, manifest_id, name, enabled, \
          configuration, system_prompt, temperature, max_tokens, model_id, max_workload) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *) ",
@@ -96,18 +112,8 @@ pub async fn insert(
     ))
     .bind(Uuid::new_v4())
     .bind(tenant)
-    .bind(manifest_id)
-    .bind(&f.name)
-    .bind(f.enabled)
-    .bind(&f.configuration)
-    .bind(&f.system_prompt)
-    .bind(f.temperature)
-    .bind(f.max_tokens)
-    .bind(f.model_id)
-    .bind(f.max_workload)
-    .fetch_one(pool)
-    .await
-    .map_err(Error::from)
+    .bind(manifest_id);
+    Ok(bind_fields!(query, f).fetch_one(pool).await?)
 }
 
 /// One configuration within `tenant` (`None`: any tenant), optionally locked.
@@ -182,24 +188,17 @@ pub async fn update<'e>(
     id: Uuid,
     f: &ConfigurationFields,
 ) -> Result<ConfigurationRow> {
-    sqlx::query_as(concat!(
+    let query = sqlx::query_as(concat!(
         "WITH updated AS (UPDATE agent_configurations SET name = $2, enabled = $3, configuration = $4, \
          system_prompt = $5, temperature = $6, max_tokens = $7, model_id = $8, max_workload = $9, \
          updated_at = now() WHERE id = $1 RETURNING *) ",
         select_from!("updated")
     ))
-    .bind(id)
-    .bind(&f.name)
-    .bind(f.enabled)
-    .bind(&f.configuration)
-    .bind(&f.system_prompt)
-    .bind(f.temperature)
-    .bind(f.max_tokens)
-    .bind(f.model_id)
-    .bind(f.max_workload)
-    .fetch_optional(db)
-    .await?
-    .ok_or_else(|| Error::NotFound("configuration".into()))
+    .bind(id);
+    bind_fields!(query, f)
+        .fetch_optional(db)
+        .await?
+        .ok_or_else(|| Error::NotFound("configuration".into()))
 }
 
 pub async fn delete(pool: &PgPool, tenant: Option<Uuid>, id: Uuid) -> Result<()> {

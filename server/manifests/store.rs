@@ -98,26 +98,32 @@ macro_rules! columns {
     };
 }
 
+/// Binds the fields after `agent_id`, in column order, to `$query`.
+macro_rules! bind_fields {
+    ($query:expr, $m:expr) => {
+        $query
+            .bind(&$m.agent_type)
+            .bind(&$m.name)
+            .bind(&$m.description)
+            .bind(&$m.version)
+            .bind(Json(&$m.capabilities))
+            .bind(&$m.requirements)
+            .bind(&$m.metadata)
+            .bind($m.status.db_name())
+    };
+}
+
+/// Creates a manifest.
 pub async fn insert(pool: &PgPool, m: &ManifestFields) -> Result<ManifestRow> {
-    sqlx::query_as(concat!(
+    let query = sqlx::query_as(concat!(
         "INSERT INTO agent_manifests (id, agent_id, agent_type, name, description, version, \
          capabilities, requirements, metadata, status) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ",
         columns!()
     ))
     .bind(Uuid::new_v4())
-    .bind(&m.agent_id)
-    .bind(&m.agent_type)
-    .bind(&m.name)
-    .bind(&m.description)
-    .bind(&m.version)
-    .bind(Json(&m.capabilities))
-    .bind(&m.requirements)
-    .bind(&m.metadata)
-    .bind(m.status.db_name())
-    .fetch_one(pool)
-    .await
-    .map_err(Error::from)
+    .bind(&m.agent_id);
+    Ok(bind_fields!(query, m).fetch_one(pool).await?)
 }
 
 /// One manifest, optionally locked for update within a transaction.
@@ -200,24 +206,17 @@ pub async fn update<'e>(
     id: Uuid,
     m: &ManifestFields,
 ) -> Result<ManifestRow> {
-    sqlx::query_as(concat!(
+    let query = sqlx::query_as(concat!(
         "UPDATE agent_manifests SET agent_type = $2, name = $3, description = $4, version = $5, \
          capabilities = $6, requirements = $7, metadata = $8, status = $9, updated_at = now() \
          WHERE id = $1 RETURNING ",
         columns!()
     ))
-    .bind(id)
-    .bind(&m.agent_type)
-    .bind(&m.name)
-    .bind(&m.description)
-    .bind(&m.version)
-    .bind(Json(&m.capabilities))
-    .bind(&m.requirements)
-    .bind(&m.metadata)
-    .bind(m.status.db_name())
-    .fetch_optional(db)
-    .await?
-    .ok_or_else(|| Error::NotFound("manifest".into()))
+    .bind(id);
+    bind_fields!(query, m)
+        .fetch_optional(db)
+        .await?
+        .ok_or_else(|| Error::NotFound("manifest".into()))
 }
 
 /// Deletes manifest `id`; refused while configurations reference it.

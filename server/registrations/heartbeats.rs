@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::sessions::Sessions;
 use super::store;
 use crate::error::Result;
+use crate::periodic::Ticker;
 
 /// Writes the heartbeat times that `sessions` noted.
 #[derive(Debug, Clone)]
@@ -63,14 +64,9 @@ impl HeartbeatWriter {
     }
 
     /// Flushes every `interval` until `stopping` turns true.
-    pub async fn run(&self, interval: Duration, mut stopping: watch::Receiver<bool>) {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = stopping.wait_for(|s| *s) => return,
-            }
+    pub async fn run(&self, interval: Duration, stopping: watch::Receiver<bool>) {
+        let mut ticker = Ticker::now(interval, stopping);
+        while ticker.tick().await {
             if let Err(e) = self.flush().await {
                 tracing::warn!(error = %e, "heartbeat flush failed; retrying next interval");
             }

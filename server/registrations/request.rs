@@ -52,13 +52,24 @@ pub struct ListRegistrations {
     pub filter: RegistrationFilter,
 }
 
+/// A change of one registration's state, fenced by epoch.
+#[derive(Debug, Clone, Copy)]
+pub enum Transition {
+    /// Health reported by the instance (healthy or degraded); healthy resets failures.
+    Report(HealthStatus),
+    /// The instance's stream broke: unknown, one more failure.
+    Broken,
+    /// The instance left or was deactivated.
+    Deactivate,
+}
+
 /// A fenced change asked for by instance id (`UpdateHealth`, `DeactivateRegistration`).
 #[derive(Debug)]
-pub struct InstanceChange<T> {
+pub struct InstanceChange {
     pub instance_id: String,
     /// 0: unfenced.
     pub epoch: i64,
-    pub change: T,
+    pub change: Transition,
 }
 
 /// `DrainRegistration`.
@@ -228,7 +239,7 @@ impl TryFrom<pb::ListRegistrationsRequest> for ListRegistrations {
 
 impl Traced for ListRegistrations {}
 
-impl TryFrom<pb::UpdateHealthRequest> for InstanceChange<HealthStatus> {
+impl TryFrom<pb::UpdateHealthRequest> for InstanceChange {
     type Error = Error;
     fn try_from(r: pb::UpdateHealthRequest) -> Result<Self> {
         instance("instance_id", &r.instance_id)?;
@@ -237,28 +248,24 @@ impl TryFrom<pb::UpdateHealthRequest> for InstanceChange<HealthStatus> {
         Ok(InstanceChange {
             instance_id: r.instance_id,
             epoch: epoch(r.epoch)?,
-            change: health,
+            change: Transition::Report(health),
         })
     }
 }
 
-/// The change of a `DeactivateRegistration`.
-#[derive(Debug)]
-pub struct Deactivate;
-
-impl TryFrom<pb::DeactivateRegistrationRequest> for InstanceChange<Deactivate> {
+impl TryFrom<pb::DeactivateRegistrationRequest> for InstanceChange {
     type Error = Error;
     fn try_from(r: pb::DeactivateRegistrationRequest) -> Result<Self> {
         instance("instance_id", &r.instance_id)?;
         Ok(InstanceChange {
             instance_id: r.instance_id,
             epoch: epoch(r.epoch)?,
-            change: Deactivate,
+            change: Transition::Deactivate,
         })
     }
 }
 
-impl<T> Traced for InstanceChange<T> {
+impl Traced for InstanceChange {
     fn trace(&self, span: &tracing::Span) {
         span.record("instance", self.instance_id.as_str());
     }

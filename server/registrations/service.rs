@@ -9,16 +9,15 @@ use tracing::instrument;
 use super::heartbeats::HeartbeatWriter;
 use super::registry::Registry;
 use super::request::{
-    Announcement, CleanupOrder, Deactivate, DrainOrder, InstanceChange, ListRegistrations,
-    RegistrationKey,
+    Announcement, CleanupOrder, DrainOrder, InstanceChange, ListRegistrations, RegistrationKey,
 };
-use super::store::{self, Transition};
+use super::store;
 use super::stream::{HealthStreams, ResponseStream};
 use super::sweeper::Sweeper;
 use crate::auth::Authenticator;
 use crate::pagination::{self, TimeKey};
 use crate::pb::registration_service_server::RegistrationService;
-use crate::pb::{self, HealthStatus, Role};
+use crate::pb::{self, Role};
 
 /// Roles that register and report health: a tenant's agents and its services.
 const REGISTRANTS: &[Role] = &[Role::Agent, Role::Tenant];
@@ -55,6 +54,25 @@ impl RegistrationApi {
             heartbeats,
             sweeper,
         }
+    }
+}
+
+impl RegistrationApi {
+    /// `UpdateHealth` and `DeactivateRegistration`: a fenced change by instance id.
+    async fn change<P>(&self, request: Request<P>) -> Result<Response<pb::Registration>, Status>
+    where
+        InstanceChange: TryFrom<P, Error = crate::Error>,
+    {
+        let (caller, r) = self
+            .auth
+            .accept::<_, InstanceChange>(request, REGISTRANTS)
+            .await?;
+        let tenant = caller.scope("")?.filter();
+        let row = self
+            .registry
+            .transition(tenant, r.instance_id, r.epoch, r.change)
+            .await?;
+        Ok(Response::new(row.into()))
     }
 }
 
@@ -127,16 +145,7 @@ impl RegistrationService for RegistrationApi {
         &self,
         request: Request<pb::UpdateHealthRequest>,
     ) -> Result<Response<pb::Registration>, Status> {
-        let (caller, r) = self
-            .auth
-            .accept::<_, InstanceChange<HealthStatus>>(request, REGISTRANTS)
-            .await?;
-        let tenant = caller.scope("")?.filter();
-        let row = self
-            .registry
-            .transition(tenant, r.instance_id, r.epoch, Transition::Report(r.change))
-            .await?;
-        Ok(Response::new(row.into()))
+        self.change(request).await
     }
 
     #[instrument(
@@ -148,16 +157,7 @@ impl RegistrationService for RegistrationApi {
         &self,
         request: Request<pb::DeactivateRegistrationRequest>,
     ) -> Result<Response<pb::Registration>, Status> {
-        let (caller, r) = self
-            .auth
-            .accept::<_, InstanceChange<Deactivate>>(request, REGISTRANTS)
-            .await?;
-        let tenant = caller.scope("")?.filter();
-        let row = self
-            .registry
-            .transition(tenant, r.instance_id, r.epoch, Transition::Deactivate)
-            .await?;
-        Ok(Response::new(row.into()))
+        self.change(request).await
     }
 
     #[instrument(

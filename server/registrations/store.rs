@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
-pub use super::request::{Announcement, RegistrationFilter, RegistrationKey};
+pub use super::request::{Announcement, RegistrationFilter, RegistrationKey, Transition};
 use crate::error::{Error, Result};
 use crate::pb::{self, HealthStatus};
 
@@ -312,17 +312,6 @@ pub async fn list(pool: &PgPool, f: &RegistrationFilter) -> Result<Vec<Registrat
     .bind(f.limit + 1)
     .fetch_all(pool)
     .await?)
-}
-
-/// A change of one registration's state, fenced by epoch.
-#[derive(Debug, Clone, Copy)]
-pub enum Transition {
-    /// Health reported by the instance (healthy or degraded); healthy resets failures.
-    Report(HealthStatus),
-    /// The instance's stream broke: unknown, one more failure.
-    Broken,
-    /// The instance left or was deactivated.
-    Deactivate,
 }
 
 /// Why a fenced change did not apply.

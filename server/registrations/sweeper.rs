@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use crate::config::RegistryConfig;
 use crate::error::Result;
+use crate::periodic::Ticker;
 
 /// Gives back the units of expired leases, inside the sweep's transaction.
 #[tonic::async_trait]
@@ -94,14 +95,9 @@ impl Sweeper {
     }
 
     /// Sweeps every `interval` until `stopping` turns true.
-    pub async fn run(&self, interval: Duration, mut stopping: watch::Receiver<bool>) {
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = stopping.wait_for(|s| *s) => return,
-            }
+    pub async fn run(&self, interval: Duration, stopping: watch::Receiver<bool>) {
+        let mut ticker = Ticker::after(interval, stopping);
+        while ticker.tick().await {
             if let Err(e) = self.sweep_with(&self.settings).await {
                 tracing::warn!(error = %e, "sweep failed; retrying next interval");
             }

@@ -23,6 +23,14 @@ struct LeaseCounts {
     busy_seconds: f64,
 }
 
+/// Binds what every statement here takes: tenant, configuration, and the
+/// period's start and end ($1 to $4).
+macro_rules! in_window {
+    ($query:expr, ($tenant:expr, $id:expr, $start:expr, $end:expr)) => {
+        $query.bind($tenant).bind($id).bind($start).bind($end)
+    };
+}
+
 /// Figures of configuration `id` (of `tenant`, `None`: any) over the `period` before now.
 pub(super) async fn compute(
     pool: &PgPool,
@@ -37,7 +45,8 @@ pub(super) async fn compute(
         end - chrono::Duration::from_std(period).unwrap_or_else(|_| chrono::Duration::days(30));
     let seconds = (end - start).num_microseconds().unwrap_or(1).max(1) as f64 / 1e6;
 
-    let counts: LeaseCounts = sqlx::query_as(
+    let counts: LeaseCounts = in_window!(
+        sqlx::query_as(
         "SELECT count(*) FILTER (WHERE acquired_at >= $3) AS acquired, \
            count(*) FILTER (WHERE released_at >= $3 AND outcome = 'succeeded') AS succeeded, \
            count(*) FILTER (WHERE released_at >= $3 AND outcome = 'failed') AS failed, \
@@ -47,72 +56,66 @@ pub(super) async fn compute(
              AS busy_seconds \
          FROM workload_leases WHERE tenant_id = $1 AND configuration_id = $2 \
            AND acquired_at <= $4 AND (released_at IS NULL OR released_at >= $3)",
+        ),
+        (tenant, id, start, end)
     )
-    .bind(tenant)
-    .bind(id)
-    .bind(start)
-    .bind(end)
     .fetch_one(pool)
     .await?;
 
     // Peak concurrency: a running sum over lease starts and ends (ends first at equal times).
-    let peak: i64 = sqlx::query_scalar(
+    let peak: i64 = in_window!(
+        sqlx::query_scalar(
         "WITH l AS ( \
            SELECT greatest(acquired_at, $3) AS a, least(coalesce(released_at, $4), $4) AS r \
            FROM workload_leases WHERE tenant_id = $1 AND configuration_id = $2 \
              AND acquired_at <= $4 AND (released_at IS NULL OR released_at >= $3)), \
          ev AS (SELECT a AS t, 1 AS d FROM l UNION ALL SELECT r AS t, -1 AS d FROM l WHERE r < $4) \
          SELECT coalesce(max(s), 0)::bigint FROM (SELECT sum(d) OVER (ORDER BY t, d ROWS UNBOUNDED PRECEDING) AS s FROM ev) x",
+        ),
+        (tenant, id, start, end)
     )
-    .bind(tenant)
-    .bind(id)
-    .bind(start)
-    .bind(end)
     .fetch_one(pool)
     .await?;
 
-    let (transitions, failures): (i64, i64) = sqlx::query_as(
+    let (transitions, failures): (i64, i64) = in_window!(
+        sqlx::query_as(
         "WITH e AS ( \
            SELECT at, kind, health_status, \
              lag(health_status) OVER (PARTITION BY registration_id ORDER BY at, id) AS before \
            FROM registration_events WHERE tenant_id = $1 AND configuration_id = $2 AND at <= $4) \
          SELECT count(*) FILTER (WHERE at >= $3 AND before IS NOT NULL AND before <> health_status), \
                 count(*) FILTER (WHERE at >= $3 AND kind IN ('failed', 'swept')) FROM e",
+        ),
+        (tenant, id, start, end)
     )
-    .bind(tenant)
-    .bind(id)
-    .bind(start)
-    .bind(end)
     .fetch_one(pool)
     .await?;
 
-    let instances_seen: i64 = sqlx::query_scalar(
+    let instances_seen: i64 = in_window!(
+        sqlx::query_scalar(
         "SELECT count(*) FROM ( \
            SELECT registration_id FROM registration_events \
              WHERE tenant_id = $1 AND configuration_id = $2 AND at BETWEEN $3 AND $4 \
            UNION \
            SELECT id FROM agent_registrations WHERE tenant_id = $1 AND configuration_id = $2 \
              AND activation_date <= $4 AND (registration_status = 'active' OR deactivation_date >= $3)) x",
+        ),
+        (tenant, id, start, end)
     )
-    .bind(tenant)
-    .bind(id)
-    .bind(start)
-    .bind(end)
     .fetch_one(pool)
     .await?;
 
     // Intervals during which each instance was healthy, from its event history.
-    let healthy: Vec<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+    let healthy: Vec<(DateTime<Utc>, DateTime<Utc>)> = in_window!(
+        sqlx::query_as(
         "WITH e AS ( \
            SELECT at, health_status, lead(at) OVER (PARTITION BY registration_id ORDER BY at, id) AS next \
            FROM registration_events WHERE tenant_id = $1 AND configuration_id = $2 AND at <= $4) \
          SELECT greatest(at, $3) AS a, least(coalesce(next, $4), $4) AS b FROM e \
          WHERE health_status = 'healthy' AND coalesce(next, $4) > $3 ORDER BY 1",
+        ),
+        (tenant, id, start, end)
     )
-    .bind(tenant)
-    .bind(id)
-    .bind(start)
-    .bind(end)
     .fetch_all(pool)
     .await?;
 
