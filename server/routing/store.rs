@@ -88,21 +88,32 @@ pub struct Expiry;
 #[tonic::async_trait]
 impl LeaseExpiry for Expiry {
     async fn expire(&self, conn: &mut PgConnection) -> Result<i64> {
-        expire(conn).await
+        let (expired, drifted) = expire(conn).await?;
+        if drifted > 0 {
+            tracing::error!(
+                units = drifted,
+                "workload counter drift: expired leases gave back units their configuration's counter did not hold; set to 0"
+            );
+        }
+        Ok(expired)
     }
 }
 
-/// Expires open leases past their expiry and gives their units back; returns how many.
-pub async fn expire<'e>(db: impl PgExecutor<'e>) -> Result<i64> {
-    Ok(sqlx::query_scalar(
+/// Expires open leases past their expiry and gives their units back; returns
+/// how many, and how many units the counters did not hold (drift, clamped
+/// at zero).
+pub async fn expire<'e>(db: impl PgExecutor<'e>) -> Result<(i64, i64)> {
+    Ok(sqlx::query_as(
         "WITH l AS ( \
            UPDATE workload_leases SET released_at = now(), outcome = 'expired' \
            WHERE released_at IS NULL AND expires_at < now() RETURNING configuration_id), \
-         n AS (SELECT configuration_id, count(*) AS n FROM l GROUP BY 1), \
+         n AS (SELECT l.configuration_id, count(*) AS n, \
+                 greatest(count(*) - max(c.current_workload), 0) AS drift \
+               FROM l JOIN agent_configurations c ON c.id = l.configuration_id GROUP BY 1), \
          upd AS ( \
            UPDATE agent_configurations c SET current_workload = greatest(c.current_workload - n.n, 0), \
              updated_at = now() FROM n WHERE c.id = n.configuration_id RETURNING 1) \
-         SELECT count(*) FROM l",
+         SELECT (SELECT count(*) FROM l), (SELECT coalesce(sum(drift), 0)::bigint FROM n)",
     )
     .fetch_one(db)
     .await?)
