@@ -232,11 +232,17 @@ impl Server {
         let signal = {
             let reporter = reporter.clone();
             let sessions = sessions.clone();
+            let heartbeats = heartbeats.clone();
             async move {
                 shutdown.await;
                 // Stop the checker first so it cannot flip health back to SERVING.
                 let _ = stopping_tx.send(true);
                 set_health(&reporter, ServingStatus::NotServing).await;
+                // Before the streams close: a closed session leaves the map,
+                // and its last heartbeats with it.
+                if let Err(e) = heartbeats.flush().await {
+                    tracing::warn!(error = %e, "heartbeat flush at shutdown failed");
+                }
                 let streams = sessions.len();
                 sessions.drain_all(
                     "server shutting down",
@@ -275,7 +281,7 @@ impl Server {
         for task in background {
             task.abort();
         }
-        // Whatever heartbeats arrived since the last flush.
+        // Whatever heartbeats arrived while in-flight calls finished.
         if let Err(e) = heartbeats.flush().await {
             tracing::warn!(error = %e, "last heartbeat flush failed");
         }
