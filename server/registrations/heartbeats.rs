@@ -56,7 +56,11 @@ impl HeartbeatWriter {
             .fetch_add(updated.len() as u64, Ordering::Relaxed);
         if updated.len() < ids.len() {
             let updated: HashSet<Uuid> = updated.into_iter().collect();
-            let fenced: Vec<Uuid> = ids.into_iter().filter(|id| !updated.contains(id)).collect();
+            let fenced: Vec<(Uuid, i64)> = dirty
+                .iter()
+                .filter(|d| !updated.contains(&d.0))
+                .map(|d| (d.0, d.1))
+                .collect();
             self.sessions.close_fenced(&fenced);
             return Ok(updated.len());
         }

@@ -208,12 +208,14 @@ impl Sessions {
         }
     }
 
-    /// Closes this server's sessions of `ids`, whose rows turned out fenced
-    /// (a newer epoch elsewhere) or deactivated.
-    pub fn close_fenced(&self, ids: &[Uuid]) {
+    /// Closes this server's sessions of `fenced` (registration, epoch),
+    /// whose rows turned out fenced (a newer epoch elsewhere) or deactivated.
+    /// Only the session of that epoch: a newer one may have taken its place
+    /// while the write was under way.
+    pub fn close_fenced(&self, fenced: &[(Uuid, i64)]) {
         let map = self.lock();
-        for id in ids {
-            if let Some(session) = map.get(id) {
+        for (id, epoch) in fenced {
+            if let Some(session) = map.get(id).filter(|s| s.epoch == *epoch) {
                 session.tell(Control::Close(tonic::Status::aborted(
                     "the registration was taken over by a newer connection or deactivated",
                 )));
@@ -222,8 +224,9 @@ impl Sessions {
     }
 }
 
-/// Sessions hear of their configuration's changes, and of an operator's
-/// drain, from the feed: the write may have happened on another replica.
+/// Sessions hear from the feed what another replica may have done: their
+/// configuration changed, an operator drained them, a newer connection took
+/// over their instance (`Superseded`), or it was deactivated.
 impl Follower for Sessions {
     fn reset(&self, _snapshot: &Snapshot) {}
 
@@ -235,10 +238,18 @@ impl Follower for Sessions {
                     row: Some(row),
                     ..
                 } => self.configuration_changed(&row.clone().into()),
-                Update::Registration { row: Some(row), .. }
-                    if row.registration_status == "active" && row.drain_time.is_some() =>
-                {
-                    self.drain(row.id, row.epoch, &row.drain_reason);
+                Update::Registration { row: Some(row), .. } if row.registration_status == "active" => {
+                    self.supersede_older(row.id, row.epoch);
+                    if row.drain_time.is_some() {
+                        self.drain(row.id, row.epoch, &row.drain_reason);
+                    }
+                }
+                Update::Registration { id, .. } => {
+                    // Deactivated (or deleted) while this replica held its stream.
+                    self.tell(
+                        *id,
+                        Control::Close(tonic::Status::aborted("the registration was deactivated")),
+                    );
                 }
                 _ => {}
             }
