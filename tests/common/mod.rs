@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod proxy;
+pub mod routing;
 
 use std::net::SocketAddr;
 use std::time::Duration;
