@@ -466,3 +466,63 @@ async fn routing_reads_with_a_known_key_need_no_database() {
         .expect("checked once the database is back");
     drop(db);
 }
+
+/// Notifications sent while the view's listening connection is down are
+/// lost to it: when it is back, the view reloads whole, and answers with
+/// what changed meanwhile (straight in the database, and through a replica).
+#[tokio::test]
+async fn the_view_reloads_after_its_listening_connection_drops() {
+    let db = common::TestDb::new().await;
+    let (proxy, pool) = db.through_proxy().await;
+    let s = TestServer::with_pool(pool).await;
+    let replica = TestServer::with_pool(db.pool.clone()).await;
+    manifest(&s, "ide-agent", "ide", &[], pb::ManifestStatus::Active).await;
+    manifest(&s, "chat-bot", "chat", &[], pb::ManifestStatus::Active).await;
+    let t = s.tenant("acme").await;
+    let ide = configure(&t, "ide-agent", 5).await;
+    configure(&t, "chat-bot", 5).await;
+    register(&t, "i1", "ide-agent").await;
+    let only =
+        |name: &'static str| move |a: &[(String, String, f64)]| a.len() == 1 && a[0].0 == name;
+    wait_available(
+        &t.client,
+        AgentFilter::new(),
+        "ide-agent available",
+        only("ide-agent"),
+    )
+    .await;
+
+    proxy.cut();
+    eventually(
+        DEADLINE,
+        "every connection through the proxy closed",
+        || async { proxy.connections() == 0 },
+    )
+    .await;
+    sqlx::query("UPDATE agent_configurations SET enabled = false WHERE id = $1::uuid")
+        .bind(&ide.id)
+        .execute(&db.pool)
+        .await
+        .expect("disable straight in the database");
+    replica
+        .clients_of(&t)
+        .await
+        .agent
+        .register_instance(RegisterInstance::new("c1", "chat-bot"))
+        .await
+        .expect("register through the replica");
+    assert_eq!(
+        available(&t.client, AgentFilter::new()).await[0].0,
+        "ide-agent",
+        "the view missed both while its feed was down"
+    );
+
+    proxy.restore();
+    wait_available(
+        &t.client,
+        AgentFilter::new(),
+        "the reloaded view: ide-agent disabled, chat-bot registered",
+        only("chat-bot"),
+    )
+    .await;
+}
