@@ -304,3 +304,92 @@ async fn leases_expire_release_once_and_cannot_be_renewed_after() {
         "given back once"
     );
 }
+
+/// Counted where it happens, on the wire to PostgreSQL: concurrent acquires
+/// reach the database as one `agentry_lease_batch` statement per batch of
+/// the lease writer (up to 512 operations each), and nothing per call.
+#[tokio::test]
+async fn concurrent_acquires_cost_postgresql_one_statement_per_batch() {
+    const CALLS: usize = 400;
+    let db = common::TestDb::new().await;
+    let (proxy, pool) = db
+        .through_proxy_with(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(30)),
+        )
+        .await;
+    // Nothing on a timer: the database probe waits an hour, like the sweep.
+    let s = TestServer::with_pool_and(pool, |c| {
+        c.health_check_interval = Duration::from_secs(3600);
+    })
+    .await;
+    manifest(&s, "ide-agent", "ide", &[], pb::ManifestStatus::Active).await;
+    let t = s.tenant("acme").await;
+    let c = configure(&t, "ide-agent", 1000).await;
+    register(&t, "i1", "ide-agent").await;
+    wait_available(&t.client, AgentFilter::new(), "agent available", |a| {
+        a.len() == 1
+    })
+    .await;
+    // The writer's first batch waits on the configuration's row lock, so
+    // that the calls behind it queue up and go together.
+    let mut lock = db.pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM agent_configurations WHERE id = $1::uuid FOR UPDATE")
+        .bind(&c.id)
+        .execute(&mut *lock)
+        .await
+        .expect("lock the configuration");
+    let (mark, batches0) = (
+        proxy.statements(),
+        s.leases.stats.batches.load(Ordering::SeqCst),
+    );
+    let calls: Vec<_> = (0..CALLS)
+        .map(|_| {
+            let client = t.client.clone();
+            tokio::spawn(async move { client.acquire_agent(AgentFilter::new(), None).await })
+        })
+        .collect();
+    eventually(
+        DEADLINE,
+        "the first batch waits on the row lock",
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND query LIKE '%agentry_lease_batch%'",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .expect("activity")
+                == 1
+        },
+    )
+    .await;
+    lock.commit().await.expect("unlock");
+    for call in calls {
+        call.await.expect("join").expect("acquire");
+    }
+    let ran = proxy.statements_since(mark);
+    let batches = s.leases.stats.batches.load(Ordering::SeqCst) - batches0;
+    let lease_batches = ran
+        .iter()
+        .filter(|s| s.contains("agentry_lease_batch"))
+        .count();
+    assert_eq!(
+        lease_batches as u64, batches,
+        "one statement per batch the writer counts: {ran:#?}"
+    );
+    assert!(
+        ran.len() <= CALLS / 16,
+        "{} statements for {CALLS} acquires: {ran:#?}",
+        ran.len()
+    );
+    assert_eq!(
+        t.client
+            .get_configuration(&c.id)
+            .await
+            .expect("get")
+            .current_workload,
+        CALLS as i32
+    );
+}
