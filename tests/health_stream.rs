@@ -566,16 +566,18 @@ async fn four_hundred_agents_cost_postgresql_one_statement_per_flush_interval() 
         stats.heartbeats.load(Ordering::SeqCst),
         tokio::time::Instant::now(),
     );
-    eventually(DEADLINE, "4,000 heartbeats", || async {
-        stats.heartbeats.load(Ordering::SeqCst) >= beats0 + 4000
+    // About six flush intervals' worth.
+    eventually(Duration::from_secs(60), "12,000 heartbeats", || async {
+        stats.heartbeats.load(Ordering::SeqCst) >= beats0 + 12_000
     })
     .await;
     let (elapsed, ran) = (started.elapsed(), proxy.statements_since(mark));
     let beats = stats.heartbeats.load(Ordering::SeqCst) - beats0;
-    // A window of `elapsed` holds at most this many ticks of the flush timer.
+    // A window of `elapsed` holds at most this many ticks of the flush
+    // timer, and may catch the statement of a tick just before it.
     let intervals = (elapsed.as_millis() / FLUSH.as_millis()) as usize + 1;
     assert!(
-        !ran.is_empty() && ran.len() <= intervals,
+        !ran.is_empty() && ran.len() <= intervals + 1,
         "{} statements in {intervals} flush intervals for {beats} heartbeats: {ran:#?}",
         ran.len()
     );

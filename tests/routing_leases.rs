@@ -379,6 +379,10 @@ async fn concurrent_acquires_cost_postgresql_one_statement_per_batch() {
         lease_batches as u64, batches,
         "one statement per batch the writer counts: {ran:#?}"
     );
+    // The held batch, then everything queued behind it (under 512): two
+    // statements when every call has arrived before the lock is released.
+    // Calls that arrive later make batches of their own; the bound leaves
+    // room for a slow machine, and is still far from one per call.
     assert!(
         ran.len() <= CALLS / 16,
         "{} statements for {CALLS} acquires: {ran:#?}",
