@@ -265,3 +265,22 @@ async fn shutdown_turns_not_serving_drains_streams_and_finishes_calls() {
     assert_eq!(updated.current_workload, 1);
     s.stop().await;
 }
+
+/// "Flush state, exit": heartbeats taken since the last flush are written
+/// by shutdown's own flush, whatever happens to the streams first.
+#[tokio::test]
+async fn heartbeats_taken_just_before_shutdown_are_flushed() {
+    let mut s = server_without_flushes().await;
+    let t = s.tenant("acme").await;
+    let (_tx, _stream, acked) = stream_with_an_acked_heartbeat(&s, &t).await;
+    s.stop().await;
+    let stored: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT last_health_check FROM agent_registrations")
+            .fetch_one(&s.pool)
+            .await
+            .expect("read");
+    assert!(
+        stored.timestamp_micros() >= acked,
+        "the heartbeat acked before shutdown was flushed: stored {stored}, acked {acked} µs"
+    );
+}
