@@ -510,20 +510,9 @@ async fn heartbeats_are_coalesced_into_one_statement_per_flush_interval() {
 #[tokio::test]
 async fn four_hundred_agents_cost_postgresql_one_statement_per_flush_interval() {
     const FLUSH: Duration = Duration::from_millis(200);
-    let db = common::TestDb::new().await;
-    let (proxy, pool) = db
-        .through_proxy_with(
-            sqlx::postgres::PgPoolOptions::new()
-                .max_connections(8)
-                .acquire_timeout(Duration::from_secs(30)),
-        )
-        .await;
-    let s = TestServer::with_pool_and(pool, |c| {
+    let (_db, proxy, s) = common::counted_server(|c| {
         c.registry.heartbeat_interval = FLUSH / 5;
         c.registry.heartbeat_flush_interval = FLUSH;
-        // Nothing else on a timer in the window: the database probe behind
-        // grpc.health.v1 waits an hour, like the sweep in every test server.
-        c.health_check_interval = Duration::from_secs(3600);
     })
     .await;
     s.manifest("ide-agent").await;

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use agentry_client::{AgentFilter, Code, pb};
-use common::routing::{available, configure, manifest, register, wait_available};
+use common::routing::{available, configure, manifest, register, wait_available, workload};
 use common::{TestServer, code};
 
 #[tokio::test]
@@ -44,15 +44,7 @@ async fn routing_is_tenant_scoped_and_validated() {
         code(b.client.get_agent_metrics(&c.id, None).await),
         Code::NotFound
     );
-    assert_eq!(
-        a.client
-            .get_configuration(&c.id)
-            .await
-            .expect("get")
-            .current_workload,
-        1,
-        "b changed nothing"
-    );
+    assert_eq!(workload(&a.client, &c.id).await, 1, "b changed nothing");
     let mut watch = b
         .client
         .watch_available_agents(AgentFilter::new())
@@ -155,11 +147,7 @@ async fn routing_is_tenant_scoped_and_validated() {
         Some("configuration_id".into())
     );
     assert_eq!(
-        a.client
-            .get_configuration(&c.id)
-            .await
-            .expect("get")
-            .current_workload,
+        workload(&a.client, &c.id).await,
         1,
         "refused calls changed nothing"
     );

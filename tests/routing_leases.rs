@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
 use agentry_client::{AgentFilter, Code, pb};
-use common::routing::{DEADLINE, configure, manifest, register, wait_available};
+use common::routing::{DEADLINE, configure, manifest, register, wait_available, workload};
 use common::{TestServer, code, eventually};
 
 #[tokio::test]
@@ -82,14 +82,7 @@ async fn two_hundred_concurrent_acquires_across_two_replicas_grant_exactly_max()
     watcher.await.expect("watcher");
     assert_eq!((leases.len(), exhausted), (5, 195));
     assert!(peak.load(Ordering::SeqCst) <= 5);
-    assert_eq!(
-        t.client
-            .get_configuration(&c.id)
-            .await
-            .expect("get")
-            .current_workload,
-        5
-    );
+    assert_eq!(workload(&t.client, &c.id).await, 5);
 
     for lease in &leases {
         assert!(
@@ -99,14 +92,7 @@ async fn two_hundred_concurrent_acquires_across_two_replicas_grant_exactly_max()
                 .expect("release")
         );
     }
-    assert_eq!(
-        t.client
-            .get_configuration(&c.id)
-            .await
-            .expect("get")
-            .current_workload,
-        0
-    );
+    assert_eq!(workload(&t.client, &c.id).await, 0);
 }
 
 #[tokio::test]
@@ -184,13 +170,11 @@ async fn a_lease_released_by_many_callers_at_once_gives_its_unit_back_once() {
         released += usize::from(r.await.expect("task").expect("release"));
     }
     assert_eq!(released, 1, "exactly one call released the lease");
-    let workload = t
-        .client
-        .get_configuration(&c.id)
-        .await
-        .expect("configuration")
-        .current_workload;
-    assert_eq!(workload, 1, "the other lease still counts");
+    assert_eq!(
+        workload(&t.client, &c.id).await,
+        1,
+        "the other lease still counts"
+    );
 }
 
 #[tokio::test]
@@ -244,14 +228,7 @@ async fn leases_expire_release_once_and_cannot_be_renewed_after() {
         code(t.client.renew_lease(&lease.id, None).await),
         Code::FailedPrecondition
     );
-    assert_eq!(
-        t.client
-            .get_configuration(&c.id)
-            .await
-            .expect("get")
-            .current_workload,
-        0
-    );
+    assert_eq!(workload(&t.client, &c.id).await, 0);
 
     // A crashed caller: the lease expires and the sweep gives the unit back.
     let short = t
@@ -259,14 +236,7 @@ async fn leases_expire_release_once_and_cannot_be_renewed_after() {
         .acquire_agent(AgentFilter::new(), Some(Duration::from_millis(50)))
         .await
         .expect("acquire");
-    assert_eq!(
-        t.client
-            .get_configuration(&c.id)
-            .await
-            .expect("get")
-            .current_workload,
-        1
-    );
+    assert_eq!(workload(&t.client, &c.id).await, 1);
     eventually(DEADLINE, "the lease expired", || async {
         s.admin
             .cleanup(None, false)
@@ -276,14 +246,7 @@ async fn leases_expire_release_once_and_cannot_be_renewed_after() {
             == 1
     })
     .await;
-    assert_eq!(
-        t.client
-            .get_configuration(&c.id)
-            .await
-            .expect("get")
-            .current_workload,
-        0
-    );
+    assert_eq!(workload(&t.client, &c.id).await, 0);
     assert!(
         !t.client
             .release_agent(&short.id, pb::LeaseOutcome::Succeeded)
@@ -294,15 +257,7 @@ async fn leases_expire_release_once_and_cannot_be_renewed_after() {
         code(t.client.renew_lease(&short.id, None).await),
         Code::FailedPrecondition
     );
-    assert_eq!(
-        t.client
-            .get_configuration(&c.id)
-            .await
-            .expect("get")
-            .current_workload,
-        0,
-        "given back once"
-    );
+    assert_eq!(workload(&t.client, &c.id).await, 0, "given back once");
 }
 
 /// Counted where it happens, on the wire to PostgreSQL: concurrent acquires
@@ -311,19 +266,7 @@ async fn leases_expire_release_once_and_cannot_be_renewed_after() {
 #[tokio::test]
 async fn concurrent_acquires_cost_postgresql_one_statement_per_batch() {
     const CALLS: usize = 400;
-    let db = common::TestDb::new().await;
-    let (proxy, pool) = db
-        .through_proxy_with(
-            sqlx::postgres::PgPoolOptions::new()
-                .max_connections(8)
-                .acquire_timeout(Duration::from_secs(30)),
-        )
-        .await;
-    // Nothing on a timer: the database probe waits an hour, like the sweep.
-    let s = TestServer::with_pool_and(pool, |c| {
-        c.health_check_interval = Duration::from_secs(3600);
-    })
-    .await;
+    let (db, proxy, s) = common::counted_server(|_| {}).await;
     manifest(&s, "ide-agent", "ide", &[], pb::ManifestStatus::Active).await;
     let t = s.tenant("acme").await;
     let c = configure(&t, "ide-agent", 1000).await;
@@ -334,12 +277,7 @@ async fn concurrent_acquires_cost_postgresql_one_statement_per_batch() {
     .await;
     // The writer's first batch waits on the configuration's row lock, so
     // that the calls behind it queue up and go together.
-    let mut lock = db.pool.begin().await.expect("begin");
-    sqlx::query("SELECT 1 FROM agent_configurations WHERE id = $1::uuid FOR UPDATE")
-        .bind(&c.id)
-        .execute(&mut *lock)
-        .await
-        .expect("lock the configuration");
+    let lock = common::lock_configuration(&db.pool, &c.id).await;
     let (mark, batches0) = (
         proxy.statements(),
         s.leases.stats.batches.load(Ordering::SeqCst),
@@ -350,21 +288,7 @@ async fn concurrent_acquires_cost_postgresql_one_statement_per_batch() {
             tokio::spawn(async move { client.acquire_agent(AgentFilter::new(), None).await })
         })
         .collect();
-    eventually(
-        DEADLINE,
-        "the first batch waits on the row lock",
-        || async {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND wait_event_type = 'Lock' AND query LIKE '%agentry_lease_batch%'",
-            )
-            .fetch_one(&db.pool)
-            .await
-            .expect("activity")
-                == 1
-        },
-    )
-    .await;
+    common::wait_for_lock_waits(&db.pool, "agentry_lease_batch", 1).await;
     lock.commit().await.expect("unlock");
     for call in calls {
         call.await.expect("join").expect("acquire");
@@ -388,12 +312,5 @@ async fn concurrent_acquires_cost_postgresql_one_statement_per_batch() {
         "{} statements for {CALLS} acquires: {ran:#?}",
         ran.len()
     );
-    assert_eq!(
-        t.client
-            .get_configuration(&c.id)
-            .await
-            .expect("get")
-            .current_workload,
-        CALLS as i32
-    );
+    assert_eq!(workload(&t.client, &c.id).await, CALLS as i32);
 }

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use agentry_client::{AgentFilter, Outcome, pb};
-use common::routing::{DEADLINE, configure, manifest, register};
+use common::routing::{DEADLINE, configure, manifest, register, workload};
 use common::{TestServer, eventually};
 
 /// Lease time to live of the router: long enough that a renewal has a wide
@@ -77,14 +77,7 @@ async fn router_keeps_a_view_and_its_leases_release_themselves() {
     // Dropped without complete: released as cancelled.
     let dropped = router.acquire().await.expect("acquire");
     let id = uuid::Uuid::parse_str(dropped.id()).expect("uuid");
-    assert_eq!(
-        t.client
-            .get_configuration(&c.id)
-            .await
-            .expect("get")
-            .current_workload,
-        1
-    );
+    assert_eq!(workload(&t.client, &c.id).await, 1);
     drop(dropped);
     eventually(DEADLINE, "dropped lease released", || async {
         let outcome: Option<String> =
@@ -96,12 +89,5 @@ async fn router_keeps_a_view_and_its_leases_release_themselves() {
         outcome.as_deref() == Some("cancelled")
     })
     .await;
-    assert_eq!(
-        t.client
-            .get_configuration(&c.id)
-            .await
-            .expect("get")
-            .current_workload,
-        0
-    );
+    assert_eq!(workload(&t.client, &c.id).await, 0);
 }

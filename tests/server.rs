@@ -221,27 +221,12 @@ async fn shutdown_turns_not_serving_drains_streams_and_finishes_calls() {
         .expect("list")
         .configurations
         .remove(0);
-    let mut lock = s.pool.begin().await.expect("begin");
-    sqlx::query("SELECT 1 FROM agent_configurations WHERE id = $1::uuid FOR UPDATE")
-        .bind(&configuration.id)
-        .execute(&mut *lock)
-        .await
-        .expect("lock");
+    let lock = common::lock_configuration(&s.pool, &configuration.id).await;
     let call = {
         let (client, id) = (t.client.clone(), configuration.id.clone());
         tokio::spawn(async move { client.update_workload(&id, 1).await })
     };
-    eventually(DEADLINE, "the call waits on the row lock", || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&s.pool)
-        .await
-        .expect("activity")
-            == 1
-    })
-    .await;
+    common::wait_for_lock_waits(&s.pool, "agent_configurations", 1).await;
 
     s.signal_stop();
     assert_eq!(next_status().await, ServingStatus::NotServing);

@@ -333,6 +333,65 @@ pub fn code<T: std::fmt::Debug>(result: agentry_client::Result<T>) -> agentry_cl
     }
 }
 
+/// A server over a fresh database whose pool goes through a [`proxy::Proxy`]
+/// (roomy, patient), with nothing of its own on a timer: the database probe
+/// behind grpc.health.v1 waits an hour, like the sweep. For counting the
+/// statements that reach PostgreSQL.
+pub async fn counted_server(
+    configure: impl FnOnce(&mut agentry_server::ServeConfig),
+) -> (TestDb, proxy::Proxy, TestServer) {
+    let db = TestDb::new().await;
+    let (proxy, pool) = db
+        .through_proxy_with(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(30)),
+        )
+        .await;
+    let s = TestServer::with_pool_and(pool, |c| {
+        c.health_check_interval = Duration::from_secs(3600);
+        configure(c);
+    })
+    .await;
+    (db, proxy, s)
+}
+
+/// Holds the row lock of configuration `id` until the transaction ends:
+/// whatever writes that row waits.
+pub async fn lock_configuration(
+    pool: &PgPool,
+    id: &str,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut lock = pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM agent_configurations WHERE id = $1::uuid FOR UPDATE")
+        .bind(id)
+        .execute(&mut *lock)
+        .await
+        .expect("lock the configuration");
+    lock
+}
+
+/// Waits until `count` statements of this database whose text contains
+/// `like` wait on a lock.
+pub async fn wait_for_lock_waits(pool: &PgPool, like: &str, count: i64) {
+    eventually(
+        Duration::from_secs(10),
+        &format!("{count} statements like {like:?} waiting on a lock"),
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock' AND strpos(query, $1) > 0",
+            )
+            .bind(like)
+            .fetch_one(pool)
+            .await
+            .expect("pg_stat_activity")
+                == count
+        },
+    )
+    .await;
+}
+
 /// Polls `condition` every 20 ms until it holds or `deadline` passes.
 pub async fn eventually<F, Fut>(deadline: Duration, what: &str, mut condition: F)
 where

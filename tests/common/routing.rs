@@ -87,3 +87,12 @@ pub async fn next(events: &mut tonic::Streaming<pb::AvailabilityEvent>) -> pb::A
 pub fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-9
 }
+
+/// The `current_workload` of a configuration, as `client` reads it.
+pub async fn workload(client: &Client, configuration_id: &str) -> i32 {
+    client
+        .get_configuration(configuration_id)
+        .await
+        .expect("get configuration")
+        .current_workload
+}
