@@ -11,11 +11,10 @@ use std::time::Duration;
 use agentry_client::{
     AgentFilter, Code, CreateApiKey, RegisterInstance, SessionEvent, UpdateConfiguration, pb,
 };
+use common::stream::{heartbeat, hello, raw_stream, welcome};
 use common::{TestServer, code, eventually};
-use pb::health_stream_request::Message as Out;
 use pb::health_stream_response::Message as In;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -36,58 +35,6 @@ async fn rows(s: &TestServer, instance_id: &str) -> i64 {
         .fetch_one(&s.pool)
         .await
         .expect("count")
-}
-
-/// A raw health stream with `key`: the sender for our messages and the call's result.
-async fn raw_stream(
-    s: &TestServer,
-    key: &str,
-    first: Vec<pb::HealthStreamRequest>,
-) -> (
-    mpsc::Sender<pb::HealthStreamRequest>,
-    Result<tonic::Streaming<pb::HealthStreamResponse>, tonic::Status>,
-) {
-    let channel = tonic::transport::Endpoint::from_shared(s.url())
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let mut client = pb::registration_service_client::RegistrationServiceClient::new(channel);
-    let (tx, rx) = mpsc::channel(16);
-    for message in first {
-        tx.send(message).await.expect("queue");
-    }
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {key}").parse().expect("header"),
-    );
-    let result = client
-        .health_stream(request)
-        .await
-        .map(tonic::Response::into_inner);
-    (tx, result)
-}
-
-fn hello(instance_id: &str, agent_id: &str) -> pb::HealthStreamRequest {
-    pb::HealthStreamRequest {
-        message: Some(Out::Hello(pb::Hello {
-            instance_id: instance_id.into(),
-            agent_id: agent_id.into(),
-            ..Default::default()
-        })),
-    }
-}
-
-fn heartbeat(sequence: u64, health: pb::HealthStatus, epoch: i64) -> pb::HealthStreamRequest {
-    pb::HealthStreamRequest {
-        message: Some(Out::Heartbeat(pb::Heartbeat {
-            sequence,
-            health_status: health.into(),
-            epoch,
-            ..Default::default()
-        })),
-    }
 }
 
 #[tokio::test]
@@ -319,25 +266,13 @@ async fn a_newer_connection_supersedes_the_older_one() {
 }
 
 #[tokio::test]
-async fn a_superseded_raw_stream_refuses_later_heartbeats() {
+async fn a_raw_stream_taken_over_by_register_instance_is_told_superseded_and_closed_aborted() {
     let s = TestServer::start().await;
     s.manifest("ide-agent").await;
     let t = s.tenant("acme").await;
-    let key = s
-        .admin
-        .create_api_key(agentry_client::CreateApiKey::new(pb::Role::Agent).tenant(&t.id))
-        .await
-        .expect("key")
-        .secret;
-    let (old_tx, old) = raw_stream(&s, &key, vec![hello("inst", "ide-agent")]).await;
+    let (_old_tx, old) = raw_stream(&s, &t.agent_key, vec![hello("inst", "ide-agent")]).await;
     let mut old = old.expect("old stream");
-    assert!(matches!(
-        old.message()
-            .await
-            .expect("welcome")
-            .and_then(|m| m.message),
-        Some(In::Welcome(_))
-    ));
+    welcome(&mut old).await;
     // RegisterInstance (unary) also takes over the instance.
     let newer = t
         .agent
@@ -354,16 +289,167 @@ async fn a_superseded_raw_stream_refuses_later_heartbeats() {
         superseded,
         Some(In::Superseded(pb::Superseded { new_epoch }))
     );
-    let _ = old_tx
-        .send(heartbeat(1, pb::HealthStatus::Degraded, 1))
-        .await;
     let end = old.message().await.expect_err("stream ends with a status");
     assert_eq!(end.code(), Code::Aborted);
     assert_eq!(
         stored(&s, "inst").await.1,
         "healthy",
+        "the newer registration is left as it registered"
+    );
+}
+
+/// An old raw stream on replica `a`, its instance taken over through replica
+/// `b` by `RegisterInstance`, while `a`'s change feed is held back at the
+/// proxy in front of `a`'s database: `a` hears nothing of the takeover, so
+/// only the epoch fences of `a`'s own writes keep the old stream's messages
+/// out of the new registration's row.
+struct TakenOver {
+    proxy: common::proxy::Proxy,
+    a: TestServer,
+    /// On the database directly.
+    b: TestServer,
+    tx: mpsc::Sender<pb::HealthStreamRequest>,
+    old: tonic::Streaming<pb::HealthStreamResponse>,
+    old_epoch: i64,
+    new_epoch: i64,
+    /// Beats of the old stream that reached the row before the takeover.
+    beats: u64,
+    /// `last_health_check` as the new epoch wrote it.
+    taken_at: chrono::DateTime<chrono::Utc>,
+    _db: common::TestDb,
+}
+
+async fn taken_over_elsewhere(
+    configure: impl FnOnce(&mut agentry_server::ServeConfig),
+) -> TakenOver {
+    let db = common::TestDb::new().await;
+    let (proxy, pool) = db.through_proxy().await;
+    let a = TestServer::with_pool_and(pool, configure).await;
+    let b = TestServer::with_pool(db.pool.clone()).await;
+    a.manifest("ide-agent").await;
+    let t = a.tenant("acme").await;
+    let (tx, old) = raw_stream(&a, &t.agent_key, vec![hello("inst", "ide-agent")]).await;
+    let mut old = old.expect("old stream");
+    let old_epoch = welcome(&mut old).await.epoch;
+    eventually(DEADLINE, "a's change feed is listening", || async {
+        proxy.listening() >= 1
+    })
+    .await;
+    proxy.hold_listeners();
+    let beats = a.sessions.stats.heartbeats.load(Ordering::SeqCst);
+    let newer = b
+        .clients_of(&t)
+        .await
+        .agent
+        .register_instance(RegisterInstance::new("inst", "ide-agent"))
+        .await
+        .expect("register through b");
+    let new_epoch = newer.registration.expect("registration").epoch;
+    assert_eq!(new_epoch, old_epoch + 1);
+    TakenOver {
+        taken_at: last_check(&b, "inst").await,
+        proxy,
+        a,
+        b,
+        tx,
+        old,
+        old_epoch,
+        new_epoch,
+        beats,
+        _db: db,
+    }
+}
+
+async fn last_check(s: &TestServer, instance_id: &str) -> chrono::DateTime<chrono::Utc> {
+    sqlx::query_scalar("SELECT last_health_check FROM agent_registrations WHERE instance_id = $1")
+        .bind(instance_id)
+        .fetch_one(&s.pool)
+        .await
+        .expect("last_health_check")
+}
+
+/// The batched heartbeat write skips rows whose epoch moved on: the old
+/// stream goes on heartbeating after the takeover, its replica (deaf to the
+/// takeover) acks the beats from memory and hands them to its next flushes,
+/// and still the row keeps the time the new epoch wrote; the fenced flush
+/// closes the old stream with ABORTED.
+#[tokio::test]
+async fn heartbeats_of_a_stream_taken_over_through_another_replica_do_not_reach_the_row() {
+    let mut x = taken_over_elsewhere(|_| {}).await;
+    let mut beat = tokio::time::interval(Duration::from_millis(10));
+    let mut sequence = 0;
+    let until = tokio::time::Instant::now() + DEADLINE;
+    let end = loop {
+        tokio::select! {
+            message = x.old.message() => match message {
+                // Acks (and Superseded, from a server that learns of takeovers otherwise).
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the old stream ended without a status"),
+                Err(status) => break Some(status),
+            },
+            _ = beat.tick() => {
+                sequence += 1;
+                let _ = x.tx.send(heartbeat(sequence, pb::HealthStatus::Healthy, x.old_epoch)).await;
+                if last_check(&x.b, "inst").await != x.taken_at {
+                    break None;
+                }
+                assert!(tokio::time::Instant::now() < until, "timed out waiting for the old stream to be closed");
+            }
+        }
+    };
+    assert!(
+        x.a.sessions.stats.heartbeats.load(Ordering::SeqCst) > x.beats,
+        "the old stream's heartbeats after the takeover were taken"
+    );
+    assert_eq!(
+        last_check(&x.b, "inst").await,
+        x.taken_at,
+        "the old stream's heartbeats did not move last_health_check past what the new epoch wrote"
+    );
+    let end = end.expect("the old stream was closed");
+    assert_eq!(end.code(), Code::Aborted, "{end:?}");
+    let (status, health, _, epoch) = stored(&x.b, "inst").await;
+    assert_eq!(
+        (status.as_str(), health.as_str(), epoch),
+        ("active", "healthy", x.new_epoch)
+    );
+    x.proxy.release_listeners();
+}
+
+/// A health report is written at once, fenced by epoch: the old stream's
+/// replica still acks its plain heartbeats (it has not heard of the
+/// takeover, and flushes only once an hour here), but the degraded report
+/// it must write is refused, and the stream ends ABORTED.
+#[tokio::test]
+async fn a_superseded_raw_stream_refuses_later_heartbeats() {
+    let mut x = taken_over_elsewhere(|c| {
+        c.registry.heartbeat_flush_interval = Duration::from_secs(3600);
+    })
+    .await;
+    x.tx.send(heartbeat(1, pb::HealthStatus::Healthy, x.old_epoch))
+        .await
+        .expect("send");
+    let ack = x.old.message().await.expect("ack").and_then(|m| m.message);
+    assert!(
+        matches!(ack, Some(In::Ack(pb::Ack { sequence: 1, .. }))),
+        "{ack:?}"
+    );
+    x.tx.send(heartbeat(2, pb::HealthStatus::Degraded, x.old_epoch))
+        .await
+        .expect("send");
+    let end = x
+        .old
+        .message()
+        .await
+        .expect_err("stream ends with a status");
+    assert_eq!(end.code(), Code::Aborted, "{end:?}");
+    assert_eq!(
+        stored(&x.b, "inst").await,
+        ("active".into(), "healthy".into(), 0, x.new_epoch),
         "the old stream's degraded report was not applied"
     );
+    assert_eq!(last_check(&x.b, "inst").await, x.taken_at);
+    x.proxy.release_listeners();
 }
 
 #[tokio::test]
@@ -418,11 +504,100 @@ async fn heartbeats_are_coalesced_into_one_statement_per_flush_interval() {
     drop(sessions);
 }
 
+/// Counted where it happens, on the wire to PostgreSQL: 400 agents
+/// heartbeating twice per flush interval cost one statement per interval,
+/// not one per heartbeat.
+#[tokio::test]
+async fn four_hundred_agents_cost_postgresql_one_statement_per_flush_interval() {
+    const FLUSH: Duration = Duration::from_millis(200);
+    let (_db, proxy, s) = common::counted_server(|c| {
+        c.registry.heartbeat_interval = FLUSH / 2;
+        c.registry.heartbeat_flush_interval = FLUSH;
+    })
+    .await;
+    s.manifest("ide-agent").await;
+    let t = s.tenant("acme").await;
+    let connects: Vec<_> = (0..400)
+        .map(|i| {
+            let agent = t.agent.clone();
+            tokio::spawn(async move {
+                agent
+                    .agent_session(format!("inst-{i}"), "ide-agent")
+                    .connect()
+                    .await
+            })
+        })
+        .collect();
+    let mut sessions = Vec::new();
+    for connect in connects {
+        sessions.push(connect.await.expect("join").expect("connect"));
+    }
+    // The change feed applies notifications in order: once it has applied
+    // this update, it has read every registration above, and is quiet.
+    let configuration = sessions[0].current().configuration.expect("configuration");
+    t.client
+        .update_configuration(UpdateConfiguration::new(&configuration.id).system_prompt("settled"))
+        .await
+        .expect("update");
+    eventually(DEADLINE, "the change feed caught up", || async {
+        t.client
+            .get_available_agents(AgentFilter::new(), 1)
+            .await
+            .expect("available")
+            .first()
+            .and_then(|a| a.configuration.as_ref())
+            .is_some_and(|c| c.system_prompt == "settled")
+    })
+    .await;
+    let stats = &s.sessions.stats;
+    let (mark, beats0, started) = (
+        proxy.statements(),
+        stats.heartbeats.load(Ordering::SeqCst),
+        tokio::time::Instant::now(),
+    );
+    // About six flush intervals' worth.
+    eventually(Duration::from_secs(60), "4,800 heartbeats", || async {
+        stats.heartbeats.load(Ordering::SeqCst) >= beats0 + 4_800
+    })
+    .await;
+    let (elapsed, ran) = (started.elapsed(), proxy.statements_since(mark));
+    let beats = stats.heartbeats.load(Ordering::SeqCst) - beats0;
+    // A window of `elapsed` holds at most this many ticks of the flush
+    // timer, and may catch the statement of a tick just before it.
+    let intervals = (elapsed.as_millis() / FLUSH.as_millis()) as usize + 1;
+    assert!(
+        !ran.is_empty() && ran.len() <= intervals + 1,
+        "{} statements in {intervals} flush intervals for {beats} heartbeats: {ran:#?}",
+        ran.len()
+    );
+    assert!(
+        beats as usize >= 100 * ran.len(),
+        "{beats} heartbeats, {} statements",
+        ran.len()
+    );
+    drop(sessions);
+}
+
 #[tokio::test]
 async fn configuration_changes_are_pushed_to_the_agent() {
     let s = TestServer::start().await;
-    s.manifest("ide-agent").await;
-    let t = s.tenant("acme").await;
+    hears_configuration_change(&s, &s).await;
+}
+
+/// The change feed carries the update from the replica that wrote it to the
+/// one holding the agent's stream.
+#[tokio::test]
+async fn configuration_changes_reach_an_agent_whose_stream_another_replica_holds() {
+    let s = TestServer::start().await;
+    let replica = s.replica().await;
+    hears_configuration_change(&s, &replica).await;
+}
+
+/// An agent's session on `agent_on` hears a configuration update that the
+/// tenant makes through `tenant_on`.
+async fn hears_configuration_change(agent_on: &TestServer, tenant_on: &TestServer) {
+    agent_on.manifest("ide-agent").await;
+    let t = agent_on.tenant("acme").await;
     let mut session = t
         .agent
         .agent_session("inst", "ide-agent")
@@ -430,7 +605,10 @@ async fn configuration_changes_are_pushed_to_the_agent() {
         .await
         .expect("connect");
     let configuration_id = session.current().configuration.expect("configuration").id;
-    t.client
+    tenant_on
+        .clients_of(&t)
+        .await
+        .client
         .update_configuration(
             UpdateConfiguration::new(&configuration_id).system_prompt("Be brief."),
         )

@@ -600,3 +600,106 @@ async fn retention_deletes_old_inactive_registrations() {
         1
     );
 }
+
+/// Key of the sweep's advisory lock: `SWEEP_LOCK` in
+/// server/registrations/sweeper.rs ("agentry" in ASCII).
+const SWEEP_LOCK: i64 = 0x0061_6765_6e74_7279;
+
+/// Registers `count` instances and makes them silent past T = 60 s.
+async fn stale_instances(s: &TestServer, count: usize) -> Vec<String> {
+    s.manifest("ide-agent").await;
+    let t = s.tenant("acme").await;
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let id = format!("stale-{i}");
+        t.agent
+            .register_instance(RegisterInstance::new(&id, "ide-agent"))
+            .await
+            .expect("register");
+        age(s, &id, 90).await;
+        ids.push(id);
+    }
+    ids
+}
+
+async fn swept_events(s: &TestServer) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM registration_events WHERE kind = 'swept'")
+        .fetch_one(&s.pool)
+        .await
+        .expect("events")
+}
+
+/// A sweep runs under an advisory lock: while another holder (a sweep on
+/// another replica) has it, `Cleanup` skips its turn and changes nothing;
+/// once released, the next one sweeps.
+#[tokio::test]
+async fn cleanup_skips_while_the_sweep_lock_is_held_elsewhere() {
+    let s = TestServer::start().await;
+    let ids = stale_instances(&s, 3).await;
+    let mut other = s.pool.begin().await.expect("begin");
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(SWEEP_LOCK)
+        .execute(&mut *other)
+        .await
+        .expect("take the sweep lock");
+    let skipped = s
+        .admin
+        .cleanup(Some(Duration::from_secs(60)), false)
+        .await
+        .expect("cleanup");
+    assert_eq!(
+        (
+            skipped.marked_unknown,
+            skipped.deactivated,
+            skipped.leases_expired
+        ),
+        (0, 0, 0),
+        "the sweep skipped its turn"
+    );
+    for id in &ids {
+        assert_eq!(state(&s, id).await, ("active".into(), "healthy".into(), 0));
+    }
+    other.commit().await.expect("release the sweep lock");
+    let swept = s
+        .admin
+        .cleanup(Some(Duration::from_secs(60)), false)
+        .await
+        .expect("cleanup");
+    assert_eq!(swept.marked_unknown, 3);
+    for id in &ids {
+        assert_eq!(state(&s, id).await, ("active".into(), "unknown".into(), 1));
+    }
+}
+
+/// Many Cleanups at once on two replicas: exactly one sweep marks the stale
+/// instances, once each.
+#[tokio::test]
+async fn concurrent_cleanups_on_two_replicas_sweep_each_instance_once() {
+    let s = TestServer::start().await;
+    let replica = s.replica().await;
+    let ids = stale_instances(&s, 10).await;
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            let admin = if i % 2 == 0 { &s.admin } else { &replica.admin }.clone();
+            tokio::spawn(async move { admin.cleanup(Some(Duration::from_secs(60)), false).await })
+        })
+        .collect();
+    let mut marked = Vec::new();
+    for call in calls {
+        marked.push(call.await.expect("join").expect("cleanup").marked_unknown);
+    }
+    assert_eq!(marked.iter().sum::<i64>(), 10, "{marked:?}");
+    assert_eq!(
+        marked.iter().filter(|m| **m > 0).count(),
+        1,
+        "one sweep did it all: {marked:?}"
+    );
+    for id in &ids {
+        assert_eq!(
+            state(&s, id).await,
+            ("active".into(), "unknown".into(), 1),
+            "one failure counted"
+        );
+    }
+    assert_eq!(swept_events(&s).await, 10);
+}

@@ -5,10 +5,14 @@ mod common;
 
 use std::time::Duration;
 
-use agentry_client::{Code, ListManifests};
+use agentry_client::{Code, ListManifests, pb};
+use common::stream::{heartbeat, hello, raw_stream, welcome};
 use common::{TestDb, TestServer, eventually};
+use pb::health_stream_response::Message as In;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+const DEADLINE: Duration = Duration::from_secs(10);
 
 async fn channel(addr: std::net::SocketAddr) -> tonic::transport::Channel {
     tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -144,5 +148,124 @@ async fn shutdown_refuses_new_connections_and_returns() {
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "listener closed after shutdown"
+    );
+}
+
+/// An agent's raw stream on `s`, with one heartbeat acked: the sender, the
+/// stream, and the ack's server time in microseconds.
+async fn stream_with_an_acked_heartbeat(
+    s: &TestServer,
+    t: &common::Tenant,
+) -> (
+    tokio::sync::mpsc::Sender<pb::HealthStreamRequest>,
+    tonic::Streaming<pb::HealthStreamResponse>,
+    i64,
+) {
+    let (tx, stream) = raw_stream(s, &t.agent_key, vec![hello("inst", "ide-agent")]).await;
+    let mut stream = stream.expect("stream");
+    let epoch = welcome(&mut stream).await.epoch;
+    tx.send(heartbeat(1, pb::HealthStatus::Healthy, epoch))
+        .await
+        .expect("send");
+    let Some(In::Ack(ack)) = stream.message().await.expect("ack").and_then(|m| m.message) else {
+        panic!("expected an ack")
+    };
+    let acked = ack.server_time.expect("server time");
+    let acked = chrono::DateTime::from_timestamp(acked.seconds, acked.nanos as u32)
+        .expect("time")
+        .timestamp_micros();
+    (tx, stream, acked)
+}
+
+/// A server whose heartbeat flush runs once an hour: only shutdown's own
+/// flush can write a heartbeat.
+async fn server_without_flushes() -> TestServer {
+    let s = TestServer::start_with(|c| {
+        c.registry.heartbeat_flush_interval = Duration::from_secs(3600);
+    })
+    .await;
+    s.manifest("ide-agent").await;
+    s
+}
+
+/// Graceful shutdown as the README describes it: health turns NOT_SERVING,
+/// health streams hear Drain and end UNAVAILABLE, an in-flight call
+/// completes, and the server stops (within `STOP_DEADLINE`, or the test fails).
+#[tokio::test]
+async fn shutdown_turns_not_serving_drains_streams_and_finishes_calls() {
+    let mut s = server_without_flushes().await;
+    let t = s.tenant("acme").await;
+    let mut watch = HealthClient::new(channel(s.addr).await)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut next_status = async || {
+        tokio::time::timeout(DEADLINE, watch.message())
+            .await
+            .expect("in time")
+            .expect("health")
+            .expect("open")
+            .status()
+    };
+    assert_eq!(next_status().await, ServingStatus::Serving);
+    let (tx, mut stream, _) = stream_with_an_acked_heartbeat(&s, &t).await;
+
+    // A call in flight: waiting on a row lock held here.
+    let configuration = t
+        .client
+        .list_configurations(agentry_client::ListConfigurations::new())
+        .await
+        .expect("list")
+        .configurations
+        .remove(0);
+    let lock = common::lock_configuration(&s.pool, &configuration.id).await;
+    let call = {
+        let (client, id) = (t.client.clone(), configuration.id.clone());
+        tokio::spawn(async move { client.update_workload(&id, 1).await })
+    };
+    common::wait_for_lock_waits(&s.pool, "agent_configurations", 1).await;
+
+    s.signal_stop();
+    assert_eq!(next_status().await, ServingStatus::NotServing);
+    drop(watch);
+    let drain = stream
+        .message()
+        .await
+        .expect("drain")
+        .and_then(|m| m.message);
+    assert!(matches!(drain, Some(In::Drain(_))), "{drain:?}");
+    let end = stream.message().await.expect_err("the stream ends");
+    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+    drop((tx, stream));
+    assert!(!call.is_finished(), "the call is still in flight");
+
+    lock.commit().await.expect("unlock");
+    let updated = call
+        .await
+        .expect("join")
+        .expect("the in-flight call completes");
+    assert_eq!(updated.current_workload, 1);
+    s.stop().await;
+}
+
+/// "Flush state, exit": heartbeats taken since the last flush are written
+/// by shutdown's own flush, whatever happens to the streams first.
+#[tokio::test]
+async fn heartbeats_taken_just_before_shutdown_are_flushed() {
+    let mut s = server_without_flushes().await;
+    let t = s.tenant("acme").await;
+    let (_tx, _stream, acked) = stream_with_an_acked_heartbeat(&s, &t).await;
+    s.stop().await;
+    let stored: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT last_health_check FROM agent_registrations")
+            .fetch_one(&s.pool)
+            .await
+            .expect("read");
+    assert!(
+        stored.timestamp_micros() >= acked,
+        "the heartbeat acked before shutdown was flushed: stored {stored}, acked {acked} µs"
     );
 }

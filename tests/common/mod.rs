@@ -3,6 +3,8 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod proxy;
+pub mod routing;
+pub mod stream;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -45,18 +47,29 @@ impl TestDb {
     /// A proxy in front of this database, and a small pool through it that
     /// gives up quickly while the proxy is cut.
     pub async fn through_proxy(&self) -> (proxy::Proxy, PgPool) {
-        let options: sqlx::postgres::PgConnectOptions = self.url.parse().expect("url");
-        let target = format!("{}:{}", options.get_host(), options.get_port());
+        self.through_proxy_with(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_millis(500)),
+        )
+        .await
+    }
+
+    /// A proxy in front of this database, and a pool with `options` through it.
+    pub async fn through_proxy_with(
+        &self,
+        options: sqlx::postgres::PgPoolOptions,
+    ) -> (proxy::Proxy, PgPool) {
+        let connect: sqlx::postgres::PgConnectOptions = self.url.parse().expect("url");
+        let target = format!("{}:{}", connect.get_host(), connect.get_port());
         let target = tokio::net::lookup_host(target)
             .await
             .expect("resolve")
             .next()
             .expect("address");
         let proxy = proxy::Proxy::start(target).await;
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_millis(500))
-            .connect_with(options.host("127.0.0.1").port(proxy.addr.port()))
+        let pool = options
+            .connect_with(connect.host("127.0.0.1").port(proxy.addr.port()))
             .await
             .expect("pool through proxy");
         (proxy, pool)
@@ -100,6 +113,10 @@ pub struct TestServer {
     pub config: agentry_server::ServeConfig,
 }
 
+/// How long a stopping server may take: its shutdown grace in
+/// [`test_config`], and then some.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(20);
+
 /// Settings of test servers: fast heartbeats, slow background sweeps (tests
 /// that need sweeps ask for them).
 pub fn test_config() -> agentry_server::ServeConfig {
@@ -138,10 +155,20 @@ impl TestServer {
 
     /// A server over `pool` (which may go through a proxy).
     pub async fn with_pool(pool: PgPool) -> TestServer {
+        TestServer::with_pool_and(pool, |_| {}).await
+    }
+
+    /// A server over `pool`, with `configure` applied to [`test_config`].
+    pub async fn with_pool_and(
+        pool: PgPool,
+        configure: impl FnOnce(&mut agentry_server::ServeConfig),
+    ) -> TestServer {
+        let mut config = test_config();
+        configure(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        TestServer::run(listener, pool, test_config()).await
+        TestServer::run(listener, pool, config).await
     }
 
     /// Runs a server on `listener`.
@@ -225,6 +252,19 @@ impl TestServer {
             client: client(self.addr, &tenant_key).await,
             agent: client(self.addr, &agent_key).await,
             id: tenant.id,
+            tenant_key,
+            agent_key,
+        }
+    }
+
+    /// The clients of tenant `t` (same keys) connected to this server, e.g. a replica.
+    pub async fn clients_of(&self, t: &Tenant) -> Tenant {
+        Tenant {
+            id: t.id.clone(),
+            client: client(self.addr, &t.tenant_key).await,
+            agent: client(self.addr, &t.agent_key).await,
+            tenant_key: t.tenant_key.clone(),
+            agent_key: t.agent_key.clone(),
         }
     }
 
@@ -241,13 +281,23 @@ impl TestServer {
             .expect("create manifest")
     }
 
-    /// Stops the server through its shutdown signal and waits for it.
-    pub async fn stop(&mut self) {
+    /// Sends the shutdown signal without waiting for the server to stop.
+    pub fn signal_stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    /// Stops the server through its shutdown signal and waits for it; a
+    /// server that does not stop within [`STOP_DEADLINE`] fails the test.
+    pub async fn stop(&mut self) {
+        self.signal_stop();
         if let Some(task) = self.task.take() {
-            task.await.expect("server task").expect("server result");
+            tokio::time::timeout(STOP_DEADLINE, task)
+                .await
+                .expect("the server stopped within STOP_DEADLINE")
+                .expect("server task")
+                .expect("server result");
         }
     }
 }
@@ -269,6 +319,8 @@ pub struct Tenant {
     pub client: Client,
     /// With the tenant's `agent` key.
     pub agent: Client,
+    pub tenant_key: String,
+    pub agent_key: String,
 }
 
 /// The gRPC code of a failed call.
@@ -279,6 +331,65 @@ pub fn code<T: std::fmt::Debug>(result: agentry_client::Result<T>) -> agentry_cl
             .code()
             .unwrap_or_else(|| panic!("expected a status, got {e:?}")),
     }
+}
+
+/// A server over a fresh database whose pool goes through a [`proxy::Proxy`]
+/// (roomy, patient), with nothing of its own on a timer: the database probe
+/// behind grpc.health.v1 waits an hour, like the sweep. For counting the
+/// statements that reach PostgreSQL.
+pub async fn counted_server(
+    configure: impl FnOnce(&mut agentry_server::ServeConfig),
+) -> (TestDb, proxy::Proxy, TestServer) {
+    let db = TestDb::new().await;
+    let (proxy, pool) = db
+        .through_proxy_with(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(30)),
+        )
+        .await;
+    let s = TestServer::with_pool_and(pool, |c| {
+        c.health_check_interval = Duration::from_secs(3600);
+        configure(c);
+    })
+    .await;
+    (db, proxy, s)
+}
+
+/// Holds the row lock of configuration `id` until the transaction ends:
+/// whatever writes that row waits.
+pub async fn lock_configuration(
+    pool: &PgPool,
+    id: &str,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut lock = pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM agent_configurations WHERE id = $1::uuid FOR UPDATE")
+        .bind(id)
+        .execute(&mut *lock)
+        .await
+        .expect("lock the configuration");
+    lock
+}
+
+/// Waits until `count` statements of this database whose text contains
+/// `like` wait on a lock.
+pub async fn wait_for_lock_waits(pool: &PgPool, like: &str, count: i64) {
+    eventually(
+        Duration::from_secs(10),
+        &format!("{count} statements like {like:?} waiting on a lock"),
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock' AND strpos(query, $1) > 0",
+            )
+            .bind(like)
+            .fetch_one(pool)
+            .await
+            .expect("pg_stat_activity")
+                == count
+        },
+    )
+    .await;
 }
 
 /// Polls `condition` every 20 ms until it holds or `deadline` passes.

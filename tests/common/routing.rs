@@ -1,0 +1,98 @@
+//! Fixtures of the routing tests: manifests, configurations and instances
+//! made through the SDK, and waits on what `GetAvailableAgents` answers.
+
+use std::time::Duration;
+
+use agentry_client::{
+    AgentFilter, Client, CreateConfiguration, CreateManifest, RegisterInstance, pb,
+};
+
+use super::{Tenant, TestServer, eventually};
+
+/// How long a routing test waits for a condition.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+pub async fn manifest(
+    s: &TestServer,
+    agent_id: &str,
+    agent_type: &str,
+    caps: &[&str],
+    status: pb::ManifestStatus,
+) {
+    s.admin
+        .create_manifest(
+            CreateManifest::new(agent_id, agent_type, agent_id, "1.0.0")
+                .capabilities(caps.iter().copied())
+                .status(status),
+        )
+        .await
+        .expect("manifest");
+}
+
+pub async fn configure(t: &Tenant, agent_id: &str, max_workload: i32) -> pb::Configuration {
+    t.client
+        .create_configuration(CreateConfiguration::for_agent(agent_id).max_workload(max_workload))
+        .await
+        .expect("configuration")
+}
+
+pub async fn register(t: &Tenant, instance_id: &str, agent_id: &str) -> pb::Registration {
+    t.agent
+        .register_instance(RegisterInstance::new(instance_id, agent_id))
+        .await
+        .expect("register")
+        .registration
+        .expect("registration")
+}
+
+/// (agent_id, instance_id, score) of the available agents, as `client` sees them.
+pub async fn available(client: &Client, filter: AgentFilter) -> Vec<(String, String, f64)> {
+    client
+        .get_available_agents(filter, 0)
+        .await
+        .expect("available")
+        .into_iter()
+        .map(|a| {
+            (
+                a.agent_id,
+                a.instance.map(|i| i.instance_id).unwrap_or_default(),
+                a.score,
+            )
+        })
+        .collect()
+}
+
+pub async fn wait_available(
+    client: &Client,
+    filter: AgentFilter,
+    what: &str,
+    pred: impl Fn(&[(String, String, f64)]) -> bool,
+) {
+    eventually(DEADLINE, what, || {
+        let (client, filter) = (client.clone(), filter.clone());
+        let pred = &pred;
+        async move { pred(&available(&client, filter).await) }
+    })
+    .await;
+}
+
+pub async fn next(events: &mut tonic::Streaming<pb::AvailabilityEvent>) -> pb::AvailabilityEvent {
+    tokio::time::timeout(DEADLINE, events.message())
+        .await
+        .expect("in time")
+        .expect("event")
+        .expect("open")
+}
+
+pub fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
+/// The `current_workload` of a configuration, as `client` reads it.
+pub async fn workload(client: &Client, configuration_id: &str) -> i32 {
+    client
+        .get_configuration(configuration_id)
+        .await
+        .expect("get configuration")
+        .current_workload
+}
