@@ -335,6 +335,18 @@ async fn taken_over_elsewhere(
         proxy.listening() >= 1
     })
     .await;
+    // The feed reads the rows a notification names after it arrives, so a
+    // read of the Hello's row still under way would see the takeover: wait
+    // until a's view has applied it.
+    eventually(DEADLINE, "a's view has the instance", || async {
+        t.client
+            .get_available_agents(agentry_client::AgentFilter::new(), 0)
+            .await
+            .expect("available")
+            .iter()
+            .any(|a| a.instance.as_ref().is_some_and(|i| i.epoch == old_epoch))
+    })
+    .await;
     proxy.hold_listeners();
     let beats = a.sessions.stats.heartbeats.load(Ordering::SeqCst);
     let newer = b

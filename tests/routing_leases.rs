@@ -177,6 +177,41 @@ async fn a_lease_released_by_many_callers_at_once_gives_its_unit_back_once() {
     );
 }
 
+/// A release of a unit the counter no longer holds (it was taken down with
+/// the bare `UpdateWorkload`) is drift: counted, and the counter stays at
+/// zero instead of going negative.
+#[tokio::test]
+async fn a_release_the_counter_does_not_hold_is_counted_as_drift() {
+    let s = TestServer::start().await;
+    manifest(&s, "ide-agent", "ide", &[], pb::ManifestStatus::Active).await;
+    let t = s.tenant("acme").await;
+    let c = configure(&t, "ide-agent", 5).await;
+    register(&t, "i1", "ide-agent").await;
+    wait_available(&t.client, AgentFilter::new(), "agent available", |a| {
+        a.len() == 1
+    })
+    .await;
+    let lease = t
+        .client
+        .acquire_agent(AgentFilter::new(), None)
+        .await
+        .expect("acquire");
+    assert_eq!(workload(&t.client, &c.id).await, 1);
+    t.client
+        .update_workload(&c.id, -1)
+        .await
+        .expect("take it down");
+    assert_eq!(s.leases.stats.drifted_units.load(Ordering::SeqCst), 0);
+    let released = t
+        .client
+        .release_agent(&lease.id, pb::LeaseOutcome::Succeeded)
+        .await
+        .expect("release");
+    assert!(released);
+    assert_eq!(s.leases.stats.drifted_units.load(Ordering::SeqCst), 1);
+    assert_eq!(workload(&t.client, &c.id).await, 0);
+}
+
 #[tokio::test]
 async fn leases_expire_release_once_and_cannot_be_renewed_after() {
     let s = TestServer::start().await;

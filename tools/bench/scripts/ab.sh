@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Side-by-side runs of agentry-bench against two server binaries, alternating
+# A and B so that both see the same machine. Each run gets a fresh database
+# and a fresh server; the server's CPU time over the run is read from /proc.
+#
+#   tools/bench/scripts/ab.sh BEFORE_BINARY AFTER_BINARY REPS -- BENCH_ARGS...
+#
+# e.g. ab.sh /tmp/server-old target/release/agentry-server 2 -- heartbeats --agents 1000 --seconds 10
+set -euo pipefail
+a=$1 b=$2 reps=$3; shift 4
+bench=${AGENTRY_BENCH:-$(dirname "$0")/../../../target/release/agentry-bench}
+db=agentry_bench_ab
+url=postgres://postgres@127.0.0.1:5432/$db
+port=50091
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+for rep in $(seq 1 "$reps"); do
+  for bin in "$a" "$b"; do
+    psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
+    AGENTRY_LOG=warn DATABASE_URL=$url AGENTRY_LISTEN_ADDR=127.0.0.1:$port "$bin" >/tmp/ab-server.log 2>&1 &
+    pid=$!
+    for _ in $(seq 1 100); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+    key=$(DATABASE_URL=$url "$bin" keys create --role admin --description ab)
+    before=$(cpu $pid)
+    out=$("$bench" --url http://127.0.0.1:$port --admin-key "$key" --database-url "$url" --server-pid $pid "$@" 2>&1)
+    after=$(cpu $pid)
+    echo "=== rep $rep $(basename "$bin"): server CPU $(( (after - before) ))0 ms"
+    echo "$out" | grep -vE '^\s*$' | tail -n 12
+    kill -TERM $pid; wait $pid 2>/dev/null || true
+  done
+done
+psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
