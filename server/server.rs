@@ -34,11 +34,14 @@ use crate::registrations::registry::Registry;
 use crate::registrations::sessions::Sessions;
 use crate::registrations::stream::{HealthStreams, StreamTiming};
 use crate::registrations::sweeper::{SweepSettings, Sweeper};
+use crate::registrations::writer::RegistrationWriter;
 use crate::routing::RoutingApi;
-use crate::routing::store::Expiry;
+use crate::routing::expiry::Expiry;
 use crate::routing::view::View;
 use crate::routing::writer::LeaseWriter;
 
+/// How long shutdown tries to write the streams' last state changes.
+const FINAL_WRITE: Duration = Duration::from_secs(5);
 /// Idle time before TCP keepalive probes a silent peer.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
@@ -73,6 +76,7 @@ pub struct Server {
     view: Arc<View>,
     leases: Arc<LeaseWriter>,
     heartbeats: HeartbeatWriter,
+    writer: Arc<RegistrationWriter>,
     sweeper: Arc<Sweeper>,
 }
 
@@ -80,16 +84,20 @@ impl Server {
     /// A server over `pool`.
     pub fn new(pool: PgPool, config: ServeConfig) -> Self {
         let sessions = Arc::new(Sessions::default());
+        let view = Arc::new(View::new(config.registry.watch_buffer));
+        let heartbeats = HeartbeatWriter::new(pool.clone(), sessions.clone());
         let sweeper = Sweeper::new(
             pool.clone(),
             SweepSettings::from(&config.registry),
             Arc::new(Expiry),
+            heartbeats.clone(),
         );
         Server {
             auth: Authenticator::new(pool.clone()),
-            view: Arc::new(View::new(config.registry.watch_buffer)),
+            writer: Arc::new(RegistrationWriter::new(sessions.clone(), view.clone())),
+            view,
             leases: Arc::default(),
-            heartbeats: HeartbeatWriter::new(pool.clone(), sessions.clone()),
+            heartbeats,
             sweeper: Arc::new(sweeper),
             sessions,
             pool,
@@ -100,6 +108,11 @@ impl Server {
     /// The health streams this server holds, and their counters.
     pub fn sessions(&self) -> Arc<Sessions> {
         self.sessions.clone()
+    }
+
+    /// The registration writer of this server, and its counters.
+    pub fn registration_writer(&self) -> Arc<RegistrationWriter> {
+        self.writer.clone()
     }
 
     /// The lease writer of this server, and its counters.
@@ -124,6 +137,7 @@ impl Server {
             view,
             leases,
             heartbeats,
+            writer,
             sweeper,
         } = self;
         let registry = &config.registry;
@@ -152,7 +166,8 @@ impl Server {
             tokio::spawn({
                 let (sweeper, interval, stopping) =
                     (sweeper.clone(), registry.sweep_interval, stopping.clone());
-                async move { sweeper.run(interval, stopping).await }
+                let settle = registry.heartbeat_flush_interval * 2;
+                async move { sweeper.run(interval, settle, stopping).await }
             }),
             tokio::spawn(feed.run(stopping.clone())),
             tokio::spawn({
@@ -160,6 +175,11 @@ impl Server {
                 async move { leases.run(pool).await }
             }),
         ];
+        // Not aborted with the others: at the end it writes what the streams left.
+        let writer_task = tokio::spawn({
+            let (writer, pool) = (writer.clone(), pool.clone());
+            async move { writer.run(pool).await }
+        });
         // Routing reads need the view: give its first load a moment before serving.
         if tokio::time::timeout(Duration::from_secs(10), view.ready())
             .await
@@ -178,6 +198,7 @@ impl Server {
                 registry.create_unknown_manifests,
             ),
             sessions.clone(),
+            writer.clone(),
             StreamTiming {
                 hello_timeout: registry.hello_timeout,
                 heartbeat_interval: registry.heartbeat_interval,
@@ -193,7 +214,6 @@ impl Server {
                 registry.create_unknown_manifests,
             ),
             streams,
-            heartbeats.clone(),
             sweeper.clone(),
         );
 
@@ -281,7 +301,26 @@ impl Server {
         for task in background {
             task.abort();
         }
-        // Whatever heartbeats arrived while in-flight calls finished.
+        // The ends of the streams that closed, and whatever heartbeats
+        // arrived while in-flight calls finished.
+        // Session tasks queue their end before they leave the map; then the
+        // writer writes everything queued and returns.
+        let until = tokio::time::Instant::now() + FINAL_WRITE;
+        while !sessions.is_empty() && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        writer.close();
+        let mut writer_task = writer_task;
+        if tokio::time::timeout_at(until, &mut writer_task)
+            .await
+            .is_err()
+        {
+            writer_task.abort();
+            tracing::warn!(
+                changes = writer.unwritten(),
+                "registration changes not written at shutdown; the sweep will catch up"
+            );
+        }
         if let Err(e) = heartbeats.flush().await {
             tracing::warn!(error = %e, "last heartbeat flush failed");
         }

@@ -2,7 +2,7 @@
 //! registered: validated requests (`request`), registering and fenced changes
 //! (`registry`), the bidirectional health stream (`stream`), the live streams
 //! in memory (`sessions`), the batched heartbeat writer (`heartbeats`), the
-//! stale sweep (`sweeper`), and the SQL (`store`).
+//! registration writer for the streams' state changes (`writer`), the stale sweep (`sweeper`), and the SQL (`store`).
 
 pub mod heartbeats;
 pub mod registry;
@@ -12,5 +12,6 @@ pub mod sessions;
 pub mod store;
 pub mod stream;
 pub mod sweeper;
+pub mod writer;
 
 pub use service::RegistrationApi;

@@ -6,7 +6,6 @@ use sqlx::PgPool;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::instrument;
 
-use super::heartbeats::HeartbeatWriter;
 use super::registry::Registry;
 use super::request::{
     Announcement, CleanupOrder, DrainOrder, InstanceChange, ListRegistrations, RegistrationKey,
@@ -30,20 +29,17 @@ pub struct RegistrationApi {
     pool: PgPool,
     registry: Registry,
     streams: HealthStreams,
-    heartbeats: HeartbeatWriter,
     sweeper: Arc<Sweeper>,
 }
 
 impl RegistrationApi {
     /// The service: registrations in `pool`, changed through `registry`,
-    /// health streams opened by `streams`, `Cleanup` run by `sweeper` after
-    /// `heartbeats` flushed what memory holds.
+    /// health streams opened by `streams`, `Cleanup` run by `sweeper`.
     pub fn new(
         auth: Authenticator,
         pool: PgPool,
         registry: Registry,
         streams: HealthStreams,
-        heartbeats: HeartbeatWriter,
         sweeper: Arc<Sweeper>,
     ) -> Self {
         RegistrationApi {
@@ -51,7 +47,6 @@ impl RegistrationApi {
             pool,
             registry,
             streams,
-            heartbeats,
             sweeper,
         }
     }
@@ -194,8 +189,6 @@ impl RegistrationService for RegistrationApi {
         if let Some(threshold) = order.stale_threshold {
             settings.stale_threshold = threshold;
         }
-        // Heartbeats noted in memory count: write them before judging staleness.
-        self.heartbeats.flush().await?;
         let report = self.sweeper.sweep_with(&settings).await?;
         Ok(Response::new(pb::CleanupResponse {
             marked_unknown: report.marked_unknown,

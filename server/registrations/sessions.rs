@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::feed::{Follower, Op, Snapshot, Update};
-use crate::pb;
+use crate::pb::{self, HealthStatus};
 
 /// What the server tells a session's task from outside the stream.
 #[derive(Debug)]
@@ -29,6 +29,7 @@ pub enum Control {
 /// One live health stream.
 #[derive(Debug)]
 pub struct Session {
+    pub tenant: Uuid,
     pub registration_id: Uuid,
     pub configuration_id: Uuid,
     pub epoch: i64,
@@ -39,18 +40,25 @@ pub struct Session {
     pub load: AtomicI32,
     /// Whether an operator's drain was passed on (once per session).
     drained: AtomicBool,
+    /// The health the registration holds as far as this session knows (an
+    /// `HealthStatus` number): what it last reported, or what the feed says
+    /// the row holds now (the sweep, an operator). A heartbeat reporting
+    /// anything else writes its health again.
+    stored: AtomicI32,
     control: mpsc::UnboundedSender<Control>,
 }
 
 impl Session {
     /// A session and the receiver its task reads control messages from.
     pub fn new(
+        tenant: Uuid,
         registration_id: Uuid,
         configuration_id: Uuid,
         epoch: i64,
     ) -> (Arc<Session>, mpsc::UnboundedReceiver<Control>) {
         let (control, rx) = mpsc::unbounded_channel();
         let session = Session {
+            tenant,
             registration_id,
             configuration_id,
             epoch,
@@ -58,6 +66,7 @@ impl Session {
             dirty: AtomicBool::new(false),
             load: AtomicI32::new(0),
             drained: AtomicBool::new(false),
+            stored: AtomicI32::new(HealthStatus::Healthy as i32),
             control,
         };
         (Arc::new(session), rx)
@@ -68,6 +77,16 @@ impl Session {
         self.last_seen_micros
             .store(at.timestamp_micros(), Ordering::Relaxed);
         self.dirty.store(true, Ordering::Release);
+    }
+
+    /// The health the registration holds, as far as this session knows.
+    pub fn stored_health(&self) -> HealthStatus {
+        HealthStatus::try_from(self.stored.load(Ordering::Acquire)).unwrap_or_default()
+    }
+
+    /// Notes the health the registration holds (or will, once written).
+    pub fn set_stored_health(&self, health: HealthStatus) {
+        self.stored.store(health as i32, Ordering::Release);
     }
 
     /// Sends a control message; a session whose task already ended ignores it.
@@ -228,7 +247,16 @@ impl Sessions {
 /// configuration changed, an operator drained them, a newer connection took
 /// over their instance (`Superseded`), or it was deactivated.
 impl Follower for Sessions {
-    fn reset(&self, _snapshot: &Snapshot) {}
+    /// After a reconnect of the feed (a database outage, say), each session
+    /// learns what its row holds now: a sweep may have marked it unknown.
+    fn reset(&self, snapshot: &Snapshot) {
+        let map = self.lock();
+        for row in &snapshot.registrations {
+            if let Some(session) = map.get(&row.id).filter(|s| s.epoch == row.epoch) {
+                session.set_stored_health(HealthStatus::from_db_name(&row.health_status));
+            }
+        }
+    }
 
     fn apply(&self, updates: &[Update]) {
         for update in updates {
@@ -238,7 +266,9 @@ impl Follower for Sessions {
                     row: Some(row),
                     ..
                 } => self.configuration_changed(&row.clone().into()),
-                Update::Registration { row: Some(row), .. } if row.registration_status == "active" => {
+                Update::Registration { row: Some(row), .. }
+                    if row.registration_status == "active" =>
+                {
                     self.supersede_older(row.id, row.epoch);
                     if row.drain_time.is_some() {
                         self.drain(row.id, row.epoch, &row.drain_reason);

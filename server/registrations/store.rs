@@ -165,6 +165,7 @@ pub async fn register(
            name = EXCLUDED.name, connection_details = EXCLUDED.connection_details, \
            runtime_config = EXCLUDED.runtime_config, capacity = EXCLUDED.capacity, \
            registration_status = 'active', health_status = 'healthy', last_health_check = now(), \
+           failure_count = 0, \
            activation_date = CASE WHEN agent_registrations.registration_status = 'inactive' \
                                   THEN now() ELSE agent_registrations.activation_date END, \
            deactivation_date = NULL, \

@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::registry::Registry;
 use super::request::{Announcement, Beat};
 use super::sessions::{Control, Session, Sessions};
-use super::store::{self, RegistrationKey, Transition};
+use super::writer::{RegistrationWriter, StreamChange};
 use crate::error::Error;
 use crate::pb::health_stream_request::Message as In;
 use crate::pb::health_stream_response::Message as Out;
@@ -65,21 +65,25 @@ pub struct HealthStreams {
     pool: PgPool,
     registry: Registry,
     sessions: Arc<Sessions>,
+    writer: Arc<RegistrationWriter>,
     timing: StreamTiming,
 }
 
 impl HealthStreams {
-    /// Streams registering through `registry`, held in `sessions`.
+    /// Streams registering through `registry`, held in `sessions`, their
+    /// state changes written by `writer`.
     pub fn new(
         pool: PgPool,
         registry: Registry,
         sessions: Arc<Sessions>,
+        writer: Arc<RegistrationWriter>,
         timing: StreamTiming,
     ) -> Self {
         HealthStreams {
             pool,
             registry,
             sessions,
+            writer,
             timing,
         }
     }
@@ -118,7 +122,7 @@ impl HealthStreams {
         )
         .await?;
 
-        let (session, control) = Session::new(row.id, row.configuration_id, row.epoch);
+        let (session, control) = Session::new(tenant, row.id, row.configuration_id, row.epoch);
         self.sessions.attach(session.clone());
         let drain = row.drain_time.map(|_| row.drain_reason.clone());
         let (tx, rx) = mpsc::channel(OUTBOX);
@@ -149,9 +153,12 @@ enum End {
     Goodbye,
     /// A newer connection took over: leave the row to it.
     Superseded,
-    /// The stream broke, the agent sent something invalid, or the server closed
-    /// it: mark the instance unknown.
+    /// The stream broke or the agent sent something invalid: unknown, and
+    /// one more failure.
     Broken,
+    /// The server closed it (shutdown, or its row moved on): unknown, not
+    /// the agent's failure.
+    Released,
 }
 
 async fn run(
@@ -161,20 +168,21 @@ async fn run(
     mut control: mpsc::UnboundedReceiver<Control>,
     tx: mpsc::Sender<Outgoing>,
 ) {
-    let mut health = HealthStatus::Healthy;
+    // What the agent last said; a heartbeat without a health repeats it.
+    let mut reported = HealthStatus::Healthy;
     let end = loop {
         tokio::select! {
             message = inbound.message() => match message {
                 Ok(Some(pb::HealthStreamRequest { message: Some(In::Heartbeat(hb)) })) => {
-                    match heartbeat(&streams, &session, &mut health, hb).await {
+                    match heartbeat(&streams, &session, &mut reported, hb) {
                         Ok(ack) => {
                             if tx.send(out(Out::Ack(ack))).await.is_err() {
                                 break End::Broken;
                             }
                         }
-                        Err((status, end)) => {
+                        Err(status) => {
                             let _ = tx.send(Err(status)).await;
-                            break end;
+                            break End::Broken;
                         }
                     }
                 }
@@ -210,60 +218,52 @@ async fn run(
                 }
                 Some(Control::Close(status)) => {
                     let _ = tx.send(Err(status)).await;
-                    break End::Broken;
+                    break End::Released;
                 }
-                None => break End::Broken,
+                None => break End::Released,
             },
             () = tx.closed() => break End::Broken,
         }
     };
-    streams.sessions.detach(&session);
-    let key = RegistrationKey::Id(session.registration_id);
-    let transition = match end {
-        End::Goodbye => Transition::Deactivate,
-        End::Broken => Transition::Broken,
-        End::Superseded => {
-            tracing::info!("health stream superseded");
-            return;
-        }
+    let change = match end {
+        End::Goodbye => Some(StreamChange::Goodbye),
+        End::Broken => Some(StreamChange::Broken),
+        End::Released => Some(StreamChange::Released),
+        End::Superseded => None,
     };
-    // Boxed here and below: a database call inlined into the session's
-    // state machine would make every idle stream's task ten times larger.
-    match Box::pin(store::transition(
-        &streams.pool,
-        None,
-        &key,
-        session.epoch,
-        transition,
-    ))
-    .await
-    {
-        Ok(Ok(_)) => tracing::info!(ended = ?transition, "health stream ended"),
-        // A newer epoch or a deactivation got there first: nothing of ours to change.
-        Ok(Err(refusal)) => tracing::debug!(
-            ?refusal,
-            "health stream ended; registration already moved on"
-        ),
-        Err(e) => tracing::warn!(error = %e, "could not record the end of a health stream"),
+    // Queued before the session leaves the map: a shutdown that waits for
+    // the map to empty then finds every end queued.
+    match change {
+        Some(change) => {
+            tracing::info!(ended = ?change, "health stream ended");
+            streams.writer.record(
+                session.tenant,
+                session.registration_id,
+                session.epoch,
+                change,
+            );
+        }
+        None => tracing::info!("health stream superseded"),
     }
+    streams.sessions.detach(&session);
 }
 
-/// Takes one heartbeat; on refusal, the status to end the stream with.
-async fn heartbeat(
+/// Takes one heartbeat: acknowledged from memory; a health that differs from
+/// what the registration holds is queued for the registration writer.
+fn heartbeat(
     streams: &HealthStreams,
     session: &Session,
-    health: &mut HealthStatus,
+    reported: &mut HealthStatus,
     hb: pb::Heartbeat,
-) -> Result<pb::Ack, (Status, End)> {
+) -> Result<pb::Ack, Status> {
     if hb.epoch != 0 && hb.epoch != session.epoch {
-        let status = Status::aborted(format!(
+        return Err(Status::aborted(format!(
             "heartbeat epoch {} is not this session's epoch {}",
             hb.epoch, session.epoch
-        ));
-        return Err((status, End::Broken));
+        )));
     }
-    let beat = Beat::try_from(hb).map_err(|e| (Status::from(e), End::Broken))?;
-    let reported = beat.health.unwrap_or(*health);
+    let beat = Beat::try_from(hb)?;
+    *reported = beat.health.unwrap_or(*reported);
     let now = Utc::now();
     streams
         .sessions
@@ -271,22 +271,16 @@ async fn heartbeat(
         .heartbeats
         .fetch_add(1, Ordering::Relaxed);
     session.load.store(beat.current_load, Ordering::Relaxed);
-    if reported != *health {
-        // Health changes are what readers observe: written at once, fenced by epoch.
-        let key = RegistrationKey::Id(session.registration_id);
-        match Box::pin(store::transition(
-            &streams.pool,
-            None,
-            &key,
+    if *reported != session.stored_health() {
+        // Whatever put another health there (the sweep, an operator, the
+        // agent's own earlier report): the agent's current word wins.
+        session.set_stored_health(*reported);
+        streams.writer.record(
+            session.tenant,
+            session.registration_id,
             session.epoch,
-            Transition::Report(reported),
-        ))
-        .await
-        {
-            Ok(Ok(_)) => *health = reported,
-            Ok(Err(refusal)) => return Err((Status::from(Error::from(refusal)), End::Superseded)),
-            Err(e) => return Err((Status::from(e), End::Broken)),
-        }
+            StreamChange::Report(*reported),
+        );
     } else {
         session.seen(now);
     }

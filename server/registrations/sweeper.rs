@@ -12,16 +12,27 @@
 //! instances of a tenant (or of all tenants), and at least
 //! `guard_min_instances` of them, the sweep only marks them unknown and logs a
 //! warning. Mass silence is more likely the registry's own network trouble
-//! than a whole fleet dying at once; deactivation resumes when the share drops,
-//! or when an operator calls `Cleanup` with `ignore_partition_guard`.
+//! than a whole fleet dying at once. Unlike Eureka's, whose self-preservation
+//! can hold a departed majority for ever, the guard has an end: it holds for
+//! at most `guard_window` (three stale timeouts by default) from the first
+//! sweep it held, then deactivates them with a warning that says so. A real
+//! partition heals well within that, and the agents behind it are back on
+//! their streams; a fleet that really left is gone for good. An operator can
+//! end it sooner with `Cleanup` and `ignore_partition_guard`.
+//!
+//! Database outages: heartbeats are acknowledged from memory while the
+//! database is away, so after one the sweeper first writes this replica's
+//! heartbeats and gives the other replicas two flush intervals to write
+//! theirs, and only then judges silence.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use super::heartbeats::HeartbeatWriter;
 use crate::config::RegistryConfig;
 use crate::error::Result;
 use crate::periodic::Ticker;
@@ -47,6 +58,8 @@ pub struct SweepSettings {
     pub guard_min_instances: i64,
     /// Skip the guard (operator's decision).
     pub ignore_guard: bool,
+    /// Longest the guard holds back one mass silence.
+    pub guard_window: Duration,
     /// Delete inactive registrations deactivated longer ago than this.
     pub retention: Option<Duration>,
     /// Delete registration events older than this.
@@ -60,6 +73,7 @@ impl From<&RegistryConfig> for SweepSettings {
             guard_ratio: r.partition_guard_ratio,
             guard_min_instances: r.partition_guard_min_instances,
             ignore_guard: false,
+            guard_window: r.stale_timeout * 3,
             retention: r.registration_retention,
             event_retention: r.event_retention,
         }
@@ -67,20 +81,31 @@ impl From<&RegistryConfig> for SweepSettings {
 }
 
 /// Runs sweeps with the server's settings.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Sweeper {
     pool: PgPool,
     settings: SweepSettings,
     leases: Arc<dyn LeaseExpiry>,
+    heartbeats: HeartbeatWriter,
+    /// When the partition guard first held back the silence it holds now.
+    guard_since: Mutex<Option<Instant>>,
 }
 
 impl Sweeper {
-    /// A sweeper of `pool` with `settings`, expiring leases through `leases`.
-    pub fn new(pool: PgPool, settings: SweepSettings, leases: Arc<dyn LeaseExpiry>) -> Self {
+    /// A sweeper of `pool` with `settings`, expiring leases through
+    /// `leases`, writing `heartbeats` before it judges silence.
+    pub fn new(
+        pool: PgPool,
+        settings: SweepSettings,
+        leases: Arc<dyn LeaseExpiry>,
+        heartbeats: HeartbeatWriter,
+    ) -> Self {
         Sweeper {
             pool,
             settings,
             leases,
+            heartbeats,
+            guard_since: Mutex::new(None),
         }
     }
 
@@ -89,18 +114,29 @@ impl Sweeper {
         &self.settings
     }
 
-    /// Runs one sweep with `settings`.
+    /// Writes this replica's heartbeats, then runs one sweep with `settings`.
     pub async fn sweep_with(&self, settings: &SweepSettings) -> Result<SweepReport> {
-        sweep(&self.pool, settings, &*self.leases).await
+        self.heartbeats.flush().await?;
+        sweep(&self.pool, settings, &*self.leases, &self.guard_since).await
     }
 
-    /// Sweeps every `interval` until `stopping` turns true.
-    pub async fn run(&self, interval: Duration, stopping: watch::Receiver<bool>) {
+    /// Sweeps every `interval` until `stopping` turns true. After a sweep
+    /// failed (the database was away), waits `settle` before the next, so
+    /// that every replica writes the heartbeats it took meanwhile.
+    pub async fn run(&self, interval: Duration, settle: Duration, stopping: watch::Receiver<bool>) {
         let mut ticker = Ticker::after(interval, stopping);
+        let mut recovering = false;
         while ticker.tick().await {
-            if let Err(e) = self.sweep_with(&self.settings).await {
-                tracing::warn!(error = %e, "sweep failed; retrying next interval");
+            if recovering {
+                tokio::time::sleep(settle).await;
             }
+            recovering = match self.sweep_with(&self.settings).await {
+                Ok(_) => false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sweep failed; retrying next interval");
+                    true
+                }
+            };
         }
     }
 }
@@ -126,7 +162,12 @@ fn interval(d: Duration) -> sqlx::postgres::types::PgInterval {
 }
 
 /// Runs one sweep.
-async fn sweep(pool: &PgPool, s: &SweepSettings, leases: &dyn LeaseExpiry) -> Result<SweepReport> {
+async fn sweep(
+    pool: &PgPool,
+    s: &SweepSettings,
+    leases: &dyn LeaseExpiry,
+    guard_since: &Mutex<Option<Instant>>,
+) -> Result<SweepReport> {
     let mut tx = pool.begin().await?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
         .bind(SWEEP_LOCK)
@@ -177,14 +218,35 @@ async fn sweep(pool: &PgPool, s: &SweepSettings, leases: &dyn LeaseExpiry) -> Re
             .map(|(t, _, _)| *t)
             .collect()
     };
-    if !held.is_empty() {
-        tracing::warn!(
-            tenants = held.len(),
-            candidates = all_candidates,
-            active = all_active,
-            "partition guard: too many instances went silent at once; marking them unknown but not deactivating"
-        );
-    }
+    let held = if held.is_empty() {
+        *guard_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        held
+    } else {
+        let since = *guard_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(Instant::now);
+        if since.elapsed() < s.guard_window {
+            tracing::warn!(
+                tenants = held.len(),
+                candidates = all_candidates,
+                active = all_active,
+                holding_for = ?since.elapsed(),
+                gives_up_after = ?s.guard_window,
+                "partition guard: too many instances went silent at once; marking them unknown but not deactivating"
+            );
+            held
+        } else {
+            tracing::warn!(
+                tenants = held.len(),
+                candidates = all_candidates,
+                active = all_active,
+                held_for = ?since.elapsed(),
+                "partition guard: the silence outlasted the guard's window; deactivating the silent instances"
+            );
+            Vec::new()
+        }
+    };
 
     let deactivated = sqlx::query(
         "WITH gone AS (UPDATE agent_registrations SET registration_status = 'inactive', \

@@ -3,11 +3,10 @@
 //! on any number of replicas can never give a unit back twice.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgExecutor, PgPool};
+use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::registrations::sweeper::LeaseExpiry;
 
 /// A lease as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -78,24 +77,6 @@ pub async fn renew(pool: &PgPool, tenant: Uuid, id: Uuid, ttl_ms: Option<i64>) -
                 None => "the lease has expired".into(),
             }))
         }
-    }
-}
-
-/// Routing's side of the sweep: expired leases give their units back.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Expiry;
-
-#[tonic::async_trait]
-impl LeaseExpiry for Expiry {
-    async fn expire(&self, conn: &mut PgConnection) -> Result<i64> {
-        let (expired, drifted) = expire(conn).await?;
-        if drifted > 0 {
-            tracing::error!(
-                units = drifted,
-                "workload counter drift: expired leases gave back units their configuration's counter did not hold; set to 0"
-            );
-        }
-        Ok(expired)
     }
 }
 

@@ -19,6 +19,7 @@ use crate::manifests::store::ManifestRow;
 use crate::pb::encoded::EncodedAgent;
 use crate::pb::{self, HealthStatus};
 use crate::registrations::store::RegistrationRow;
+use crate::registrations::writer::Departures;
 
 /// A change of the view: one configuration of a tenant, or all of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -562,6 +563,37 @@ fn place_instance(t: &mut TenantState, r: RegistrationRow) {
     if let Some(c) = configs.get_mut(&config) {
         c.insert_instance(id, instance, leases);
         instance_config.insert(id, config);
+    }
+}
+
+/// A stream that ended on this replica stops being offered here at once;
+/// the feed brings the row as written a moment later.
+impl Departures for View {
+    fn departed(&self, tenant: Uuid, registration: Uuid) {
+        let mut state = self.write();
+        let Some(t) = state.tenants.get_mut(&tenant) else {
+            return;
+        };
+        let Some(config) = t.instance_config.get(&registration).copied() else {
+            return;
+        };
+        let TenantState {
+            configs, leases, ..
+        } = t;
+        let Some(c) = configs.get_mut(&config) else {
+            return;
+        };
+        if let Some(rank) = c.rank(registration, leases) {
+            c.ranked.remove(&rank);
+        }
+        if let Some(instance) = c.instances.get_mut(&registration) {
+            if instance.health == HealthStatus::Healthy {
+                c.healthy -= 1;
+            }
+            instance.health = HealthStatus::Unknown;
+            instance.routable = false;
+        }
+        self.publish(&mut state, tenant, Some(config));
     }
 }
 

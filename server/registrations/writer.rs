@@ -1,0 +1,294 @@
+//! The registration writer: the state changes that health streams cause
+//! (a health report, a stream that broke, was released by the server, or
+//! said goodbye) for all of this server's streams, applied in one statement
+//! per batch.
+//!
+//! A change is never dropped. The stream that caused it moves on at once:
+//! its session's health is updated in memory, and this replica's routing
+//! stops offering an instance whose stream ended (through [`Departures`]).
+//! The writer then retries a batch that failed, with backoff, for as long as
+//! the database is away; a later change of the same instance replaces an
+//! earlier one still waiting, and a change whose epoch has moved on (a newer
+//! connection took over) is dropped by the statement's fence. Other replicas
+//! hear of each change when it lands, through the feed.
+//!
+//! Ordering: per instance, the last change queued wins (for one epoch there
+//! is at most one end, and it comes last).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::{Mutex, mpsc, watch};
+use uuid::Uuid;
+
+use super::sessions::Sessions;
+use crate::error::Result;
+use crate::pb::HealthStatus;
+
+/// Changes one statement carries at most.
+const MAX_BATCH: usize = 2048;
+/// First and longest pause before a failed batch is tried again.
+const RETRY_MIN: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// What happened to an instance, as its stream saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamChange {
+    /// The agent reported this health (healthy or degraded).
+    Report(HealthStatus),
+    /// The stream broke without a goodbye: unknown, one more failure.
+    Broken,
+    /// The server closed the stream (shutdown): unknown, not a failure.
+    Released,
+    /// The agent said goodbye: inactive, disconnected.
+    Goodbye,
+}
+
+impl StreamChange {
+    fn kind(self) -> &'static str {
+        match self {
+            StreamChange::Report(_) => "report",
+            StreamChange::Broken => "broken",
+            StreamChange::Released => "released",
+            StreamChange::Goodbye => "goodbye",
+        }
+    }
+
+    fn ends(self) -> bool {
+        !matches!(self, StreamChange::Report(_))
+    }
+}
+
+/// Told at once when an instance's stream ends on this replica, before the
+/// change lands: routing's view implements it, so that this replica stops
+/// offering the instance the moment its stream ends.
+pub trait Departures: Send + Sync + std::fmt::Debug {
+    /// The stream of `registration` (of `tenant`) ended.
+    fn departed(&self, tenant: Uuid, registration: Uuid);
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Item {
+    id: Uuid,
+    epoch: i64,
+    change: StreamChange,
+}
+
+/// Counters for tests and benchmarks.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Statements that landed.
+    pub batches: AtomicU64,
+    /// Changes those statements applied.
+    pub applied: AtomicU64,
+    /// Changes the epoch fence refused (a newer connection, or inactive).
+    pub fenced: AtomicU64,
+    /// Batches that failed and were tried again.
+    pub retries: AtomicU64,
+}
+
+/// What the writer holds between batches.
+#[derive(Debug)]
+struct Queue {
+    rx: mpsc::UnboundedReceiver<Item>,
+    /// Changes not yet landed, by registration.
+    pending: HashMap<Uuid, Item>,
+}
+
+impl Queue {
+    /// Adds `item` unless a change queued after it is already waiting.
+    fn keep(&mut self, item: Item, newer_wins: bool) {
+        match self.pending.get(&item.id) {
+            Some(waiting) if waiting.epoch > item.epoch => {}
+            Some(_) if !newer_wins => {}
+            _ => {
+                self.pending.insert(item.id, item);
+            }
+        }
+    }
+
+    fn take_queued(&mut self) {
+        while let Ok(item) = self.rx.try_recv() {
+            self.keep(item, true);
+        }
+    }
+
+    fn batch(&mut self) -> Vec<Item> {
+        let ids: Vec<Uuid> = self.pending.keys().take(MAX_BATCH).copied().collect();
+        ids.iter()
+            .filter_map(|id| self.pending.remove(id))
+            .collect()
+    }
+}
+
+/// The handle streams use; [`RegistrationWriter::run`] is the task behind it.
+#[derive(Debug)]
+pub struct RegistrationWriter {
+    tx: mpsc::UnboundedSender<Item>,
+    queue: Mutex<Queue>,
+    closing: watch::Sender<bool>,
+    departures: Arc<dyn Departures>,
+    sessions: Arc<Sessions>,
+    /// Counters.
+    pub stats: WriterStats,
+}
+
+impl RegistrationWriter {
+    /// A writer closing `sessions` whose changes are fenced, telling
+    /// `departures` of ended streams.
+    pub fn new(sessions: Arc<Sessions>, departures: Arc<dyn Departures>) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        RegistrationWriter {
+            tx,
+            queue: Mutex::new(Queue {
+                rx,
+                pending: HashMap::new(),
+            }),
+            closing: watch::channel(false).0,
+            departures,
+            sessions,
+            stats: WriterStats::default(),
+        }
+    }
+
+    /// Queues a change of registration `id` at `epoch`; it lands later.
+    pub fn record(&self, tenant: Uuid, id: Uuid, epoch: i64, change: StreamChange) {
+        if change.ends() {
+            self.departures.departed(tenant, id);
+        }
+        // The receiver lives as long as the writer: this cannot fail.
+        let _ = self.tx.send(Item { id, epoch, change });
+    }
+
+    /// Applies queued changes until [`RegistrationWriter::close`] was
+    /// called and nothing is left to write.
+    pub async fn run(&self, pool: PgPool) {
+        let mut queue = self.queue.lock().await;
+        let mut closing = self.closing.subscribe();
+        let mut pause = RETRY_MIN;
+        loop {
+            if queue.pending.is_empty() {
+                let mut first = Vec::new();
+                tokio::select! {
+                    n = queue.rx.recv_many(&mut first, MAX_BATCH) => if n == 0 { return },
+                    _ = closing.wait_for(|c| *c) => {
+                        queue.take_queued();
+                        if queue.pending.is_empty() {
+                            return;
+                        }
+                    }
+                }
+                for item in first {
+                    queue.keep(item, true);
+                }
+            }
+            queue.take_queued();
+            let batch = queue.batch();
+            match self.apply(&pool, &batch).await {
+                Ok(()) => pause = RETRY_MIN,
+                Err(e) => {
+                    self.stats.retries.fetch_add(1, Relaxed);
+                    tracing::warn!(
+                        error = %e, changes = batch.len(), retry_in = ?pause,
+                        "registration changes not written yet; retrying"
+                    );
+                    for item in batch {
+                        queue.keep(item, false);
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// Lets [`RegistrationWriter::run`] return once it has written
+    /// everything queued (at shutdown, after the streams ended).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Changes queued or waiting for a retry; exact only once `run` returned.
+    pub fn unwritten(&self) -> usize {
+        self.queue
+            .try_lock()
+            .map(|q| q.pending.len() + q.rx.len())
+            .unwrap_or(0)
+    }
+
+    async fn apply(&self, pool: &PgPool, batch: &[Item]) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let landed = write(pool, batch).await?;
+        self.stats.batches.fetch_add(1, Relaxed);
+        self.stats.applied.fetch_add(landed.len() as u64, Relaxed);
+        if landed.len() < batch.len() {
+            let landed: std::collections::HashSet<Uuid> = landed.into_iter().collect();
+            let fenced: Vec<(Uuid, i64)> = batch
+                .iter()
+                .filter(|i| !landed.contains(&i.id))
+                .map(|i| (i.id, i.epoch))
+                .collect();
+            self.stats.fenced.fetch_add(fenced.len() as u64, Relaxed);
+            // A report refused: the stream of that epoch is stale; close it.
+            self.sessions.close_fenced(&fenced);
+        }
+        Ok(())
+    }
+}
+
+/// One statement for the whole batch: each change applies only to its
+/// registration at its epoch while active; events are recorded for ends and
+/// for reports that changed the health. Returns the ids that changed.
+async fn write(pool: &PgPool, batch: &[Item]) -> Result<Vec<Uuid>> {
+    let ids: Vec<Uuid> = batch.iter().map(|i| i.id).collect();
+    let epochs: Vec<i64> = batch.iter().map(|i| i.epoch).collect();
+    let kinds: Vec<&str> = batch.iter().map(|i| i.change.kind()).collect();
+    let healths: Vec<&str> = batch
+        .iter()
+        .map(|i| match i.change {
+            StreamChange::Report(h) => h.db_name().unwrap_or("unknown"),
+            StreamChange::Goodbye => "disconnected",
+            StreamChange::Broken | StreamChange::Released => "unknown",
+        })
+        .collect();
+    Ok(sqlx::query_scalar(
+        "WITH v AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[]) \
+                      AS v(id, epoch, kind, health)), \
+         old AS (SELECT r.id, r.health_status FROM agent_registrations r JOIN v ON v.id = r.id \
+                 WHERE r.epoch = v.epoch AND r.registration_status = 'active' \
+                 ORDER BY r.id FOR UPDATE OF r), \
+         upd AS (UPDATE agent_registrations r SET \
+             registration_status = CASE WHEN v.kind = 'goodbye' THEN 'inactive' ELSE 'active' END, \
+             health_status = v.health, \
+             failure_count = CASE v.kind WHEN 'broken' THEN r.failure_count + 1 \
+                                         WHEN 'report' THEN CASE WHEN v.health = 'healthy' THEN 0 \
+                                                                 ELSE r.failure_count END \
+                                         ELSE r.failure_count END, \
+             last_health_check = CASE WHEN v.kind = 'report' THEN greatest(r.last_health_check, now()) \
+                                      ELSE r.last_health_check END, \
+             deactivation_date = CASE WHEN v.kind = 'goodbye' THEN now() ELSE r.deactivation_date END, \
+             updated_at = now() \
+           FROM v JOIN old ON old.id = v.id WHERE r.id = v.id \
+           RETURNING r.id, r.tenant_id, r.configuration_id, r.epoch, r.health_status, v.kind, \
+                     old.health_status AS before), \
+         ev AS (INSERT INTO registration_events \
+                  (tenant_id, registration_id, configuration_id, kind, health_status, epoch) \
+                SELECT tenant_id, id, configuration_id, \
+                       CASE kind WHEN 'goodbye' THEN 'deactivated' WHEN 'broken' THEN 'failed' \
+                                 WHEN 'released' THEN 'health_changed' ELSE 'health_changed' END, \
+                       health_status, epoch \
+                FROM upd WHERE kind IN ('goodbye', 'broken') OR before <> health_status) \
+         SELECT id FROM upd",
+    )
+    .bind(&ids)
+    .bind(&epochs)
+    .bind(&kinds)
+    .bind(&healths)
+    .fetch_all(pool)
+    .await?)
+}
