@@ -1405,6 +1405,8 @@ pub mod registration_service_client {
         }
         /// Sets an instance's health. ABORTED when the epoch is older than the
         /// registration's; FAILED_PRECONDITION when the registration is inactive.
+        /// While the instance's health stream is open, its next heartbeat that
+        /// reports another health wins: the agent's own word is the latest.
         pub async fn update_health(
             &mut self,
             request: impl tonic::IntoRequest<super::UpdateHealthRequest>,
