@@ -30,6 +30,7 @@ use crate::pb::routing_service_server::RoutingServiceServer;
 use crate::periodic::Ticker;
 use crate::registrations::RegistrationApi;
 use crate::registrations::heartbeats::HeartbeatWriter;
+use crate::registrations::hellos::HelloWriter;
 use crate::registrations::registry::Registry;
 use crate::registrations::sessions::Sessions;
 use crate::registrations::stream::{HealthStreams, StreamTiming};
@@ -77,6 +78,7 @@ pub struct Server {
     leases: Arc<LeaseWriter>,
     heartbeats: HeartbeatWriter,
     writer: Arc<RegistrationWriter>,
+    hellos: Arc<HelloWriter>,
     sweeper: Arc<Sweeper>,
 }
 
@@ -95,6 +97,7 @@ impl Server {
         Server {
             auth: Authenticator::new(pool.clone()),
             writer: Arc::new(RegistrationWriter::new(sessions.clone(), view.clone())),
+            hellos: Arc::new(HelloWriter::new(config.registry.create_unknown_manifests)),
             view,
             leases: Arc::default(),
             heartbeats,
@@ -108,6 +111,11 @@ impl Server {
     /// The health streams this server holds, and their counters.
     pub fn sessions(&self) -> Arc<Sessions> {
         self.sessions.clone()
+    }
+
+    /// The hello writer of this server, and its counters.
+    pub fn hellos(&self) -> Arc<HelloWriter> {
+        self.hellos.clone()
     }
 
     /// The registration writer of this server, and its counters.
@@ -138,6 +146,7 @@ impl Server {
             leases,
             heartbeats,
             writer,
+            hellos,
             sweeper,
         } = self;
         let registry = &config.registry;
@@ -175,6 +184,10 @@ impl Server {
                 async move { leases.run(pool).await }
             }),
         ];
+        let hellos_task = tokio::spawn({
+            let (hellos, pool) = (hellos.clone(), pool.clone());
+            async move { hellos.run(pool).await }
+        });
         // Not aborted with the others: at the end it writes what the streams left.
         let writer_task = tokio::spawn({
             let (writer, pool) = (writer.clone(), pool.clone());
@@ -191,12 +204,7 @@ impl Server {
         }
 
         let streams = HealthStreams::new(
-            pool.clone(),
-            Registry::new(
-                pool.clone(),
-                sessions.clone(),
-                registry.create_unknown_manifests,
-            ),
+            Registry::new(pool.clone(), sessions.clone(), hellos.clone()),
             sessions.clone(),
             writer.clone(),
             StreamTiming {
@@ -208,11 +216,7 @@ impl Server {
         let registrations = RegistrationApi::new(
             auth.clone(),
             pool.clone(),
-            Registry::new(
-                pool.clone(),
-                sessions.clone(),
-                registry.create_unknown_manifests,
-            ),
+            Registry::new(pool.clone(), sessions.clone(), hellos.clone()),
             streams,
             sweeper.clone(),
         );
@@ -301,6 +305,7 @@ impl Server {
         for task in background {
             task.abort();
         }
+        hellos_task.abort();
         // The ends of the streams that closed, and whatever heartbeats
         // arrived while in-flight calls finished.
         // Session tasks queue their end before they leave the map; then the

@@ -903,3 +903,54 @@ async fn drain_is_validated_and_tenant_scoped() {
         Code::FailedPrecondition
     );
 }
+
+/// A fleet that connects at once is registered in batches: with the first
+/// registration held up by a lock, the 199 that arrive meanwhile wait in the
+/// hello writer's queue and then go to PostgreSQL as one statement.
+#[tokio::test]
+async fn hellos_that_arrive_together_are_registered_in_one_statement() {
+    let (_db, proxy, s) = common::counted_server(|_| {}).await;
+    s.manifest("ide-agent").await;
+    let t = s.tenant("acme").await;
+    let mut lock = s.pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE agent_registrations IN EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .expect("lock");
+    let mark = proxy.statements();
+    let connects: Vec<_> = (0..200)
+        .map(|i| {
+            let agent = t.agent.clone();
+            tokio::spawn(async move {
+                agent
+                    .agent_session(format!("inst-{i}"), "ide-agent")
+                    .connect()
+                    .await
+            })
+        })
+        .collect();
+    eventually(
+        Duration::from_secs(60),
+        "199 hellos queued behind the first",
+        || async { s.hellos.queued() == 199 },
+    )
+    .await;
+    lock.commit().await.expect("unlock");
+    let mut sessions = Vec::new();
+    for connect in connects {
+        sessions.push(connect.await.expect("join").expect("connect"));
+    }
+    let batches: Vec<String> = proxy
+        .statements_since(mark)
+        .into_iter()
+        .filter(|sql| sql.contains("agentry_register_batch"))
+        .collect();
+    assert_eq!(batches.len(), 2, "the blocked one, then all the others");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM agent_registrations WHERE routable")
+        .fetch_one(&s.pool)
+        .await
+        .expect("rows");
+    assert_eq!(rows, 200);
+    let epochs: Vec<i64> = sessions.iter().map(|s| s.current().epoch).collect();
+    assert!(epochs.iter().all(|e| *e == 1), "{epochs:?}");
+}

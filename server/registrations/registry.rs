@@ -8,6 +8,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::hellos::{HelloWriter, Registered};
 use super::sessions::{Control, Sessions};
 use super::store::{self, Announcement, RegistrationKey, RegistrationRow, Transition};
 use crate::error::Result;
@@ -17,33 +18,28 @@ use crate::error::Result;
 pub struct Registry {
     pool: PgPool,
     sessions: Arc<Sessions>,
-    create_unknown_manifests: bool,
+    hellos: Arc<HelloWriter>,
 }
 
 impl Registry {
-    /// A registry writing to `pool` and fencing `sessions`. With
-    /// `create_unknown_manifests`, a registration of an unknown agent_id
-    /// creates a placeholder manifest.
-    pub fn new(pool: PgPool, sessions: Arc<Sessions>, create_unknown_manifests: bool) -> Self {
+    /// A registry registering through `hellos`, changing rows in `pool`,
+    /// and fencing `sessions`.
+    pub fn new(pool: PgPool, sessions: Arc<Sessions>, hellos: Arc<HelloWriter>) -> Self {
         Registry {
             pool,
             sessions,
-            create_unknown_manifests,
+            hellos,
         }
     }
 
     /// Registers (or re-registers) an instance with a new epoch, and fences
     /// off its older session here. Returns the row and whether it was created.
-    pub async fn register(
-        &self,
-        tenant: Uuid,
-        a: &Announcement,
-    ) -> Result<(RegistrationRow, bool)> {
-        let (row, created) =
-            store::register(&self.pool, tenant, a, self.create_unknown_manifests).await?;
+    pub async fn register(&self, tenant: Uuid, a: Announcement) -> Result<Registered> {
+        let registered = self.hellos.register(tenant, a).await?;
+        let (row, created) = (&registered.row, registered.created);
         self.sessions.supersede_older(row.id, row.epoch);
         tracing::info!(registration = %row.id, epoch = row.epoch, created, "instance registered");
-        Ok((row, created))
+        Ok(registered)
     }
 
     /// Applies a fenced transition to the instance `instance_id` of `tenant`

@@ -86,13 +86,10 @@ impl RegistrationService for RegistrationApi {
             .auth
             .accept::<_, Announcement>(request, REGISTRANTS)
             .await?;
-        let (row, created) = self
-            .registry
-            .register(caller.owning_tenant("")?, &a)
-            .await?;
+        let registered = self.registry.register(caller.owning_tenant("")?, a).await?;
         Ok(Response::new(pb::RegisterInstanceResponse {
-            registration: Some(row.into()),
-            created,
+            registration: Some(registered.row.into()),
+            created: registered.created,
         }))
     }
 

@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::Utc;
-use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
@@ -62,7 +61,6 @@ pub struct StreamTiming {
 /// Opens health streams and runs their tasks.
 #[derive(Debug, Clone)]
 pub struct HealthStreams {
-    pool: PgPool,
     registry: Registry,
     sessions: Arc<Sessions>,
     writer: Arc<RegistrationWriter>,
@@ -73,14 +71,12 @@ impl HealthStreams {
     /// Streams registering through `registry`, held in `sessions`, their
     /// state changes written by `writer`.
     pub fn new(
-        pool: PgPool,
         registry: Registry,
         sessions: Arc<Sessions>,
         writer: Arc<RegistrationWriter>,
         timing: StreamTiming,
     ) -> Self {
         HealthStreams {
-            pool,
             registry,
             sessions,
             writer,
@@ -113,14 +109,8 @@ impl HealthStreams {
         };
         let a = Announcement::try_from(hello)?;
         a.trace(&tracing::Span::current());
-        let (row, _created) = self.registry.register(tenant, &a).await?;
-        let configuration = crate::configurations::store::get(
-            &self.pool,
-            Some(tenant),
-            row.configuration_id,
-            false,
-        )
-        .await?;
+        let registered = self.registry.register(tenant, a).await?;
+        let (row, configuration) = (registered.row, registered.configuration);
 
         let (session, control) = Session::new(tenant, row.id, row.configuration_id, row.epoch);
         self.sessions.attach(session.clone());

@@ -110,6 +110,7 @@ pub struct TestServer {
     /// The server's health streams and their counters.
     pub sessions: std::sync::Arc<agentry_server::registrations::sessions::Sessions>,
     pub leases: std::sync::Arc<agentry_server::routing::writer::LeaseWriter>,
+    pub hellos: std::sync::Arc<agentry_server::registrations::hellos::HelloWriter>,
     pub config: agentry_server::ServeConfig,
 }
 
@@ -183,6 +184,7 @@ impl TestServer {
         let server = agentry_server::Server::new(pool.clone(), config.clone());
         let sessions = server.sessions();
         let leases = server.leases();
+        let hellos = server.hellos();
         let task = tokio::spawn(server.run(listener, async {
             let _ = stopped.await;
         }));
@@ -199,6 +201,7 @@ impl TestServer {
             db: None,
             sessions,
             leases,
+            hellos,
             config,
         }
     }

@@ -1,0 +1,278 @@
+//! The hello writer: registrations (`Hello`, `RegisterInstance`) of this
+//! server, many in one statement.
+//!
+//! A fleet reconnects all at once: after a deploy of Agentry, a network blip,
+//! a scale-up. One transaction per registration queued thousands of them on
+//! the pool (about 650 a second here, and pool time-outs past that). The
+//! writer takes everything queued, up to a batch, and registers it with one
+//! call of `agentry_register_batch` (migration 0009), then reads the rows
+//! and their configurations back in one statement each.
+//!
+//! Admission is bounded: when more registrations wait than the queue holds,
+//! the caller is answered `UNAVAILABLE` at once, to retry after a pause,
+//! instead of waiting out a pool time-out.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use uuid::Uuid;
+
+use super::request::Announcement;
+use super::store::{self, RegistrationRow};
+use crate::configurations::store::{self as configurations, ConfigurationRow};
+use crate::error::{Error, Result, sqlstate};
+
+/// Registrations one statement carries at most.
+const MAX_BATCH: usize = 1000;
+/// Registrations that may wait for the writer; beyond, callers are turned away.
+const QUEUE: usize = 10_000;
+/// Tries of a batch that PostgreSQL chose as a deadlock victim.
+const DEADLOCK_TRIES: usize = 3;
+
+/// A registration as written, with the configuration it belongs to.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    pub row: RegistrationRow,
+    /// Whether this call created the registration.
+    pub created: bool,
+    pub configuration: ConfigurationRow,
+}
+
+struct Request {
+    tenant: Uuid,
+    announcement: Announcement,
+    reply: oneshot::Sender<Result<Registered>>,
+}
+
+/// `agentry_announcement`.
+#[derive(Debug, sqlx::Type)]
+#[sqlx(type_name = "agentry_announcement")]
+struct AnnouncementArg {
+    ord: i32,
+    tenant_id: Uuid,
+    instance_id: String,
+    agent_id: String,
+    name: String,
+    connection_details: serde_json::Value,
+    runtime_config: serde_json::Value,
+    capacity: Option<i32>,
+}
+
+/// Counters for tests and benchmarks.
+#[derive(Debug, Default)]
+pub struct HelloStats {
+    /// Statements that registered a batch.
+    pub batches: AtomicU64,
+    /// Registrations those statements carried.
+    pub registered: AtomicU64,
+    /// Callers turned away because the queue was full.
+    pub turned_away: AtomicU64,
+}
+
+/// The handle registries use; [`HelloWriter::run`] is the task behind it.
+#[derive(Debug)]
+pub struct HelloWriter {
+    tx: mpsc::Sender<Request>,
+    rx: Mutex<Option<mpsc::Receiver<Request>>>,
+    create_unknown_manifests: bool,
+    /// Counters.
+    pub stats: HelloStats,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("instance_id", &self.announcement.instance_id)
+            .finish()
+    }
+}
+
+impl HelloWriter {
+    /// A writer; with `create_unknown_manifests`, an unknown agent_id gets a
+    /// placeholder manifest.
+    pub fn new(create_unknown_manifests: bool) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        HelloWriter {
+            tx,
+            rx: Mutex::new(Some(rx)),
+            create_unknown_manifests,
+            stats: HelloStats::default(),
+        }
+    }
+
+    /// Registrations waiting for the writer now.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Registers `announcement` for `tenant` with a new epoch.
+    pub async fn register(&self, tenant: Uuid, announcement: Announcement) -> Result<Registered> {
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            tenant,
+            announcement,
+            reply,
+        };
+        self.tx.try_send(request).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                self.stats.turned_away.fetch_add(1, Relaxed);
+                Error::Unavailable("too many registrations at once; retry in a moment".into())
+            }
+            mpsc::error::TrySendError::Closed(_) => stopped(),
+        })?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Registers queued requests in batches for as long as the server runs
+    /// (its background tasks are aborted at the end). Runs once.
+    pub async fn run(&self, pool: PgPool) {
+        let Some(mut rx) = self.rx.lock().await.take() else {
+            return;
+        };
+        let mut waiting: Vec<Request> = Vec::new();
+        loop {
+            if waiting.is_empty() && rx.recv_many(&mut waiting, MAX_BATCH).await == 0 {
+                return;
+            }
+            while waiting.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(request) => waiting.push(request),
+                    Err(_) => break,
+                }
+            }
+            // One Hello per instance in a statement; a second one waits for
+            // the next (it gets the newer epoch, as it came later).
+            let mut seen = HashSet::new();
+            let (batch, later): (Vec<Request>, Vec<Request>) = waiting
+                .drain(..)
+                .partition(|r| seen.insert((r.tenant, r.announcement.instance_id.clone())));
+            waiting = later;
+            let results = register_with_retry(&pool, &batch, self.create_unknown_manifests).await;
+            match results {
+                Ok(mut registered) => {
+                    self.stats.batches.fetch_add(1, Relaxed);
+                    self.stats
+                        .registered
+                        .fetch_add(registered.len() as u64, Relaxed);
+                    for (ord, request) in batch.into_iter().enumerate() {
+                        let answer = registered.remove(&ord).ok_or_else(|| {
+                            Error::NotFound(format!(
+                                "manifest with agent_id {:?}",
+                                request.announcement.agent_id
+                            ))
+                        });
+                        let _ = request.reply.send(answer);
+                    }
+                }
+                Err(e) => {
+                    let unavailable =
+                        matches!(&e, Error::Database(db) if Error::is_unavailable(db));
+                    tracing::warn!(error = %e, registrations = batch.len(), "registration batch failed");
+                    for request in batch {
+                        let _ = request.reply.send(Err(if unavailable {
+                            Error::Unavailable("database unavailable, retry later".into())
+                        } else {
+                            Error::Internal("registration failed".into())
+                        }));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn stopped() -> Error {
+    Error::Unavailable("the server is shutting down; retry on another replica".into())
+}
+
+async fn register_with_retry(
+    pool: &PgPool,
+    batch: &[Request],
+    create_manifests: bool,
+) -> Result<HashMap<usize, Registered>> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match register(pool, batch, create_manifests).await {
+            Err(Error::Database(sqlx::Error::Database(e)))
+                if e.code().as_deref() == Some(sqlstate::DEADLOCK_DETECTED)
+                    && tries < DEADLOCK_TRIES =>
+            {
+                tracing::info!("registration batch chosen as a deadlock victim; trying again");
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(1..20))).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// One batch: the upsert in one statement, then the rows and their
+/// configurations in one read each. Answers by place in the batch.
+async fn register(
+    pool: &PgPool,
+    batch: &[Request],
+    create_manifests: bool,
+) -> Result<HashMap<usize, Registered>> {
+    let items: Vec<AnnouncementArg> = batch
+        .iter()
+        .enumerate()
+        .map(|(ord, r)| {
+            let a = &r.announcement;
+            AnnouncementArg {
+                ord: i32::try_from(ord).unwrap_or(i32::MAX),
+                tenant_id: r.tenant,
+                instance_id: a.instance_id.clone(),
+                agent_id: a.agent_id.clone(),
+                name: a.name.clone(),
+                connection_details: a.connection_details.clone(),
+                runtime_config: a.runtime_config.clone(),
+                capacity: a.capacity,
+            }
+        })
+        .collect();
+    let done: Vec<(i32, Uuid, i64, bool)> =
+        sqlx::query_as("SELECT * FROM agentry_register_batch($1, $2)")
+            .bind(&items)
+            .bind(create_manifests)
+            .fetch_all(pool)
+            .await?;
+    let ids: Vec<Uuid> = done.iter().map(|d| d.1).collect();
+    let rows: HashMap<Uuid, RegistrationRow> = store::get_many(pool, &ids)
+        .await?
+        .into_iter()
+        .map(|r| (r.id, r))
+        .collect();
+    let mut config_ids: Vec<Uuid> = rows.values().map(|r| r.configuration_id).collect();
+    config_ids.sort_unstable();
+    config_ids.dedup();
+    let configs: HashMap<Uuid, ConfigurationRow> = configurations::get_many(pool, &config_ids)
+        .await?
+        .into_iter()
+        .map(|c| (c.id, c))
+        .collect();
+    let mut registered = HashMap::new();
+    for (ord, id, epoch, created) in done {
+        let (Some(row), Ok(ord)) = (rows.get(&id), usize::try_from(ord)) else {
+            continue;
+        };
+        // Read after the commit: a newer registration may have followed; the
+        // caller's epoch is the one this batch gave it.
+        let mut row = row.clone();
+        row.epoch = epoch;
+        let Some(configuration) = configs.get(&row.configuration_id) else {
+            continue;
+        };
+        registered.insert(
+            ord,
+            Registered {
+                row,
+                created,
+                configuration: configuration.clone(),
+            },
+        );
+    }
+    Ok(registered)
+}
