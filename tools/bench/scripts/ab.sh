@@ -13,6 +13,8 @@ db=agentry_bench_ab
 url=postgres://postgres@127.0.0.1:5432/$db
 port=50091
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+pid=
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null' EXIT
 for rep in $(seq 1 "$reps"); do
   for bin in "$a" "$b"; do
     psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null

@@ -44,6 +44,16 @@ pub(crate) enum Mode {
         #[arg(long, default_value_t = 8)]
         window: usize,
     },
+    /// A fleet that connects at once, then leaves at once: time until all
+    /// are welcomed and routable, until all are inactive, and ends lost.
+    Storm {
+        #[arg(long, default_value_t = 10_000)]
+        agents: usize,
+        /// Streams per HTTP/2 connection (1: one connection per agent, as
+        /// separate agent processes connect).
+        #[arg(long, default_value_t = 100)]
+        per_connection: usize,
+    },
     /// Open streams that only say hello; reports server RSS per stream.
     Idle {
         #[arg(long, default_value_t = 10_000)]

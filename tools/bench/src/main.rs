@@ -5,7 +5,7 @@
 //! file descriptors on each side.
 //!
 //! This file parses the command line and dispatches to the mode's module
-//! (`heartbeats`, `idle`, `available`, `acquire`); `available` and `acquire`
+//! (`heartbeats`, `idle`, `storm`, `available`, `acquire`); `available` and `acquire`
 //! share the unary load driver in `driver`. The rest are the parts the modes
 //! share: `cli` (flags), `setup` (tenant, keys, manifests), `stream` (raw
 //! health streams), `raw` (GetAvailableAgents over bare HTTP/2), `stats`
@@ -23,6 +23,7 @@ mod raw;
 mod rss;
 mod setup;
 mod stats;
+mod storm;
 mod stream;
 
 use clap::Parser;
@@ -51,6 +52,10 @@ async fn run(args: Args) -> Result<(), Error> {
             window,
         } => heartbeats::run(&args, &db, agents, seconds, window).await,
         Mode::Idle { streams, seconds } => idle::run(&args, streams, seconds).await,
+        Mode::Storm {
+            agents,
+            per_connection,
+        } => storm::run(&args, &db, agents, per_connection).await,
         Mode::Available { shape, load } => available::run(&args, shape, load).await,
         Mode::Acquire { load, max_workload } => acquire::run(&args, &db, load, max_workload).await,
     }

@@ -22,7 +22,11 @@ pub(crate) struct Stream {
     pub(crate) epoch: i64,
 }
 
-async fn open_stream(channel: Channel, key: &str, instance: String) -> Result<Stream, Error> {
+pub(crate) async fn open_stream(
+    channel: Channel,
+    key: &str,
+    instance: String,
+) -> Result<Stream, Error> {
     let mut client = pb::registration_service_client::RegistrationServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(64);
     let hello = pb::Hello {
@@ -61,9 +65,14 @@ pub(crate) async fn goodbye_all(streams: &[Stream], reason: &str) {
     }
 }
 
-async fn channels(url: &str, streams: usize) -> Result<Vec<Channel>, Error> {
+/// HTTP/2 connections for `streams` streams, `per_connection` on each.
+pub(crate) async fn channels(
+    url: &str,
+    streams: usize,
+    per_connection: usize,
+) -> Result<Vec<Channel>, Error> {
     let mut out = Vec::new();
-    for _ in 0..streams.div_ceil(100) {
+    for _ in 0..streams.div_ceil(per_connection.max(1)) {
         out.push(Endpoint::from_shared(url.to_owned())?.connect().await?);
     }
     Ok(out)
@@ -71,7 +80,7 @@ async fn channels(url: &str, streams: usize) -> Result<Vec<Channel>, Error> {
 
 /// `count` welcomed streams of agent `bench-agent-000`, instances `bench-<i>`.
 pub(crate) async fn open_many(args: &Args, key: &str, count: usize) -> Result<Vec<Stream>, Error> {
-    let channels = channels(&args.url, count).await?;
+    let channels = channels(&args.url, count, 100).await?;
     spawn_bounded(count, 200, |i| {
         let (channel, key) = (channels[i / 100].clone(), key.to_owned());
         async move { open_stream(channel, &key, format!("bench-{i}")).await }

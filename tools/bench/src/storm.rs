@@ -1,0 +1,122 @@
+//! `storm`: `--agents` health streams send their `Hello` at the same moment
+//! (on connections opened beforehand, `--per-connection` streams each), as a
+//! fleet does after a deploy or a network blip; then all say `Goodbye` at
+//! once. Reports the time until all were welcomed (turned-away agents retry
+//! after a pause, as the SDK does), until the database holds them all
+//! routable, until it holds them all inactive, and how many ends were lost.
+
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+
+use crate::Error;
+use crate::cli::Args;
+use crate::setup::setup;
+use crate::stream::{Stream, channels, goodbye_all, open_stream};
+
+/// How long the database may take to show every end before they count as lost.
+const ENDS_DEADLINE: Duration = Duration::from_secs(30);
+
+pub(crate) async fn run(
+    args: &Args,
+    db: &PgPool,
+    agents: usize,
+    per_connection: usize,
+) -> Result<(), Error> {
+    let s = setup(args, 1).await?;
+    let prefix = format!(
+        "storm-{:x}-",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_micros()
+    );
+    let connections = channels(&args.url, agents, per_connection).await?;
+    println!("agents: {agents}");
+    println!("connections: {}", connections.len());
+
+    let started = Instant::now();
+    let mut streams: Vec<Stream> = Vec::with_capacity(agents);
+    let mut waiting: Vec<usize> = (0..agents).collect();
+    let (mut turned_away, mut failed) = (0usize, 0usize);
+    while !waiting.is_empty() {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in waiting.drain(..) {
+            let channel = connections[i / per_connection.max(1)].clone();
+            let (key, instance) = (s.agent_key.clone(), format!("{prefix}{i}"));
+            tasks.spawn(async move { (i, open_stream(channel, &key, instance).await) });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            match joined? {
+                (_, Ok(stream)) => streams.push(stream),
+                (i, Err(e)) => {
+                    let unavailable = e
+                        .downcast_ref::<tonic::Status>()
+                        .is_some_and(|s| s.code() == tonic::Code::Unavailable);
+                    if unavailable {
+                        turned_away += 1;
+                        waiting.push(i);
+                    } else {
+                        failed += 1;
+                        if failed <= 3 {
+                            eprintln!("hello failed: {e}");
+                        }
+                    }
+                }
+            }
+        }
+        if !waiting.is_empty() {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+    let welcomed = started.elapsed();
+    let count = |sql: &'static str| {
+        let prefix = format!("{prefix}%");
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .bind(prefix)
+                .fetch_one(db)
+                .await
+        }
+    };
+    let want = streams.len() as i64;
+    // Spelled out rather than the `routable` column, so that the same
+    // command measures servers from before migration 0008 side by side.
+    while count(
+        "SELECT count(*) FROM agent_registrations WHERE instance_id LIKE $1 \
+         AND registration_status = 'active' AND health_status = 'healthy' AND drain_time IS NULL",
+    )
+    .await?
+        < want
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let routable = started.elapsed();
+    println!("welcomed: {}", streams.len());
+    println!("hellos_failed: {failed}");
+    println!("hellos_turned_away_then_retried: {turned_away}");
+    println!("all_welcomed_ms: {}", welcomed.as_millis());
+    println!("all_routable_in_db_ms: {}", routable.as_millis());
+    println!(
+        "registrations_per_sec: {:.0}",
+        want as f64 / routable.as_secs_f64()
+    );
+
+    let leaving = Instant::now();
+    goodbye_all(&streams, "storm over").await;
+    let mut active = want;
+    while leaving.elapsed() < ENDS_DEADLINE {
+        active = count(
+            "SELECT count(*) FROM agent_registrations WHERE instance_id LIKE $1 \
+             AND registration_status = 'active'",
+        )
+        .await?;
+        if active == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!("all_inactive_ms: {}", leaving.elapsed().as_millis());
+    println!("ends_lost: {active}");
+    drop(streams);
+    Ok(())
+}
