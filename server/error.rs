@@ -4,6 +4,9 @@ use tonic::{Code, Status};
 
 /// Metadata key carrying the offending field of an `INVALID_ARGUMENT`.
 pub const FIELD_METADATA_KEY: &str = "agentry-field";
+/// gRPC's retry pushback: how long the server asks a caller to wait before
+/// it tries again (gRFC A6), in milliseconds.
+pub const RETRY_PUSHBACK_KEY: &str = "grpc-retry-pushback-ms";
 
 /// Everything a request can fail with. Handlers return this; it becomes a
 /// `tonic::Status` only in `From<Error> for Status`.
@@ -30,6 +33,13 @@ pub enum Error {
     /// The service cannot answer now; the caller may retry.
     #[error("{0}")]
     Unavailable(String),
+    /// Too much at once: the caller should retry after `retry_after` (sent
+    /// as gRPC's `grpc-retry-pushback-ms`).
+    #[error("{message}")]
+    Busy {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     /// A database failure that is not the caller's doing (see `From<sqlx::Error>`).
     #[error("database error")]
     Database(sqlx::Error),
@@ -139,6 +149,16 @@ impl From<Error> for Status {
             Error::PermissionDenied(m) => Status::permission_denied(m),
             Error::Aborted(m) => Status::aborted(m),
             Error::Unavailable(m) => Status::unavailable(m),
+            Error::Busy {
+                message,
+                retry_after,
+            } => {
+                let mut status = Status::unavailable(message);
+                if let Ok(value) = retry_after.as_millis().to_string().parse() {
+                    status.metadata_mut().insert(RETRY_PUSHBACK_KEY, value);
+                }
+                status
+            }
             Error::Database(ref db) if Error::is_unavailable(db) => {
                 tracing::warn!(error = %db, "database unavailable");
                 Status::new(Code::Unavailable, "database unavailable, retry later")
@@ -157,5 +177,26 @@ impl From<Error> for Status {
                 Status::internal("internal error")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_is_unavailable_with_a_retry_pushback() {
+        let status = Status::from(Error::Busy {
+            message: "too many at once".into(),
+            retry_after: std::time::Duration::from_millis(1500),
+        });
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(
+            status
+                .metadata()
+                .get(RETRY_PUSHBACK_KEY)
+                .and_then(|v| v.to_str().ok()),
+            Some("1500")
+        );
     }
 }

@@ -342,6 +342,8 @@ async fn run(
     let mut failures: u32 = 0;
     let mut connections: u64 = 0;
     loop {
+        // At least what a busy server asked for, on top of the backoff.
+        let pushback;
         let result = connect_once(&builder, &mut channels, &mut close, connections).await;
         channels.state.send_modify(|s| s.connected = false);
         match result {
@@ -351,6 +353,7 @@ async fn run(
                 return Ok(());
             }
             Err((e, welcomed)) => {
+                pushback = e.retry_after().unwrap_or_default();
                 if welcomed {
                     connections += 1;
                     failures = 0;
@@ -372,7 +375,7 @@ async fn run(
                 }
             }
         }
-        let wait = backoff(builder.initial_backoff, builder.max_backoff, failures);
+        let wait = backoff(builder.initial_backoff, builder.max_backoff, failures).max(pushback);
         failures = failures.saturating_add(1);
         tokio::select! {
             () = tokio::time::sleep(wait) => {}

@@ -1,5 +1,7 @@
 //! The error type of every call.
 
+use std::time::Duration;
+
 use tonic::{Code, Status};
 
 /// Response metadata in which the server names the offending request field.
@@ -176,6 +178,14 @@ impl Error {
         }
     }
 
+    /// How long the server asked the caller to wait before trying again
+    /// (gRPC's `grpc-retry-pushback-ms`), when it was too busy to answer.
+    #[must_use]
+    pub fn retry_after(&self) -> Option<Duration> {
+        let value = self.status()?.metadata().get("grpc-retry-pushback-ms")?;
+        value.to_str().ok()?.parse().ok().map(Duration::from_millis)
+    }
+
     /// The gRPC status the error came from, if it came from one.
     #[must_use]
     pub fn status(&self) -> Option<&Status> {
@@ -342,5 +352,18 @@ mod tests {
         );
         assert_eq!(e.code(), Some(Code::DeadlineExceeded));
         assert_eq!(e.status().map(Status::code), Some(Code::Cancelled));
+    }
+
+    #[test]
+    fn a_busy_servers_pushback_is_read() {
+        let mut status = Status::unavailable("too many registrations at once");
+        status
+            .metadata_mut()
+            .insert("grpc-retry-pushback-ms", "250".parse().expect("value"));
+        assert_eq!(
+            Error::from(status).retry_after(),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(Error::from(Status::unavailable("down")).retry_after(), None);
     }
 }

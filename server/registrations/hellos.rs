@@ -119,7 +119,10 @@ impl HelloWriter {
         self.tx.try_send(request).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 self.stats.turned_away.fetch_add(1, Relaxed);
-                Error::Unavailable("too many registrations at once; retry in a moment".into())
+                Error::Busy {
+                    message: "too many registrations at once; retry after the pushback".into(),
+                    retry_after: retry_after(QUEUE),
+                }
             }
             mpsc::error::TrySendError::Closed(_) => stopped(),
         })?;
@@ -182,6 +185,16 @@ impl HelloWriter {
             }
         }
     }
+}
+
+/// How long a turned-away caller should wait: about the time the writer
+/// takes to work through `queued` registrations (a few thousand a second),
+/// spread so that the callers do not come back together.
+fn retry_after(queued: usize) -> Duration {
+    let work = Duration::from_millis(queued as u64 / 5);
+    Duration::from_millis(100)
+        + work
+        + Duration::from_millis(fastrand::u64(0..=work.as_millis() as u64))
 }
 
 fn stopped() -> Error {

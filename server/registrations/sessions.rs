@@ -270,6 +270,13 @@ impl Follower for Sessions {
                     if row.registration_status == "active" =>
                 {
                     self.supersede_older(row.id, row.epoch);
+                    // What the row holds now (the sweep's unknown, an
+                    // operator's word): the next heartbeat that says
+                    // otherwise writes the agent's own health again.
+                    if let Some(session) = self.lock().get(&row.id).filter(|s| s.epoch == row.epoch)
+                    {
+                        session.set_stored_health(HealthStatus::from_db_name(&row.health_status));
+                    }
                     if row.drain_time.is_some() {
                         self.drain(row.id, row.epoch, &row.drain_reason);
                     }

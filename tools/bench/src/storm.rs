@@ -2,7 +2,7 @@
 //! (on connections opened beforehand, `--per-connection` streams each), as a
 //! fleet does after a deploy or a network blip; then all say `Goodbye` at
 //! once. Reports the time until all were welcomed (turned-away agents retry
-//! after a pause, as the SDK does), until the database holds them all
+//! after the server's pushback, as the SDK does), until the database holds them all
 //! routable, until it holds them all inactive, and how many ends were lost.
 
 use std::time::{Duration, Instant};
@@ -38,6 +38,7 @@ pub(crate) async fn run(
     let mut streams: Vec<Stream> = Vec::with_capacity(agents);
     let mut waiting: Vec<usize> = (0..agents).collect();
     let (mut turned_away, mut failed) = (0usize, 0usize);
+    let mut pushback = Duration::ZERO;
     while !waiting.is_empty() {
         let mut tasks = tokio::task::JoinSet::new();
         for i in waiting.drain(..) {
@@ -49,10 +50,14 @@ pub(crate) async fn run(
             match joined? {
                 (_, Ok(stream)) => streams.push(stream),
                 (i, Err(e)) => {
-                    let unavailable = e
-                        .downcast_ref::<tonic::Status>()
-                        .is_some_and(|s| s.code() == tonic::Code::Unavailable);
-                    if unavailable {
+                    let status = e.downcast_ref::<tonic::Status>();
+                    if let Some(ms) = status
+                        .and_then(|s| s.metadata().get("grpc-retry-pushback-ms"))
+                        .and_then(|v| v.to_str().ok()?.parse().ok())
+                    {
+                        pushback = pushback.max(Duration::from_millis(ms));
+                    }
+                    if status.is_some_and(|s| s.code() == tonic::Code::Unavailable) {
                         turned_away += 1;
                         waiting.push(i);
                     } else {
@@ -65,7 +70,9 @@ pub(crate) async fn run(
             }
         }
         if !waiting.is_empty() {
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            // What the server asked for, as the SDK's sessions wait.
+            tokio::time::sleep(pushback.max(Duration::from_millis(50))).await;
+            pushback = Duration::ZERO;
         }
     }
     let welcomed = started.elapsed();
