@@ -1,6 +1,7 @@
-//! Fleets, not one agent: a flood of goodbyes on a pool of two, ends
-//! recorded after a database outage, a rolling restart, and the partition
-//! guard's window.
+//! Fleets, not one agent: hundreds of health streams through database
+//! outages, a flood of goodbyes on a pool of two, ends recorded after an
+//! outage, a rolling restart, the partition guard's window, and a table of
+//! the health each word of the stream leaves on the row.
 
 mod common;
 
@@ -9,8 +10,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agentry_client::{AgentSession, Client, SessionEvent, pb};
-use common::stream::{hello, welcome};
+use agentry_client::{AgentFilter, AgentSession, Client, SessionEvent, pb};
+use common::stream::{heartbeat, hello, welcome};
 use common::{TestDb, TestServer, eventually};
 use pb::health_stream_request::Message as Out;
 use pb::health_stream_response::Message as In;
@@ -210,6 +211,15 @@ impl RawAgent {
         RawAgent { epoch, tx, reader }
     }
 
+    /// One stream on a connection of its own.
+    async fn connect(s: &TestServer, key: &str, instance: &str) -> RawAgent {
+        RawAgent::open(channel(s.addr).await, key, instance.to_owned()).await
+    }
+
+    async fn heartbeat(&self, sequence: u64, health: pb::HealthStatus) {
+        let _ = self.tx.send(heartbeat(sequence, health, self.epoch)).await;
+    }
+
     async fn goodbye(&self) {
         let bye = pb::HealthStreamRequest {
             message: Some(Out::Goodbye(pb::Goodbye {
@@ -258,6 +268,85 @@ async fn raw_fleet(s: &TestServer, key: &str, n: usize) -> Vec<RawAgent> {
         agents.extend(opening.join_all().await);
     }
     agents
+}
+
+/// 300 agents (the suite's other fleet test runs 400 at twice the
+/// heartbeat rate for a few seconds; 300 at 200 ms keeps this one's
+/// ~1,500 heartbeats/s modest next to the other test binaries on two
+/// cores, while still far beyond anything one agent shows).
+///
+/// A replica that still reaches the database sweeps meanwhile: it marks
+/// the silent rows unknown (counted, not required), and the agents' own
+/// heartbeats bring them back once their server's database returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_agents_recover_after_a_database_outage_longer_than_the_stale_timeout() {
+    const AGENTS: usize = 300;
+    const STALE: Duration = Duration::from_secs(1);
+    let db = TestDb::new().await;
+    let (proxy, pool) = proxied(&db).await;
+    let configure = |c: &mut agentry_server::ServeConfig| {
+        c.registry.stale_timeout = STALE;
+        c.registry.sweep_interval = Duration::from_millis(300);
+        c.registry.heartbeat_interval = Duration::from_millis(200);
+    };
+    let s = TestServer::with_pool_and(pool, configure).await;
+    let sweeper = TestServer::with_pool_and(db.pool.clone(), configure).await;
+    let t = fleet_tenant(&s).await;
+    let fleet = sessions(&t.agent, AGENTS).await;
+    let n = AGENTS as i64;
+    wait_tally(
+        &db.pool,
+        "every agent healthy",
+        rows(&[("active", "healthy", 0, n)]),
+    )
+    .await;
+    let before = ids(&db.pool).await;
+
+    // Longer than the stale timeout (twice over), and well inside the
+    // guard's 3T + 3T before a deactivation.
+    let swept = outage(&proxy, &db.pool, STALE * 2, events(&db.pool, "swept")).await;
+
+    wait_tally(
+        &db.pool,
+        "every agent healthy again",
+        rows(&[("active", "healthy", 0, n)]),
+    )
+    .await;
+    eprintln!("the replica that reached the database marked {swept} of {AGENTS} unknown meanwhile");
+    assert_eq!(
+        ids(&db.pool).await,
+        before,
+        "same registrations, none added"
+    );
+    let routable: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM agent_registrations WHERE routable")
+            .fetch_one(&db.pool)
+            .await
+            .expect("routable");
+    assert_eq!(routable, n);
+    assert_eq!(events(&db.pool, "deactivated").await, 0);
+    // Both views offer the fleet again: score 1.0 is every active instance healthy.
+    for server in [&s, &sweeper] {
+        let client = server.clients_of(&t).await.client;
+        eventually(
+            DEADLINE,
+            "routing offers the fleet, all healthy",
+            || async {
+                let agents = client
+                    .get_available_agents(AgentFilter::new(), 0)
+                    .await
+                    .expect("available");
+                agents.len() == 1 && (agents[0].score - 1.0).abs() < 1e-9
+            },
+        )
+        .await;
+    }
+    assert!(
+        fleet
+            .iter()
+            .all(|f| f.current().connected && f.current().epoch == 1)
+    );
+    assert_eq!(s.sessions.len(), AGENTS, "nobody had to reconnect");
 }
 
 /// 2,000 raw streams, 100 per HTTP/2 connection and no heartbeats (idle
@@ -606,5 +695,168 @@ async fn a_mass_departure_is_deactivated_after_the_guard_window_and_an_outage_de
         fleet
             .iter()
             .all(|f| f.current().connected && f.current().epoch == 1)
+    );
+}
+
+/// What the agent, an operator or the server does to one instance.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// The agent's heartbeats report this health from now on.
+    Report(pb::HealthStatus),
+    /// The agent is silent past the stale threshold; an admin's `Cleanup` marks it unknown.
+    Swept,
+    /// An operator's `UpdateHealth`.
+    Operator(pb::HealthStatus),
+    /// The stream breaks without a goodbye.
+    Break,
+    /// A new stream of the same instance.
+    Reconnect,
+    Goodbye,
+    /// The server shuts down: Drain, then UNAVAILABLE.
+    Shutdown,
+}
+
+/// A case: its name, the steps, then the row it must settle at (status,
+/// health, failure_count) while the agent, if still connected, keeps
+/// heartbeating.
+type Case = (
+    &'static str,
+    &'static [Step],
+    (&'static str, &'static str, i32),
+);
+
+#[rustfmt::skip]
+const CASES: &[Case] = {
+    use Step::*;
+    use pb::HealthStatus::Degraded;
+    &[
+        ("unknown (swept) -> healthy by heartbeat", &[Swept], ("active", "healthy", 0)),
+        ("operator's degraded -> healthy heartbeat -> healthy", &[Operator(Degraded)], ("active", "healthy", 0)),
+        ("degraded report -> degraded", &[Report(Degraded)], ("active", "degraded", 0)),
+        ("broken stream -> unknown, one failure", &[Break], ("active", "unknown", 1)),
+        ("healthy reconnect -> failure_count 0", &[Break, Reconnect], ("active", "healthy", 0)),
+        ("goodbye -> inactive, disconnected", &[Goodbye], ("inactive", "disconnected", 0)),
+        // Last: it stops the server. Checked at once: the ends are written before it exits.
+        ("server shutdown -> unknown, no failure", &[Shutdown], ("active", "unknown", 0)),
+    ]
+};
+
+type State = (String, String, i32);
+
+async fn state(pool: &PgPool, instance: &str) -> State {
+    sqlx::query_as(
+        "SELECT registration_status, health_status, failure_count \
+         FROM agent_registrations WHERE instance_id = $1",
+    )
+    .bind(instance)
+    .fetch_one(pool)
+    .await
+    .expect("registration row")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_streams_word() {
+    use pb::HealthStatus::Healthy;
+    const STALE: Duration = Duration::from_secs(1);
+    const SETTLE: Duration = Duration::from_secs(30);
+    let mut s = TestServer::start().await;
+    let t = fleet_tenant(&s).await;
+    let pool = s.pool.clone();
+    let mut failed = Vec::new();
+    for (i, &(name, steps, want)) in CASES.iter().enumerate() {
+        let instance = format!("case-{i}");
+        let mut agent = Some(RawAgent::connect(&s, &t.agent_key, &instance).await);
+        let (mut health, mut sequence, mut stopped) = (Healthy, 0, false);
+        for step in steps {
+            let a = agent.as_ref();
+            match *step {
+                Step::Report(h) => {
+                    health = h;
+                    sequence += 1;
+                    a.expect("connected").heartbeat(sequence, h).await;
+                }
+                Step::Swept => {
+                    eventually(DEADLINE, "silent past the stale threshold", || async {
+                        let silent: bool = sqlx::query_scalar(
+                            "SELECT last_health_check < now() - interval '1 second' \
+                             FROM agent_registrations WHERE instance_id = $1",
+                        )
+                        .bind(&instance)
+                        .fetch_one(&pool)
+                        .await
+                        .expect("silence");
+                        silent
+                    })
+                    .await;
+                    eventually(DEADLINE, "swept unknown", || async {
+                        s.admin.cleanup(Some(STALE), false).await.expect("cleanup");
+                        state(&pool, &instance).await.1 == "unknown"
+                    })
+                    .await;
+                }
+                Step::Operator(h) => {
+                    let epoch = a.expect("connected").epoch;
+                    t.agent
+                        .update_health(&instance, h, epoch)
+                        .await
+                        .expect("update health");
+                    let stored = h
+                        .as_str_name()
+                        .trim_start_matches("HEALTH_STATUS_")
+                        .to_lowercase();
+                    assert_eq!(state(&pool, &instance).await.1, stored);
+                }
+                Step::Break => {
+                    let failures = state(&pool, &instance).await.2;
+                    agent.take().expect("connected").crash();
+                    eventually(DEADLINE, "unknown after the break", || async {
+                        state(&pool, &instance).await
+                            == ("active".into(), "unknown".into(), failures + 1)
+                    })
+                    .await;
+                }
+                Step::Reconnect => {
+                    health = Healthy;
+                    agent = Some(RawAgent::connect(&s, &t.agent_key, &instance).await);
+                }
+                Step::Goodbye => a.expect("connected").goodbye().await,
+                Step::Shutdown => {
+                    s.stop().await;
+                    stopped = true;
+                    let ending = agent.take().expect("connected").ended().await;
+                    let code = ending.status.as_ref().map(tonic::Status::code);
+                    if !ending.drained || code != Some(tonic::Code::Unavailable) {
+                        failed.push(format!(
+                            "{}: want Drain then UNAVAILABLE, got {ending:?}",
+                            name
+                        ));
+                    }
+                }
+            }
+        }
+        let want: State = (want.0.into(), want.1.into(), want.2);
+        let until = tokio::time::Instant::now() + if stopped { Duration::ZERO } else { SETTLE };
+        let last = loop {
+            if let Some(a) = &agent {
+                sequence += 1;
+                a.heartbeat(sequence, health).await;
+            }
+            let now = state(&pool, &instance).await;
+            if now == want || tokio::time::Instant::now() >= until {
+                break now;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        if last != want {
+            failed.push(format!("{}: want {want:?}, stayed at {last:?}", name));
+        }
+        if let Some(a) = agent {
+            a.crash();
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "cases that failed:\n{}",
+        failed.join("\n")
     );
 }
