@@ -142,12 +142,10 @@ DECLARE
     cfg_start int[]; cfg_released int[];
     -- Routable instances among the candidates, by position.
     reg_ids uuid[]; reg_tenants uuid[]; reg_configs uuid[]; reg_epochs bigint[];
-    -- Reservations, by position (index + 1).
-    res_tenants uuid[];
     -- Candidates, by position: their reservation, and where their configuration
     -- and instance are in the arrays above (0: not there). Arrays of
     -- fixed-size elements without NULLs, so a subscript costs O(1).
-    cand_res int[]; cand_cfg int[]; cand_reg int[]; cand_regid uuid[];
+    cand_res int[]; cand_tenant uuid[]; cand_cfg int[]; cand_reg int[]; cand_regid uuid[];
     -- Grants and drifts, assigned by index.
     g_res int[] := '{}'; g_cand int[] := '{}'; g_configs uuid[] := '{}'; g_regs uuid[] := '{}';
     g_epochs bigint[] := '{}'; g_work int[] := '{}';
@@ -165,22 +163,21 @@ BEGIN
     SELECT coalesce(array_agg(done.id), '{}'), coalesce(array_agg(done.configuration_id), '{}')
       INTO released_ids, released_configs FROM done;
 
+    -- Locked in id order, with the units this batch gives back to each.
     SELECT coalesce(array_agg(c.id ORDER BY c.id), '{}'), array_agg(c.tenant_id ORDER BY c.id),
            array_agg(c.enabled ORDER BY c.id), array_agg(c.current_workload ORDER BY c.id),
-           array_agg(c.max_workload ORDER BY c.id)
-      INTO cfg_ids, cfg_tenants, cfg_enabled, cfg_work, cfg_max
+           array_agg(c.max_workload ORDER BY c.id),
+           coalesce(array_agg(coalesce(x.n, 0) ORDER BY c.id), '{}')
+      INTO cfg_ids, cfg_tenants, cfg_enabled, cfg_work, cfg_max, cfg_released
       FROM (SELECT ac.id, ac.tenant_id, ac.enabled, ac.current_workload, ac.max_workload
             FROM agent_configurations ac
             WHERE ac.id IN (SELECT u.configuration_id FROM unnest(candidates) AS u
                             UNION SELECT unnest(released_configs))
-            ORDER BY ac.id FOR UPDATE) AS c;
+            ORDER BY ac.id FOR UPDATE) AS c
+      LEFT JOIN (SELECT rc AS id, count(*)::int AS n FROM unnest(released_configs) AS rc GROUP BY rc) x
+        ON x.id = c.id;
     cfg_start := cfg_work;
 
-    -- Units given back, per locked configuration.
-    SELECT coalesce(array_agg(coalesce(x.n, 0) ORDER BY a.pos), '{}') INTO cfg_released
-      FROM unnest(cfg_ids) WITH ORDINALITY AS a(id, pos)
-      LEFT JOIN (SELECT rc AS id, count(*)::int AS n FROM unnest(released_configs) AS rc GROUP BY rc) x
-        ON x.id = a.id;
     FOR i IN 1 .. coalesce(array_length(cfg_ids, 1), 0) LOOP
         cfg_work[i] := cfg_work[i] - cfg_released[i];
         IF cfg_work[i] < 0 THEN
@@ -203,15 +200,17 @@ BEGIN
             WHERE ar.id IN (SELECT u.registration_id FROM unnest(candidates) AS u) OFFSET 0) AS s
      WHERE s.routable;
 
-    SELECT coalesce(array_agg(rv.tenant_id ORDER BY rv.pos), '{}') INTO res_tenants
-      FROM unnest(reservations) WITH ORDINALITY AS rv(lease_id, tenant_id, ttl_ms, pos);
-
+    -- Per candidate: its reservation and that reservation's tenant, and
+    -- where its configuration and instance are in the arrays above.
     SELECT coalesce(array_agg(c.reservation ORDER BY c.pos), '{}'),
+           coalesce(array_agg(rv.tenant_id ORDER BY c.pos), '{}'),
            coalesce(array_agg(coalesce(cp.pos, 0)::int ORDER BY c.pos), '{}'),
            coalesce(array_agg(coalesce(rp.pos, 0)::int ORDER BY c.pos), '{}'),
            coalesce(array_agg(c.registration_id ORDER BY c.pos), '{}')
-      INTO cand_res, cand_cfg, cand_reg, cand_regid
+      INTO cand_res, cand_tenant, cand_cfg, cand_reg, cand_regid
       FROM unnest(candidates) WITH ORDINALITY AS c(reservation, configuration_id, registration_id, pos)
+      JOIN unnest(reservations) WITH ORDINALITY AS rv(lease_id, tenant_id, ttl_ms, rpos)
+        ON rv.rpos = c.reservation + 1
       LEFT JOIN unnest(cfg_ids) WITH ORDINALITY AS cp(id, pos) ON cp.id = c.configuration_id
       LEFT JOIN unnest(reg_ids) WITH ORDINALITY AS rp(id, pos) ON rp.id = c.registration_id;
 
@@ -227,7 +226,7 @@ BEGIN
                 p := cand_cfg[k];
                 q := cand_reg[k];
                 IF p > 0 AND q > 0
-                   AND cfg_tenants[p] = res_tenants[r + 1] AND reg_tenants[q] = res_tenants[r + 1]
+                   AND cfg_tenants[p] = cand_tenant[k] AND reg_tenants[q] = cand_tenant[k]
                    AND reg_configs[q] = cfg_ids[p] AND cfg_enabled[p]
                    AND cfg_work[p] < cfg_max[p] THEN
                     cfg_work[p] := cfg_work[p] + 1;
