@@ -7,6 +7,8 @@ use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
+use crate::error::{Error, sqlstate};
+
 /// The schema, embedded in the binary and applied at start-up.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
@@ -62,6 +64,51 @@ pub async fn connect_and_migrate(url: &str, pool_size: u32) -> Result<PgPool, St
         .await
         .map_err(|e| fail(format!("migration failed: {e}")))?;
     Ok(pool)
+}
+
+/// A failure that may be PostgreSQL's choice of a deadlock victim.
+pub trait MaybeDeadlock {
+    /// Whether PostgreSQL aborted the statement to break a deadlock.
+    fn is_deadlock(&self) -> bool;
+}
+
+impl MaybeDeadlock for sqlx::Error {
+    fn is_deadlock(&self) -> bool {
+        self.as_database_error()
+            .and_then(|e| e.code())
+            .is_some_and(|code| code == sqlstate::DEADLOCK_DETECTED)
+    }
+}
+
+impl MaybeDeadlock for Error {
+    fn is_deadlock(&self) -> bool {
+        matches!(self, Error::Database(e) if e.is_deadlock())
+    }
+}
+
+/// Tries a batch statement that locks rows of other servers' batches too:
+/// when PostgreSQL picks it as a deadlock victim, it runs again after a
+/// short random pause, up to three times in all.
+pub async fn retrying_deadlocks<T, E, Fut>(
+    what: &'static str,
+    mut attempt: impl FnMut() -> Fut,
+) -> Result<T, E>
+where
+    E: MaybeDeadlock,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    const TRIES: usize = 3;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt().await {
+            Err(e) if e.is_deadlock() && tries < TRIES => {
+                tracing::info!(what, "batch chosen as a deadlock victim; trying again");
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(1..20))).await;
+            }
+            result => return result,
+        }
+    }
 }
 
 /// The URL without its password, for messages.

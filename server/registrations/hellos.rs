@@ -23,14 +23,13 @@ use uuid::Uuid;
 use super::request::Announcement;
 use super::store::{self, RegistrationRow};
 use crate::configurations::store::{self as configurations, ConfigurationRow};
-use crate::error::{Error, Result, sqlstate};
+use crate::db::retrying_deadlocks;
+use crate::error::{Error, Result};
 
 /// Registrations one statement carries at most.
 const MAX_BATCH: usize = 1000;
 /// Registrations that may wait for the writer; beyond, callers are turned away.
 const QUEUE: usize = 10_000;
-/// Tries of a batch that PostgreSQL chose as a deadlock victim.
-const DEADLOCK_TRIES: usize = 3;
 
 /// A registration as written, with the configuration it belongs to.
 #[derive(Debug, Clone)]
@@ -153,7 +152,10 @@ impl HelloWriter {
                 .drain(..)
                 .partition(|r| seen.insert((r.tenant, r.announcement.instance_id.clone())));
             waiting = later;
-            let results = register_with_retry(&pool, &batch, self.create_unknown_manifests).await;
+            let results = retrying_deadlocks("registration", || {
+                register(&pool, &batch, self.create_unknown_manifests)
+            })
+            .await;
             match results {
                 Ok(mut registered) => {
                     self.stats.batches.fetch_add(1, Relaxed);
@@ -199,27 +201,6 @@ fn retry_after(queued: usize) -> Duration {
 
 fn stopped() -> Error {
     Error::Unavailable("the server is shutting down; retry on another replica".into())
-}
-
-async fn register_with_retry(
-    pool: &PgPool,
-    batch: &[Request],
-    create_manifests: bool,
-) -> Result<HashMap<usize, Registered>> {
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        match register(pool, batch, create_manifests).await {
-            Err(Error::Database(sqlx::Error::Database(e)))
-                if e.code().as_deref() == Some(sqlstate::DEADLOCK_DETECTED)
-                    && tries < DEADLOCK_TRIES =>
-            {
-                tracing::info!("registration batch chosen as a deadlock victim; trying again");
-                tokio::time::sleep(Duration::from_millis(fastrand::u64(1..20))).await;
-            }
-            result => return result,
-        }
-    }
 }
 
 /// One batch: the upsert in one statement, then the rows and their

@@ -15,7 +15,6 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -23,14 +22,13 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::store::LeaseRow;
-use crate::error::{Error, Result, sqlstate};
+use crate::db::retrying_deadlocks;
+use crate::error::{Error, Result};
 
 /// Operations one transaction takes at most.
 const MAX_BATCH: usize = 512;
 /// Operations that may wait for the writer before callers wait to enqueue.
 const QUEUE: usize = 4096;
-/// Tries of a batch that PostgreSQL chose as a deadlock victim.
-const DEADLOCK_TRIES: usize = 3;
 
 /// One unit of workload wanted by a caller of `tenant`.
 #[derive(Debug, Clone)]
@@ -138,7 +136,7 @@ impl LeaseWriter {
         while rx.recv_many(&mut ops, MAX_BATCH).await > 0 {
             let count = ops.len();
             let started = std::time::Instant::now();
-            let result = apply_with_retry(&pool, &ops).await;
+            let result = retrying_deadlocks("lease", || apply(&pool, &ops)).await;
             tracing::debug!(operations = count, elapsed = ?started.elapsed(), ok = result.is_ok(), "lease batch");
             match result {
                 Ok((outcomes, drift)) => {
@@ -202,23 +200,6 @@ fn answer(op: Op, outcome: Outcome) {
 
 /// The outcome of each op, in order, and the configurations whose counter drifted.
 type Applied = (Vec<Outcome>, Vec<(Uuid, i32)>);
-
-async fn apply_with_retry(pool: &PgPool, ops: &[Op]) -> Result<Applied, sqlx::Error> {
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        match apply(pool, ops).await {
-            Err(sqlx::Error::Database(e))
-                if e.code().as_deref() == Some(sqlstate::DEADLOCK_DETECTED)
-                    && tries < DEADLOCK_TRIES =>
-            {
-                tracing::info!("lease batch chosen as a deadlock victim; trying again");
-                tokio::time::sleep(Duration::from_millis(fastrand::u64(1..20))).await;
-            }
-            result => return result,
-        }
-    }
-}
 
 // The derives also give each type its array type (`_agentry_lease_release`...).
 
