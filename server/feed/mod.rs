@@ -31,8 +31,9 @@ use crate::routing::store::{self as leases, OpenLeases};
 
 /// The channel the triggers notify.
 pub const CHANNEL: &str = "agentry_changes";
-/// Notifications applied together at most.
-const BURST: usize = 1000;
+/// Notifications applied together at most: a whole fleet's reconnect in one
+/// pass (one read per kind of row for all of it).
+const BURST: usize = 10_000;
 /// Pause before reconnecting a lost feed.
 const RECONNECT_DELAY: Duration = Duration::from_millis(500);
 

@@ -11,6 +11,7 @@ use sqlx::PgPool;
 
 use crate::Error;
 use crate::cli::Args;
+use crate::rss::server_rss_kib;
 use crate::setup::setup;
 use crate::stream::{Stream, channels, goodbye_all, open_stream};
 
@@ -30,6 +31,7 @@ pub(crate) async fn run(
             .duration_since(std::time::UNIX_EPOCH)?
             .as_micros()
     );
+    let rss_before = server_rss_kib(args.server_pid);
     let connections = channels(&args.url, agents, per_connection).await?;
     println!("agents: {agents}");
     println!("connections: {}", connections.len());
@@ -98,6 +100,12 @@ pub(crate) async fn run(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let routable = started.elapsed();
+    if let (Some(before), Some(after)) = (rss_before, server_rss_kib(args.server_pid)) {
+        println!(
+            "server_rss_per_agent_kib: {:.2} (connections and streams, {before} -> {after} KiB)",
+            after.saturating_sub(before) as f64 / want.max(1) as f64
+        );
+    }
     println!("welcomed: {}", streams.len());
     println!("hellos_failed: {failed}");
     println!("hellos_turned_away_then_retried: {turned_away}");
