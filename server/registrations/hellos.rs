@@ -69,6 +69,8 @@ pub struct HelloStats {
     pub registered: AtomicU64,
     /// Callers turned away because the queue was full.
     pub turned_away: AtomicU64,
+    /// Registrations the writer took from its queue.
+    pub taken: AtomicU64,
 }
 
 /// The handle registries use; [`HelloWriter::run`] is the task behind it.
@@ -107,6 +109,11 @@ impl HelloWriter {
         self.tx.max_capacity() - self.tx.capacity()
     }
 
+    /// Registrations that reached the writer so far: taken or still queued.
+    pub fn arrived(&self) -> usize {
+        self.stats.taken.load(Relaxed) as usize + self.queued()
+    }
+
     /// Registers `announcement` for `tenant` with a new epoch.
     pub async fn register(&self, tenant: Uuid, announcement: Announcement) -> Result<Registered> {
         let (reply, answer) = oneshot::channel();
@@ -136,6 +143,7 @@ impl HelloWriter {
         };
         let mut waiting: Vec<Request> = Vec::new();
         loop {
+            let before = waiting.len();
             if waiting.is_empty() && rx.recv_many(&mut waiting, MAX_BATCH).await == 0 {
                 return;
             }
@@ -145,6 +153,9 @@ impl HelloWriter {
                     Err(_) => break,
                 }
             }
+            self.stats
+                .taken
+                .fetch_add((waiting.len() - before) as u64, Relaxed);
             // One Hello per instance in a statement; a second one waits for
             // the next (it gets the newer epoch, as it came later).
             let mut seen = HashSet::new();
