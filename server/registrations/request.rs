@@ -52,14 +52,13 @@ pub struct ListRegistrations {
     pub filter: RegistrationFilter,
 }
 
-/// A change of one registration's state, fenced by epoch.
+/// A change of one registration's state asked for by a unary call, fenced by
+/// epoch. (Changes a health stream causes go through `writer.rs`.)
 #[derive(Debug, Clone, Copy)]
 pub enum Transition {
-    /// Health reported by the instance (healthy or degraded); healthy resets failures.
+    /// Health reported for the instance (healthy or degraded); healthy resets failures.
     Report(HealthStatus),
-    /// The instance's stream broke: unknown, one more failure.
-    Broken,
-    /// The instance left or was deactivated.
+    /// The instance was deactivated.
     Deactivate,
 }
 

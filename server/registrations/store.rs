@@ -68,28 +68,20 @@ impl From<RegistrationRow> for pb::Registration {
     }
 }
 
-/// Kinds of registration events.
+/// Kinds of registration events that [`transition`] records. (The batch
+/// statements of registrations, stream changes and the sweep name theirs in
+/// SQL: registered, reconnected, swept.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
-    Registered,
-    Reconnected,
     HealthChanged,
-    Superseded,
     Deactivated,
-    Swept,
-    Failed,
 }
 
 impl EventKind {
     fn as_str(self) -> &'static str {
         match self {
-            EventKind::Registered => "registered",
-            EventKind::Reconnected => "reconnected",
             EventKind::HealthChanged => "health_changed",
-            EventKind::Superseded => "superseded",
             EventKind::Deactivated => "deactivated",
-            EventKind::Swept => "swept",
-            EventKind::Failed => "failed",
         }
     }
 }
@@ -289,12 +281,6 @@ pub async fn transition(
             h.db_name().unwrap_or("unknown"),
             EventKind::HealthChanged,
         ),
-        Transition::Broken => (
-            "UPDATE agent_registrations SET health_status = $2, failure_count = failure_count + 1, \
-             updated_at = now() WHERE id = $1",
-            "unknown",
-            EventKind::Failed,
-        ),
         Transition::Deactivate => (
             "UPDATE agent_registrations SET registration_status = 'inactive', health_status = $2, \
              deactivation_date = now(), updated_at = now() WHERE id = $1",
@@ -308,7 +294,7 @@ pub async fn transition(
         .execute(&mut *tx)
         .await?;
     let row = get(&mut *tx, None, &RegistrationKey::Id(id)).await?;
-    if health != new_health || matches!(t, Transition::Deactivate | Transition::Broken) {
+    if health != new_health || matches!(t, Transition::Deactivate) {
         record(&mut tx, &row, kind).await?;
     }
     tx.commit().await?;
