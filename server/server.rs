@@ -203,8 +203,9 @@ impl Server {
             );
         }
 
+        let registrar = Registry::new(pool.clone(), sessions.clone(), hellos.clone());
         let streams = HealthStreams::new(
-            Registry::new(pool.clone(), sessions.clone(), hellos.clone()),
+            registrar.clone(),
             sessions.clone(),
             writer.clone(),
             StreamTiming {
@@ -216,7 +217,7 @@ impl Server {
         let registrations = RegistrationApi::new(
             auth.clone(),
             pool.clone(),
-            Registry::new(pool.clone(), sessions.clone(), hellos.clone()),
+            registrar,
             streams,
             sweeper.clone(),
         );

@@ -955,3 +955,56 @@ async fn hellos_that_arrive_together_are_registered_in_one_statement() {
     let epochs: Vec<i64> = sessions.iter().map(|s| s.current().epoch).collect();
     assert!(epochs.iter().all(|e| *e == 1), "{epochs:?}");
 }
+
+/// A registration PostgreSQL refuses (a NUL character in its name) fails
+/// alone: the others batched with it are registered.
+#[tokio::test]
+async fn one_refused_registration_does_not_fail_its_batch() {
+    let s = TestServer::start().await;
+    s.manifest("ide-agent").await;
+    let t = s.tenant("acme").await;
+    // Hold the first batch so that the rest, the bad one among them, share the next.
+    let mut lock = s.pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE agent_registrations IN EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .expect("lock");
+    let calls: Vec<_> = (0..21)
+        .map(|i| {
+            let agent = t.agent.clone();
+            let name = if i == 10 {
+                "bad\0name".to_owned()
+            } else {
+                format!("ok-{i}")
+            };
+            tokio::spawn(async move {
+                agent
+                    .register_instance(
+                        RegisterInstance::new(format!("inst-{i}"), "ide-agent").name(name),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    eventually(DEADLINE, "all 21 reached the writer", || async {
+        s.hellos.arrived() == 21 && s.hellos.queued() > 0
+    })
+    .await;
+    lock.commit().await.expect("unlock");
+    let mut refused = 0;
+    for (i, call) in calls.into_iter().enumerate() {
+        match call.await.expect("join") {
+            Ok(r) => assert_ne!(i, 10, "{r:?}"),
+            Err(e) => {
+                assert_eq!(i, 10, "only the bad one fails: {e:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(refused, 1);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM agent_registrations")
+        .fetch_one(&s.pool)
+        .await
+        .expect("rows");
+    assert_eq!(rows, 20);
+}

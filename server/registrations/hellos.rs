@@ -168,36 +168,58 @@ impl HelloWriter {
             })
             .await;
             match results {
-                Ok(mut registered) => {
-                    self.stats.batches.fetch_add(1, Relaxed);
-                    self.stats
-                        .registered
-                        .fetch_add(registered.len() as u64, Relaxed);
-                    for (ord, request) in batch.into_iter().enumerate() {
-                        let answer = registered.remove(&ord).ok_or_else(|| {
-                            Error::NotFound(format!(
-                                "manifest with agent_id {:?}",
-                                request.announcement.agent_id
-                            ))
-                        });
-                        let _ = request.reply.send(answer);
+                Ok(registered) => self.answer(batch, registered),
+                // One announcement the database refuses must not fail the
+                // others that shared its statement: each goes again alone.
+                Err(e) if batch.len() > 1 && !is_unavailable(&e) => {
+                    tracing::warn!(error = %e, registrations = batch.len(), "registration batch refused; registering one by one");
+                    for request in batch {
+                        let alone = std::slice::from_ref(&request);
+                        match register(&pool, alone, self.create_unknown_manifests).await {
+                            Ok(registered) => self.answer(vec![request], registered),
+                            Err(e) => fail(request, &e),
+                        }
                     }
                 }
                 Err(e) => {
-                    let unavailable =
-                        matches!(&e, Error::Database(db) if Error::is_unavailable(db));
                     tracing::warn!(error = %e, registrations = batch.len(), "registration batch failed");
                     for request in batch {
-                        let _ = request.reply.send(Err(if unavailable {
-                            Error::Unavailable("database unavailable, retry later".into())
-                        } else {
-                            Error::Internal("registration failed".into())
-                        }));
+                        fail(request, &e);
                     }
                 }
             }
         }
     }
+
+    /// Answers each request of a batch that landed, by its place in the batch.
+    fn answer(&self, batch: Vec<Request>, mut registered: HashMap<usize, Registered>) {
+        self.stats.batches.fetch_add(1, Relaxed);
+        self.stats
+            .registered
+            .fetch_add(registered.len() as u64, Relaxed);
+        for (ord, request) in batch.into_iter().enumerate() {
+            let answer = registered.remove(&ord).ok_or_else(|| {
+                Error::NotFound(format!(
+                    "manifest with agent_id {:?}",
+                    request.announcement.agent_id
+                ))
+            });
+            let _ = request.reply.send(answer);
+        }
+    }
+}
+
+fn is_unavailable(e: &Error) -> bool {
+    matches!(e, Error::Database(db) if Error::is_unavailable(db))
+}
+
+/// Answers a request whose registration failed; the database's text stays in the log.
+fn fail(request: Request, e: &Error) {
+    let _ = request.reply.send(Err(if is_unavailable(e) {
+        Error::Unavailable("database unavailable, retry later".into())
+    } else {
+        Error::Internal("registration failed".into())
+    }));
 }
 
 /// How long a turned-away caller should wait: about the time the writer
