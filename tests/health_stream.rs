@@ -933,7 +933,7 @@ async fn hellos_that_arrive_together_are_registered_in_one_statement() {
     eventually(
         Duration::from_secs(60),
         "all 200 hellos reached the writer",
-        || async { s.hellos.arrived() == 200 && s.hellos.queued() > 0 },
+        || async { s.hellos.arrived() == 200 },
     )
     .await;
     lock.commit().await.expect("unlock");
@@ -946,7 +946,13 @@ async fn hellos_that_arrive_together_are_registered_in_one_statement() {
         .into_iter()
         .filter(|sql| sql.contains("agentry_register_batch"))
         .collect();
-    assert_eq!(batches.len(), 2, "the blocked batch, then all the others");
+    // The blocked batch, then all the others (or all in the first, when the
+    // writer woke only after every hello had arrived).
+    assert!(
+        (1..=2).contains(&batches.len()),
+        "{} statements for 200 registrations",
+        batches.len()
+    );
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM agent_registrations WHERE routable")
         .fetch_one(&s.pool)
         .await
@@ -987,7 +993,7 @@ async fn one_refused_registration_does_not_fail_its_batch() {
         })
         .collect();
     eventually(DEADLINE, "all 21 reached the writer", || async {
-        s.hellos.arrived() == 21 && s.hellos.queued() > 0
+        s.hellos.arrived() == 21
     })
     .await;
     lock.commit().await.expect("unlock");
