@@ -32,10 +32,15 @@ fn generate_api(
         builder = builder.codec_path("crate::pb::codec::Codec");
         // Answers of the routing hot path are sent from pre-encoded entries:
         // see server/pb/encoded.rs.
-        builder = builder.extern_path(
-            ".agentry.v1.GetAvailableAgentsResponse",
-            "crate::pb::encoded::AvailableAgents",
-        );
+        builder = builder
+            .extern_path(
+                ".agentry.v1.GetAvailableAgentsResponse",
+                "crate::pb::encoded::AvailableAgents",
+            )
+            .extern_path(
+                ".agentry.v1.SearchAgentsResponse",
+                "crate::pb::encoded::SearchAnswer",
+            );
     }
     builder
         .build_server(server)

@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "agentry-server", version)]
 pub struct Config {
-    /// PostgreSQL URL. The database is created if missing and migrated at start-up.
+    /// PostgreSQL URL. With `--migrate auto` the database is created if
+    /// missing and migrated at start-up.
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -20,6 +21,14 @@ pub struct Config {
     /// Maximum number of pooled database connections.
     #[arg(long, env = "AGENTRY_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
+
+    /// A direct (session) URL of the same database, for what needs a session
+    /// of its own: migrations and the change feed's LISTEN. Set it when
+    /// `--database-url` points at a transaction-mode pooler (PgBouncer 1.21+
+    /// with `max_prepared_statements`; see the README); default:
+    /// `--database-url`.
+    #[arg(long, env = "AGENTRY_DIRECT_DATABASE_URL")]
+    pub direct_database_url: Option<String>,
 
     /// Log format.
     #[arg(long, env = "AGENTRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -35,6 +44,13 @@ pub struct Config {
     #[arg(long, env = "AGENTRY_WORKER_THREADS")]
     pub worker_threads: Option<std::num::NonZeroUsize>,
 
+    /// What start-up does to the schema: `auto` creates the database if
+    /// missing and applies migrations; `check` only verifies that every
+    /// migration this binary knows is applied, unchanged; `off` touches
+    /// nothing, so the server can run as a role without DDL rights.
+    #[arg(long, env = "AGENTRY_MIGRATE", value_enum, default_value_t = MigrateMode::Auto)]
+    pub migrate: MigrateMode,
+
     #[command(flatten)]
     pub serve: ServeConfig,
 
@@ -49,16 +65,156 @@ pub struct ServeConfig {
     #[arg(long, env = "AGENTRY_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
     pub listen_addr: SocketAddr,
 
+    /// Address of the Prometheus metrics endpoint (`GET /metrics`, plain
+    /// HTTP); unset: no endpoint. The Docker image, compose file and
+    /// Kubernetes manifests set 0.0.0.0:9090.
+    #[arg(long, env = "AGENTRY_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// How often the database is probed for the grpc.health.v1 status.
     #[arg(long, env = "AGENTRY_HEALTH_CHECK_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub health_check_interval: Duration,
 
-    /// How long graceful shutdown waits for in-flight calls before giving up.
-    #[arg(long, env = "AGENTRY_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    /// How long graceful shutdown waits for in-flight calls before giving up;
+    /// below Kubernetes' default 30 s termination grace, so the server exits
+    /// by itself.
+    #[arg(long, env = "AGENTRY_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
     #[command(flatten)]
     pub registry: RegistryConfig,
+
+    #[command(flatten)]
+    pub limits: LimitsConfig,
+
+    #[command(flatten)]
+    pub tls: TlsConfig,
+
+    #[command(flatten)]
+    pub routing: RoutingConfig,
+}
+
+/// How routing ranks instances: load reports and flap damping (the formula
+/// is documented on RoutingService in routing.proto).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct RoutingConfig {
+    /// A load report older than this is stale: the instance is ranked by
+    /// its open leases until it reports again.
+    #[arg(long, env = "AGENTRY_LOAD_REPORT_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub load_report_ttl: Duration,
+
+    /// For this long after an instance's first load report, it is ranked by
+    /// its leases: a new instance's idle reports would draw every request.
+    #[arg(long, env = "AGENTRY_LOAD_REPORT_BLACKOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub load_report_blackout: Duration,
+
+    /// Health changes within --flap-window past which an instance is held
+    /// out of routing as flapping; 0 turns flap damping off.
+    #[arg(long, env = "AGENTRY_FLAP_THRESHOLD", default_value_t = 4)]
+    pub flap_threshold: u32,
+
+    /// The window in which health changes are counted.
+    #[arg(long, env = "AGENTRY_FLAP_WINDOW", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub flap_window: Duration,
+
+    /// How long a flapping instance is first held out; doubled each time it
+    /// flaps again right after, up to --flap-hold-max.
+    #[arg(long, env = "AGENTRY_FLAP_HOLD", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub flap_hold: Duration,
+
+    /// The longest hold.
+    #[arg(long, env = "AGENTRY_FLAP_HOLD_MAX", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub flap_hold_max: Duration,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            load_report_ttl: Duration::from_secs(30),
+            load_report_blackout: Duration::from_secs(10),
+            flap_threshold: 4,
+            flap_window: Duration::from_secs(60),
+            flap_hold: Duration::from_secs(30),
+            flap_hold_max: Duration::from_secs(600),
+        }
+    }
+}
+
+/// TLS of the gRPC listener. With a certificate and key the server speaks
+/// only TLS; with a client CA too, only to clients with a certificate that
+/// chains to it (mutual TLS).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsConfig {
+    /// PEM certificate chain the server presents (with --tls-key).
+    #[arg(long, env = "AGENTRY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "AGENTRY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// PEM CA certificates that client certificates must chain to; set, a
+    /// client without such a certificate is refused (mutual TLS).
+    #[arg(long, env = "AGENTRY_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+}
+
+/// What one caller may take. Zero turns a limit off. The defaults are far
+/// above what one well-behaved service or fleet does, and stop a runaway.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitsConfig {
+    /// Requests per second of one API key (sustained); stream messages are not requests.
+    #[arg(
+        long,
+        env = "AGENTRY_KEY_REQUESTS_PER_SECOND",
+        default_value_t = 20_000
+    )]
+    pub key_requests_per_second: u32,
+
+    /// Requests one API key may send at once above its rate.
+    #[arg(long, env = "AGENTRY_KEY_REQUEST_BURST", default_value_t = 40_000)]
+    pub key_request_burst: u32,
+
+    /// Unary calls of one tenant in flight at once on this server.
+    #[arg(long, env = "AGENTRY_TENANT_CONCURRENT_CALLS", default_value_t = 2_000)]
+    pub tenant_concurrent_calls: u32,
+
+    /// Health streams and watches of one tenant open at once on this server.
+    #[arg(long, env = "AGENTRY_TENANT_STREAMS", default_value_t = 50_000)]
+    pub tenant_streams: u32,
+
+    /// Streams one HTTP/2 connection may open at once (h2's
+    /// `max_concurrent_streams`; the excess is refused by HTTP/2 itself).
+    #[arg(long, env = "AGENTRY_CONNECTION_STREAMS", default_value_t = 1_000)]
+    pub connection_streams: u32,
+
+    /// Failed authentications per minute from one peer address; past it,
+    /// the address is refused for the rest of the minute without a lookup.
+    #[arg(long, env = "AGENTRY_AUTH_FAILURES_PER_MINUTE", default_value_t = 120)]
+    pub auth_failures_per_minute: u32,
+
+    /// Largest request message the server decodes, in bytes.
+    #[arg(long, env = "AGENTRY_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_request_bytes: usize,
+
+    /// Largest response message the server encodes, in bytes.
+    #[arg(long, env = "AGENTRY_MAX_RESPONSE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_response_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            key_requests_per_second: 20_000,
+            key_request_burst: 40_000,
+            tenant_concurrent_calls: 2_000,
+            tenant_streams: 50_000,
+            connection_streams: 1_000,
+            auth_failures_per_minute: 120,
+            max_request_bytes: 4 * 1024 * 1024,
+            max_response_bytes: 16 * 1024 * 1024,
+        }
+    }
 }
 
 /// How registrations, health streams and the sweeper behave.
@@ -105,9 +261,21 @@ pub struct RegistryConfig {
     #[arg(long, env = "AGENTRY_EVENT_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
     pub event_retention: Duration,
 
-    /// Changes a `WatchAvailableAgents` subscriber may fall behind before it is resynced.
-    #[arg(long, env = "AGENTRY_WATCH_BUFFER", default_value_t = 4096)]
+    /// Delete audit events older than this.
+    #[arg(long, env = "AGENTRY_AUDIT_RETENTION", default_value = "90days", value_parser = humantime::parse_duration)]
+    pub audit_retention: Duration,
+
+    /// Latest changes of watched tenants (all tenants together) that the
+    /// server holds for `WatchAvailableAgents`: a watch that falls further
+    /// behind, or resumes from further back, is resynced with a snapshot.
+    /// Each held change keeps its agent entry (configuration and instance).
+    #[arg(long, env = "AGENTRY_WATCH_BUFFER", default_value_t = 16_384)]
     pub watch_buffer: usize,
+
+    /// How long a watch may go without an event before the server sends it
+    /// a progress event with the current revision (zero: never).
+    #[arg(long, env = "AGENTRY_WATCH_PROGRESS_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub watch_progress_interval: Duration,
 
     /// Let a registration for an unknown agent_id create a placeholder manifest.
     /// Off by default: otherwise any agent key could add system-wide manifests.
@@ -131,7 +299,9 @@ impl Default for RegistryConfig {
             partition_guard_min_instances: 3,
             registration_retention: None,
             event_retention: Duration::from_secs(7 * 24 * 3600),
-            watch_buffer: 4096,
+            audit_retention: Duration::from_secs(90 * 24 * 3600),
+            watch_buffer: 16_384,
+            watch_progress_interval: Duration::from_secs(10),
             create_unknown_manifests: false,
         }
     }
@@ -141,9 +311,13 @@ impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
             listen_addr: ([127, 0, 0, 1], 50051).into(),
+            metrics_addr: None,
             health_check_interval: Duration::from_secs(5),
-            shutdown_grace: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(20),
             registry: RegistryConfig::default(),
+            routing: RoutingConfig::default(),
+            limits: LimitsConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -157,9 +331,44 @@ pub enum LogFormat {
     Json,
 }
 
+/// What start-up does to the database schema (`--migrate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MigrateMode {
+    /// Create the database if missing and apply pending migrations.
+    Auto,
+    /// Refuse to start unless every known migration is applied unchanged.
+    Check,
+    /// Neither create the database nor run DDL.
+    Off,
+}
+
 /// Administrative commands; without one, the server runs.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Creates the database if missing, applies the embedded migrations,
+    /// prints what it applied and exits (whatever `--migrate` says).
+    Migrate,
+    /// Asks a running server's `grpc.health.v1` for its status; exits 0 when
+    /// SERVING, 1 otherwise (a Docker HEALTHCHECK, a Kubernetes exec probe).
+    Health {
+        /// Server to ask, `host:port`; default: the port of `--listen-addr`
+        /// on loopback (on its own host when that is a specific address).
+        #[arg(long)]
+        addr: Option<String>,
+        /// Health name to check; the empty default is the whole server.
+        #[arg(long, default_value = "")]
+        service: String,
+        /// How long connecting and the call may take together.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Ask over TLS, trusting the CA certificate(s) in this PEM file
+        /// (for a server started with --tls-cert).
+        #[arg(long)]
+        tls_ca: Option<std::path::PathBuf>,
+        /// With --tls-ca: the name the server's certificate must carry.
+        #[arg(long, default_value = "localhost")]
+        tls_domain: String,
+    },
     /// Manage API keys directly in the database (bootstrap of the first admin key).
     Keys {
         #[command(subcommand)]

@@ -8,17 +8,22 @@
 //! heartbeat writer; the availability view and the lease writer). `feed`
 //! carries committed database changes to every replica's view, key cache and
 //! sessions. Cross-cutting: `auth` (API keys, roles, tenant scope, the opening
-//! of every handler), `error` (the one mapping to `tonic::Status`, and of
+//! of every handler), `limits` (rates and budgets per key, tenant and peer),
+//! `audit` (the log of admin and tenant changes, written by the stores in the
+//! change's transaction), `telemetry` (metrics, request ids, access lines), `error` (the one mapping to `tonic::Status`, and of
 //! database errors to domain errors), `validate`, `pagination`, `pb` (wire
 //! types), and `server` (wiring, health, shutdown).
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod configurations;
 pub mod db;
+pub mod deadline;
 pub mod error;
 pub mod feed;
+pub mod limits;
 pub mod manifests;
 pub mod pagination;
 pub mod pb;
@@ -27,6 +32,7 @@ pub mod registrations;
 pub mod request;
 pub mod routing;
 pub mod server;
+pub mod telemetry;
 pub mod validate;
 
 pub use config::{Config, ServeConfig};

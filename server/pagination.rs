@@ -1,7 +1,8 @@
 //! Opaque page tokens for keyset pagination.
 //!
 //! A token is the base64 of the last row's sort key, so pages stay stable when
-//! rows are added or removed between calls (no OFFSET).
+//! rows are added or removed between calls (no OFFSET). Search answers,
+//! ranked by a score that moves, page by position instead ([`Offset`]).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -33,6 +34,10 @@ pub fn decode<K: PageKey>(token: &str) -> Result<Option<K>> {
     let bad = || Error::invalid("page_token", "is not a token returned by this method");
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
     let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    // A key with NUL was never issued, and PostgreSQL would refuse it.
+    if text.contains('\0') {
+        return Err(bad());
+    }
     K::parse(&text).map(Some).ok_or_else(bad)
 }
 
@@ -50,9 +55,14 @@ pub fn page<T, K: PageKey>(
     rows.truncate(size);
     let token = rows
         .last()
-        .map(|last| URL_SAFE_NO_PAD.encode(key(last).render()))
+        .map(|last| encode(&key(last)))
         .unwrap_or_default();
     (rows, token)
+}
+
+/// The page token of `key`.
+pub fn encode<K: PageKey>(key: &K) -> String {
+    URL_SAFE_NO_PAD.encode(key.render())
 }
 
 /// A sort key that can travel in a page token.
@@ -72,6 +82,20 @@ impl PageKey for String {
     }
 }
 
+/// A position in a ranking computed at each call (search results, ranked by
+/// a live score, have no stable key to resume after).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offset(pub usize);
+
+impl PageKey for Offset {
+    fn render(&self) -> String {
+        format!("o:{}", self.0)
+    }
+    fn parse(text: &str) -> Option<Self> {
+        text.strip_prefix("o:")?.parse().ok().map(Offset)
+    }
+}
+
 /// Sort key of rows listed by creation time, then id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimeKey {
@@ -87,8 +111,11 @@ impl PageKey for TimeKey {
     }
     fn parse(text: &str) -> Option<Self> {
         let (micros, id) = text.strip_prefix("t:")?.split_once(':')?;
+        // Issued keys are creation times; a negative one is forged, and may be
+        // before the earliest timestamp PostgreSQL holds (4713 BC).
+        let micros = micros.parse().ok().filter(|m: &i64| *m >= 0)?;
         Some(TimeKey {
-            at: chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+            at: chrono::DateTime::from_timestamp_micros(micros)?,
             id: uuid::Uuid::try_parse(id).ok()?,
         })
     }
@@ -120,6 +147,9 @@ mod tests {
         assert!(token.is_empty());
         assert!(decode::<String>("!!!").is_err());
         assert!(decode::<TimeKey>(&URL_SAFE_NO_PAD.encode("s:abc")).is_err());
+        assert!(decode::<String>(&URL_SAFE_NO_PAD.encode("s:a\0")).is_err());
+        let forged = format!("t:-9000000000000000000:{}", uuid::Uuid::nil());
+        assert!(decode::<TimeKey>(&URL_SAFE_NO_PAD.encode(forged)).is_err());
         assert!(page_size(-1).is_err() && page_size(1001).is_err());
     }
 }

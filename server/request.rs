@@ -35,6 +35,13 @@ macro_rules! by_id {
     )*};
 }
 
+impl TryFrom<crate::pb::GetAgentCardRequest> for Id {
+    type Error = Error;
+    fn try_from(r: crate::pb::GetAgentCardRequest) -> Result<Self> {
+        crate::validate::uuid("configuration_id", &r.configuration_id).map(Id)
+    }
+}
+
 by_id!(
     crate::pb::DeleteManifestRequest,
     crate::pb::GetConfigurationRequest,

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::Status;
+use tonic::codec::CompressionEncoding;
 use tonic::server::NamedService;
-use tonic::transport::Server as TonicServer;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server as TonicServer, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -18,8 +19,10 @@ use crate::admin::AdminApi;
 use crate::auth::Authenticator;
 use crate::config::ServeConfig;
 use crate::configurations::ConfigurationApi;
+use crate::deadline::Deadlines;
 use crate::error::{Error, Result};
 use crate::feed::Feed;
+use crate::limits::Limits;
 use crate::manifests::ManifestApi;
 use crate::pb;
 use crate::pb::admin_service_server::AdminServiceServer;
@@ -40,14 +43,26 @@ use crate::routing::RoutingApi;
 use crate::routing::expiry::Expiry;
 use crate::routing::view::View;
 use crate::routing::writer::LeaseWriter;
+use crate::telemetry::{self, access::Telemetry};
 
 /// How long shutdown tries to write the streams' last state changes.
 const FINAL_WRITE: Duration = Duration::from_secs(5);
 /// Idle time before TCP keepalive probes a silent peer.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
+/// How often the view ranks again what time changed (reports gone stale,
+/// blackouts and flap holds over).
+const VIEW_TICK: Duration = Duration::from_millis(200);
+
 /// The names whose `grpc.health.v1` status follows the database: the whole
 /// server ("") and each of its services.
+/// The `grpc.health.v1` name of the process alone: SERVING from start-up
+/// until the process exits, whatever the database does, so that a liveness
+/// probe restarts only a server that no longer answers.
+pub const LIVENESS: &str = "liveness";
+
+/// The readiness names: `""` and every API service, SERVING exactly while
+/// the database answers and the server is not shutting down.
 const HEALTH_NAMES: &[&str] = &[
     "",
     <ManifestServiceServer<ManifestApi> as NamedService>::NAME,
@@ -80,13 +95,15 @@ pub struct Server {
     writer: Arc<RegistrationWriter>,
     hellos: Arc<HelloWriter>,
     sweeper: Arc<Sweeper>,
+    /// A direct pool for the change feed's LISTEN (behind a pooler).
+    feed_pool: Option<PgPool>,
 }
 
 impl Server {
     /// A server over `pool`.
     pub fn new(pool: PgPool, config: ServeConfig) -> Self {
         let sessions = Arc::new(Sessions::default());
-        let view = Arc::new(View::new(config.registry.watch_buffer));
+        let view = Arc::new(View::new(config.registry.watch_buffer).with_routing(config.routing));
         let heartbeats = HeartbeatWriter::new(pool.clone(), sessions.clone());
         let sweeper = Sweeper::new(
             pool.clone(),
@@ -95,7 +112,7 @@ impl Server {
             heartbeats.clone(),
         );
         Server {
-            auth: Authenticator::new(pool.clone()),
+            auth: Authenticator::new(pool.clone(), Arc::new(Limits::new(&config.limits))),
             writer: Arc::new(RegistrationWriter::new(sessions.clone(), view.clone())),
             hellos: Arc::new(HelloWriter::new(config.registry.create_unknown_manifests)),
             view,
@@ -105,7 +122,15 @@ impl Server {
             sessions,
             pool,
             config,
+            feed_pool: None,
         }
+    }
+
+    /// Listens for changes on `direct`, a session connection, instead of
+    /// the main pool (which may go through a transaction-mode pooler).
+    pub fn with_feed_pool(mut self, direct: Option<PgPool>) -> Self {
+        self.feed_pool = direct;
+        self
     }
 
     /// The health streams this server holds, and their counters.
@@ -148,12 +173,29 @@ impl Server {
             writer,
             hellos,
             sweeper,
+            feed_pool,
         } = self;
         let registry = &config.registry;
         let (reporter, health_service) = tonic_health::server::health_reporter();
         set_health(&reporter, ServingStatus::Serving).await;
+        reporter
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
         let (stopping_tx, stopping) = watch::channel(false);
-        let feed = Feed::new(pool.clone())
+        // Before the parts start, so that the recorder sees their first counts.
+        if let Some(addr) = config.metrics_addr {
+            let sampled = telemetry::sampler::Sampled {
+                pool: pool.clone(),
+                sessions: sessions.clone(),
+                view: view.clone(),
+                writer: writer.clone(),
+                hellos: hellos.clone(),
+                leases: leases.clone(),
+            };
+            let cards = crate::configurations::CardEndpoint::new(auth.clone(), pool.clone());
+            telemetry::start(addr, sampled, Some(Arc::new(cards)), stopping.clone()).await?;
+        }
+        let feed = Feed::new(pool.clone(), feed_pool)
             .with(view.clone())
             .with(Arc::new(auth.clone()))
             .with(sessions.clone());
@@ -180,8 +222,27 @@ impl Server {
             }),
             tokio::spawn(feed.run(stopping.clone())),
             tokio::spawn({
+                let (auth, stopping) = (auth.clone(), stopping.clone());
+                async move {
+                    let mut ticker = Ticker::after(Duration::from_secs(60), stopping);
+                    while ticker.tick().await {
+                        auth.limits().shrink();
+                    }
+                }
+            }),
+            tokio::spawn({
                 let (leases, pool) = (leases.clone(), pool.clone());
                 async move { leases.run(pool).await }
+            }),
+            tokio::spawn({
+                // Load reports going stale, blackouts and flap holds ending.
+                let (view, stopping) = (view.clone(), stopping.clone());
+                async move {
+                    let mut ticker = Ticker::after(VIEW_TICK, stopping);
+                    while ticker.tick().await {
+                        view.tick(chrono::Utc::now());
+                    }
+                }
             }),
         ];
         let hellos_task = tokio::spawn({
@@ -212,6 +273,7 @@ impl Server {
                 hello_timeout: registry.hello_timeout,
                 heartbeat_interval: registry.heartbeat_interval,
                 stale_timeout: registry.stale_timeout,
+                load_refresh: config.routing.load_report_ttl / 3,
             },
         );
         let registrations = RegistrationApi::new(
@@ -232,27 +294,56 @@ impl Server {
         let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
         let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
 
-        let router = TonicServer::builder()
-            .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(ManifestServiceServer::new(ManifestApi::new(
+        let (max_request, max_response) = (
+            config.limits.max_request_bytes,
+            config.limits.max_response_bytes,
+        );
+        // Every service with the configured message sizes. Each takes gzip
+        // requests, and compresses answers for the callers that accept gzip
+        // (tonic checks `grpc-accept-encoding`).
+        macro_rules! compressed {
+            ($service:expr) => {
+                $service
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .send_compressed(CompressionEncoding::Gzip)
+            };
+        }
+        macro_rules! limited {
+            ($service:expr) => {
+                compressed!($service)
+                    .max_decoding_message_size(max_request)
+                    .max_encoding_message_size(max_response)
+            };
+        }
+        let router = tls_builder(&config.tls)?
+            .max_concurrent_streams(
+                (config.limits.connection_streams > 0).then_some(config.limits.connection_streams),
+            )
+            .layer(Telemetry)
+            .layer(Deadlines)
+            .add_service(compressed!(health_service))
+            .add_service(compressed!(reflection_v1))
+            .add_service(compressed!(reflection_v1alpha))
+            .add_service(limited!(ManifestServiceServer::new(ManifestApi::new(
                 auth.clone(),
                 pool.clone(),
+            ))))
+            .add_service(limited!(ConfigurationServiceServer::new(
+                ConfigurationApi::new(auth.clone(), pool.clone(),)
             )))
-            .add_service(ConfigurationServiceServer::new(ConfigurationApi::new(
-                auth.clone(),
-                pool.clone(),
-            )))
-            .add_service(RegistrationServiceServer::new(registrations))
-            .add_service(RoutingServiceServer::new(RoutingApi::new(
+            .add_service(limited!(RegistrationServiceServer::new(registrations)))
+            .add_service(limited!(RoutingServiceServer::new(RoutingApi::new(
                 auth.clone(),
                 pool.clone(),
                 view.clone(),
                 leases.clone(),
-            )))
-            .add_service(AdminServiceServer::new(AdminApi::new(auth, pool.clone())));
+                stopping.clone(),
+                registry.watch_progress_interval,
+            ))))
+            .add_service(limited!(AdminServiceServer::new(AdminApi::new(
+                auth,
+                pool.clone()
+            ))));
 
         let signal = {
             let reporter = reporter.clone();
@@ -375,4 +466,23 @@ async fn watch_database(
             set_health(&reporter, status).await;
         }
     }
+}
+
+/// The transport builder: plaintext, or TLS (and mutual TLS) as configured.
+/// The files are read once at start-up; renewed certificates take a restart.
+fn tls_builder(tls: &crate::config::TlsConfig) -> Result<TonicServer> {
+    let (Some(cert), Some(key)) = (&tls.tls_cert, &tls.tls_key) else {
+        return Ok(TonicServer::builder());
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| Error::Internal(format!("TLS: cannot read {}: {e}", path.display())))
+    };
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &tls.tls_client_ca {
+        config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    TonicServer::builder()
+        .tls_config(config)
+        .map_err(|e| Error::Internal(format!("TLS: {e}")))
 }

@@ -1,5 +1,7 @@
 //! Request checks. Each fails with `INVALID_ARGUMENT` naming the field.
 
+use std::time::Duration;
+
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
@@ -15,6 +17,19 @@ pub const MAX_NAME_CHARS: usize = 256;
 /// Most capabilities of a manifest, and characters of each.
 pub const MAX_CAPABILITIES: usize = 64;
 const MAX_CAPABILITY_CHARS: usize = 128;
+/// Deepest nesting of objects and lists in a JSON field. A client decodes
+/// what it stored with prost's recursion limit of 100 (two levels per
+/// `Struct`), so deeper values could be written but never read back.
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// PostgreSQL refuses U+0000 in `text` and `jsonb`: a NUL that reached a
+/// statement would fail it as an internal error.
+fn no_nul(field: &str, value: &str) -> Result<()> {
+    if value.contains('\0') {
+        return Err(Error::invalid(field, "must not contain NUL (U+0000)"));
+    }
+    Ok(())
+}
 
 /// A UUID field.
 pub fn uuid(field: &str, value: &str) -> Result<Uuid> {
@@ -65,6 +80,7 @@ pub fn name(field: &str, value: &str, max: usize) -> Result<()> {
 
 /// An optional text field of at most `max` characters.
 pub fn text(field: &str, value: &str, max: usize) -> Result<()> {
+    no_nul(field, value)?;
     if value.chars().count() > max {
         return Err(Error::invalid(
             field,
@@ -94,18 +110,7 @@ pub fn capabilities(field: &str, values: &[String]) -> Result<()> {
         ));
     }
     for (i, cap) in values.iter().enumerate() {
-        if cap.trim().is_empty() || cap.trim() != cap {
-            return Err(Error::invalid(
-                format!("{field}[{i}]"),
-                "must be a non-empty string without surrounding spaces",
-            ));
-        }
-        if cap.chars().count() > MAX_CAPABILITY_CHARS {
-            return Err(Error::invalid(
-                format!("{field}[{i}]"),
-                format!("must be at most {MAX_CAPABILITY_CHARS} characters"),
-            ));
-        }
+        capability(&format!("{field}[{i}]"), cap)?;
         if values[..i].contains(cap) {
             return Err(Error::invalid(
                 format!("{field}[{i}]"),
@@ -116,11 +121,38 @@ pub fn capabilities(field: &str, values: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// A JSON object field from a protobuf `Struct`, bounded in encoded size.
+/// One capability: a non-empty string without surrounding spaces, bounded.
+pub fn capability(field: &str, value: &str) -> Result<()> {
+    if value.trim().is_empty() || value.trim() != value {
+        return Err(Error::invalid(
+            field,
+            "must be a non-empty string without surrounding spaces",
+        ));
+    }
+    no_nul(field, value)?;
+    if value.chars().count() > MAX_CAPABILITY_CHARS {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {MAX_CAPABILITY_CHARS} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// A JSON object field from a protobuf `Struct`, bounded in encoded size and
+/// depth, without NUL in keys or strings.
 pub fn json(field: &str, value: Option<prost_types::Struct>) -> Result<serde_json::Value> {
     let value = crate::pb::struct_to_json(value.unwrap_or_default())
         .map_err(|reason| Error::invalid(field, reason))?;
-    let size = serde_json::to_vec(&value)
+    json_value(field, &value)?;
+    Ok(value)
+}
+
+/// A JSON value, however it came: bounded in encoded size and depth,
+/// without NUL in keys or strings.
+pub fn json_value(field: &str, value: &serde_json::Value) -> Result<()> {
+    json_tree(field, value, 1)?;
+    let size = serde_json::to_vec(value)
         .map(|v| v.len())
         .unwrap_or(usize::MAX);
     if size > MAX_JSON_BYTES {
@@ -129,7 +161,68 @@ pub fn json(field: &str, value: Option<prost_types::Struct>) -> Result<serde_jso
             format!("must encode to at most {MAX_JSON_BYTES} bytes of JSON"),
         ));
     }
-    Ok(value)
+    Ok(())
+}
+
+/// Walks `value`, `depth` levels deep already. Recursion is bounded by
+/// `MAX_JSON_DEPTH`, itself below what prost decoded.
+fn json_tree(field: &str, value: &serde_json::Value, depth: usize) -> Result<()> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => no_nul(field, s),
+        Value::Array(_) | Value::Object(_) if depth > MAX_JSON_DEPTH => Err(Error::invalid(
+            field,
+            format!("must not be nested deeper than {MAX_JSON_DEPTH} levels"),
+        )),
+        Value::Array(items) => items
+            .iter()
+            .try_for_each(|v| json_tree(field, v, depth + 1)),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            no_nul(field, k)?;
+            json_tree(field, v, depth + 1)
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => Ok(()),
+    }
+}
+
+/// An optional `google.protobuf.Duration` field within `min..=max`.
+///
+/// Refuses what the protobuf spec calls invalid (nanos beyond ±999,999,999,
+/// or seconds and nanos of different signs) instead of normalizing it, and
+/// bounds every duration so that arithmetic on it cannot overflow.
+pub fn duration(
+    field: &str,
+    value: Option<prost_types::Duration>,
+    min: Duration,
+    max: Duration,
+) -> Result<Option<Duration>> {
+    let Some(prost_types::Duration { seconds, nanos }) = value else {
+        return Ok(None);
+    };
+    if !(-999_999_999..=999_999_999).contains(&nanos)
+        || (seconds > 0 && nanos < 0)
+        || (seconds < 0 && nanos > 0)
+    {
+        return Err(Error::invalid(
+            field,
+            "is not a valid duration: nanos must be within ±999,999,999 and have the sign of seconds",
+        ));
+    }
+    let within = u64::try_from(seconds)
+        .ok()
+        .zip(u32::try_from(nanos).ok())
+        .map(|(s, n)| Duration::new(s, n))
+        .filter(|d| (min..=max).contains(d));
+    within.map(Some).ok_or_else(|| {
+        Error::invalid(
+            field,
+            format!(
+                "must be between {} and {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        )
+    })
 }
 
 /// An enum field sent as its wire number; `UNSPECIFIED` (0) or unknown numbers are `None`.
@@ -169,6 +262,71 @@ mod tests {
         for bad in ["", "1", "1.2", "v1.2.3", "1.2.3.4"] {
             assert!(semver("v", bad).is_err(), "{bad}");
         }
+    }
+
+    fn d(seconds: i64, nanos: i32) -> Option<prost_types::Duration> {
+        Some(prost_types::Duration { seconds, nanos })
+    }
+
+    #[test]
+    fn durations() {
+        let (min, max) = (Duration::from_secs(1), Duration::from_secs(3600));
+        assert_eq!(duration("t", None, min, max).unwrap(), None);
+        assert_eq!(
+            duration("t", d(1, 500_000_000), min, max).unwrap(),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(duration("t", d(3600, 0), min, max).unwrap(), Some(max));
+        for (s, n) in [
+            (1, -999_999_999),
+            (-1, 1),
+            (0, 1_000_000_000),
+            (0, -1),
+            (-5, 0),
+            (0, 999_999_999),
+            (3600, 1),
+            (i64::MAX, 0),
+            (i64::MIN, 0),
+            (315_576_000_000, 0),
+        ] {
+            let err = duration("t", d(s, n), min, max).unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidArgument { ref field, .. } if field == "t"),
+                "{s}s {n}ns: {err}"
+            );
+        }
+        assert_eq!(
+            duration("t", d(0, 1), min, max).unwrap_err().to_string(),
+            "invalid t: must be between 1s and 1h"
+        );
+    }
+
+    #[test]
+    fn nul_is_refused_in_text_and_json() {
+        assert!(text("t", "a\0b", 10).is_err());
+        assert!(name("t", "\0", 10).is_err());
+        assert!(capabilities("c", &["a\0".into()]).is_err());
+        let nested = |key: &str, s: &str| {
+            let value = serde_json::json!({"a": [{"b": {key: s}}]});
+            json("j", Some(crate::pb::json_to_struct(value)))
+        };
+        assert!(nested("k", "v").is_ok());
+        assert!(nested("k\0", "v").is_err());
+        assert!(nested("k", "v\0").is_err());
+    }
+
+    #[test]
+    fn json_depth_is_bounded() {
+        let deep = |levels: usize| {
+            let mut value = serde_json::json!("leaf");
+            for _ in 0..levels {
+                value = serde_json::json!({ "k": value });
+            }
+            json("j", Some(crate::pb::json_to_struct(value)))
+        };
+        assert!(deep(MAX_JSON_DEPTH).is_ok());
+        let err = deep(MAX_JSON_DEPTH + 1).unwrap_err();
+        assert!(err.to_string().contains("nested deeper than"), "{err}");
     }
 
     #[test]

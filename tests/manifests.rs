@@ -342,3 +342,60 @@ async fn only_admins_change_manifests_everyone_reads_them() {
         );
     }
 }
+
+/// `all_manifests` walks every page once: seven manifests, pages of three,
+/// come out in order, each exactly once, as three page calls give them; a
+/// refused page ends the stream with its error.
+#[tokio::test]
+async fn a_paginator_walks_three_pages_exactly_once_each() {
+    use tokio_stream::StreamExt;
+    let s = TestServer::start().await;
+    for i in 0..7 {
+        s.admin
+            .create_manifest(CreateManifest::new(
+                format!("agent-{i}"),
+                "ide",
+                "Agent",
+                "1.0.0",
+            ))
+            .await
+            .expect("create");
+    }
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = s
+            .admin
+            .list_manifests(ListManifests::new().page_size(3).page_token(&token))
+            .await
+            .expect("page");
+        pages += 1;
+        paged.extend(page.manifests.into_iter().map(|m| m.agent_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(pages, 3);
+    let streamed: Vec<String> = s
+        .admin
+        .all_manifests(ListManifests::new().page_size(3))
+        .map(|m| m.expect("item").agent_id)
+        .collect()
+        .await;
+    let want: Vec<String> = (0..7).map(|i| format!("agent-{i}")).collect();
+    assert_eq!(streamed, want, "every item once, in order");
+    assert_eq!(streamed, paged);
+
+    let mut refused = s.admin.all_manifests(ListManifests::new().page_size(-1));
+    let first = refused.next().await.expect("an item");
+    assert_eq!(
+        first.expect_err("refused").code(),
+        Some(Code::InvalidArgument)
+    );
+    assert!(
+        refused.next().await.is_none(),
+        "the stream ends after its error"
+    );
+}

@@ -495,9 +495,10 @@ async fn cleanup_marks_unknown_then_deactivates_and_records_events() {
     assert_eq!(bad.field(), Some("stale_threshold"));
 }
 
-#[tokio::test]
-async fn the_partition_guard_holds_back_mass_deactivation() {
-    let s = TestServer::start().await;
+/// Four instances of `fleet`, three of them silent for 1,000 s; six healthy
+/// instances of `solo` and one silent: the overall share stays below the
+/// guard's, the fleet tenant's does not.
+async fn mass_silence(s: &TestServer) {
     s.manifest("ide-agent").await;
     let fleet = s.tenant("fleet").await;
     let solo = s.tenant("solo").await;
@@ -508,10 +509,6 @@ async fn the_partition_guard_holds_back_mass_deactivation() {
             .await
             .expect("register");
     }
-    for i in 0..3 {
-        age(&s, &format!("f{i}"), 1000).await;
-    }
-    // Keep the overall share below the guard: healthy instances elsewhere.
     for i in 0..6 {
         solo.agent
             .register_instance(RegisterInstance::new(format!("s{i}"), "ide-agent"))
@@ -522,13 +519,56 @@ async fn the_partition_guard_holds_back_mass_deactivation() {
         .register_instance(RegisterInstance::new("lonely", "ide-agent"))
         .await
         .expect("register");
-    age(&s, "lonely", 1000).await;
+    for i in ["f0", "f1", "f2", "lonely"] {
+        age(s, i, 1000).await;
+    }
+}
 
+/// Nothing points at the registry (no outage seen, no streams lost): a
+/// mass silence is a fleet that left, and goes at once.
+#[tokio::test]
+async fn a_mass_silence_without_a_cause_on_our_side_is_deactivated_at_once() {
+    let s = TestServer::start().await;
+    mass_silence(&s).await;
     let report = s
         .admin
         .cleanup(Some(Duration::from_secs(60)), false)
         .await
         .expect("cleanup");
+    assert!(!report.partition_guard_tripped);
+    assert_eq!(report.deactivated, 4);
+    for i in ["f0", "f1", "f2", "lonely"] {
+        assert_eq!(state(&s, i).await.0, "inactive", "{i}");
+    }
+}
+
+/// After this replica saw its database go away, the same mass silence is
+/// held back, per tenant: the fleet tenant's three stay active (unknown),
+/// the solo tenant's single silent one goes; the operator can override.
+#[tokio::test]
+async fn after_a_database_outage_the_partition_guard_holds_back_mass_deactivation() {
+    let db = common::TestDb::new().await;
+    let (proxy, pool) = db.through_proxy().await;
+    let s = TestServer::with_pool(pool).await;
+    mass_silence(&s).await;
+    proxy.cut();
+    let failed = s.admin.cleanup(Some(Duration::from_secs(60)), false).await;
+    assert_eq!(
+        code(failed),
+        Code::Unavailable,
+        "the sweep fails while the database is away"
+    );
+    proxy.restore();
+    let report = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok(r) = s.admin.cleanup(Some(Duration::from_secs(60)), false).await {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("a sweep once the database is back");
     assert!(report.partition_guard_tripped);
     assert_eq!(
         report.deactivated, 1,

@@ -177,39 +177,164 @@ async fn a_lease_released_by_many_callers_at_once_gives_its_unit_back_once() {
     );
 }
 
-/// A release of a unit the counter no longer holds (it was taken down with
-/// the bare `UpdateWorkload`) is drift: counted, and the counter stays at
-/// zero instead of going negative.
+/// `UpdateWorkload` moves only the manual part of the counter (migration
+/// 0011): it cannot take away units that leases hold. A counter that lost
+/// them anyway (here, a hand edit) makes their release drift: counted, and
+/// the counter stops at its manual part instead of going below it.
 #[tokio::test]
-async fn a_release_the_counter_does_not_hold_is_counted_as_drift() {
+async fn update_workload_cannot_free_leased_units_and_a_lost_unit_is_drift() {
     let s = TestServer::start().await;
     manifest(&s, "ide-agent", "ide", &[], pb::ManifestStatus::Active).await;
     let t = s.tenant("acme").await;
-    let c = configure(&t, "ide-agent", 5).await;
+    let c = configure(&t, "ide-agent", 3).await;
     register(&t, "i1", "ide-agent").await;
     wait_available(&t.client, AgentFilter::new(), "agent available", |a| {
         a.len() == 1
     })
     .await;
-    let lease = t
-        .client
-        .acquire_agent(AgentFilter::new(), None)
+    let mut leases = Vec::new();
+    for _ in 0..2 {
+        leases.push(
+            t.client
+                .acquire_agent(AgentFilter::new(), None)
+                .await
+                .expect("acquire"),
+        );
+    }
+    // The reproducer: two leases on a cap of 3, then `delta: -2`.
+    assert_eq!(
+        code(t.client.update_workload(&c.id, -2).await),
+        Code::FailedPrecondition
+    );
+    assert_eq!(workload(&t.client, &c.id).await, 2);
+    let raised = t.client.update_workload(&c.id, 1).await.expect("+1");
+    assert_eq!((raised.current_workload, raised.manual_workload), (3, 1));
+    assert_eq!(
+        code(t.client.acquire_agent(AgentFilter::new(), None).await),
+        Code::ResourceExhausted,
+        "the manual unit counts against the cap"
+    );
+
+    sqlx::query("UPDATE agent_configurations SET current_workload = current_workload - 1")
+        .execute(&s.pool)
         .await
-        .expect("acquire");
-    assert_eq!(workload(&t.client, &c.id).await, 1);
-    t.client
-        .update_workload(&c.id, -1)
-        .await
-        .expect("take it down");
+        .expect("hand edit");
     assert_eq!(s.leases.stats.drifted_units.load(Ordering::SeqCst), 0);
-    let released = t
-        .client
-        .release_agent(&lease.id, pb::LeaseOutcome::Succeeded)
-        .await
-        .expect("release");
-    assert!(released);
+    for lease in &leases {
+        assert!(
+            t.client
+                .release_agent(&lease.id, pb::LeaseOutcome::Succeeded)
+                .await
+                .expect("release")
+        );
+    }
     assert_eq!(s.leases.stats.drifted_units.load(Ordering::SeqCst), 1);
-    assert_eq!(workload(&t.client, &c.id).await, 0);
+    let after = t.client.get_configuration(&c.id).await.expect("get");
+    assert_eq!(
+        (after.current_workload, after.manual_workload),
+        (1, 1),
+        "the counter stops at its manual part"
+    );
+}
+
+/// 100 acquires race 30 `UpdateWorkload`s (+1 and -1) on a cap of 10: the
+/// counter is always the manual part plus the open leases, never above the
+/// cap, and giving back every lease leaves exactly the manual part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_workload_racing_acquires_keeps_the_counter_equal_to_manual_plus_leases() {
+    let s = TestServer::start().await;
+    manifest(&s, "ide-agent", "ide", &[], pb::ManifestStatus::Active).await;
+    let t = s.tenant("acme").await;
+    let c = configure(&t, "ide-agent", 10).await;
+    register(&t, "i1", "ide-agent").await;
+    register(&t, "i2", "ide-agent").await;
+    wait_available(&t.client, AgentFilter::new(), "agents available", |a| {
+        a.len() == 1
+    })
+    .await;
+    let id = uuid::Uuid::parse_str(&c.id).expect("uuid");
+    let pool = s.pool.clone();
+    let counts = move || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (i32, i32, i64)>(
+                "SELECT current_workload, manual_workload, \
+                   (SELECT count(*) FROM workload_leases WHERE configuration_id = $1 AND released_at IS NULL) \
+                 FROM agent_configurations WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .expect("counts")
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (stop, counts) = (stop.clone(), counts.clone());
+        tokio::spawn(async move {
+            let mut seen = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let (current, manual, open) = counts().await;
+                assert!(current <= 10, "cap passed: {current}");
+                assert_eq!(
+                    i64::from(current),
+                    i64::from(manual) + open,
+                    "counter = manual + leases"
+                );
+                seen += 1;
+            }
+            seen
+        })
+    };
+    let mut acquires = tokio::task::JoinSet::new();
+    let mut updates = tokio::task::JoinSet::new();
+    for i in 0..130 {
+        let client = t.client.clone();
+        if i % 13 < 3 {
+            let delta = if i % 2 == 0 { 1 } else { -1 };
+            let id = c.id.clone();
+            updates.spawn(
+                async move { (delta, client.update_workload(&id, delta).await.map(|_| ())) },
+            );
+        } else {
+            acquires.spawn(async move { client.acquire_agent(AgentFilter::new(), None).await });
+        }
+    }
+    let mut leases = Vec::new();
+    for r in acquires.join_all().await {
+        match r {
+            Ok(lease) => leases.push(lease),
+            Err(e) => assert_eq!(e.code(), Some(Code::ResourceExhausted), "{e:?}"),
+        }
+    }
+    for (delta, r) in updates.join_all().await {
+        if let Err(e) = r {
+            let want = if delta > 0 {
+                Code::ResourceExhausted
+            } else {
+                Code::FailedPrecondition
+            };
+            assert_eq!(e.code(), Some(want), "delta {delta}: {e:?}");
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    assert!(watcher.await.expect("watcher") > 0);
+    let (current, manual, open) = counts().await;
+    assert_eq!(open, leases.len() as i64);
+    assert_eq!(i64::from(current), i64::from(manual) + open);
+    assert!(!leases.is_empty() && current <= 10);
+    for lease in &leases {
+        t.client
+            .release_agent(&lease.id, pb::LeaseOutcome::Succeeded)
+            .await
+            .expect("release");
+    }
+    assert_eq!(
+        counts().await,
+        (manual, manual, 0),
+        "only the manual part is left"
+    );
+    assert_eq!(s.leases.stats.drifted_units.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]
@@ -265,10 +390,11 @@ async fn leases_expire_release_once_and_cannot_be_renewed_after() {
     );
     assert_eq!(workload(&t.client, &c.id).await, 0);
 
-    // A crashed caller: the lease expires and the sweep gives the unit back.
+    // A crashed caller: the lease (of the shortest ttl) expires and the
+    // sweep gives the unit back.
     let short = t
         .client
-        .acquire_agent(AgentFilter::new(), Some(Duration::from_millis(50)))
+        .acquire_agent(AgentFilter::new(), Some(Duration::from_secs(1)))
         .await
         .expect("acquire");
     assert_eq!(workload(&t.client, &c.id).await, 1);
@@ -348,4 +474,111 @@ async fn concurrent_acquires_cost_postgresql_one_statement_per_batch() {
         ran.len()
     );
     assert_eq!(workload(&t.client, &c.id).await, CALLS as i32);
+}
+
+/// AcquireAgent with a request id (AIP-155): a repeat answers the first
+/// lease, whether it comes later, at the same moment on two replicas, or
+/// after the lease was released; another tenant's same id is its own.
+#[tokio::test]
+async fn acquires_named_by_a_request_id_reserve_one_unit_however_often_repeated() {
+    let s = TestServer::start().await;
+    let replica = s.replica().await;
+    manifest(&s, "ide-agent", "ide", &[], pb::ManifestStatus::Active).await;
+    let t = s.tenant("acme").await;
+    let c = configure(&t, "ide-agent", 10).await;
+    register(&t, "i1", "ide-agent").await;
+    let on_replica = common::client(replica.addr, &t.tenant_key).await;
+    for client in [&t.client, &on_replica] {
+        wait_available(client, AgentFilter::new(), "the agent is routable", |a| {
+            a.len() == 1
+        })
+        .await;
+    }
+    let request = |id: &str| pb::AcquireAgentRequest {
+        filter: Some(AgentFilter::new().into()),
+        request_id: id.to_owned(),
+        ..Default::default()
+    };
+
+    let first_id = uuid::Uuid::new_v4().to_string();
+    let first = t
+        .client
+        .acquire_agent_with(request(&first_id))
+        .await
+        .expect("first");
+    let again = on_replica
+        .acquire_agent_with(request(&first_id))
+        .await
+        .expect("repeat");
+    assert_eq!(
+        again.id, first.id,
+        "a repeat on another replica answers the same lease"
+    );
+    assert_eq!(workload(&t.client, &c.id).await, 1);
+
+    // Twenty at once, half on each replica: in one batch or racing batches.
+    let id = uuid::Uuid::new_v4().to_string();
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            let client = if i % 2 == 0 {
+                t.client.clone()
+            } else {
+                on_replica.clone()
+            };
+            let request = request(&id);
+            tokio::spawn(async move { client.acquire_agent_with(request).await })
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    for call in calls {
+        ids.insert(call.await.expect("task").expect("acquire").id);
+    }
+    assert_eq!(ids.len(), 1, "twenty repeats at once, one lease: {ids:?}");
+    assert_eq!(workload(&t.client, &c.id).await, 2);
+
+    // Released, a repeat answers the released lease and reserves nothing.
+    assert!(
+        t.client
+            .release_agent(&first.id, pb::LeaseOutcome::Succeeded)
+            .await
+            .expect("release")
+    );
+    let replayed = t
+        .client
+        .acquire_agent_with(request(&first_id))
+        .await
+        .expect("repeat after release");
+    assert_eq!(replayed.id, first.id);
+    assert_eq!(
+        workload(&t.client, &c.id).await,
+        1,
+        "only the twenty's lease is open"
+    );
+
+    // Another tenant's request with the same id is a reservation of its own
+    // (and cannot see the first tenant's lease).
+    let other = s.tenant("globex").await;
+    configure(&other, "ide-agent", 10).await;
+    register(&other, "g1", "ide-agent").await;
+    wait_available(&other.client, AgentFilter::new(), "globex's agent", |a| {
+        a.len() == 1
+    })
+    .await;
+    let theirs = other
+        .client
+        .acquire_agent_with(request(&id))
+        .await
+        .expect("another tenant");
+    assert!(!ids.contains(&theirs.id));
+
+    for bad in ["not-a-uuid", "\0"] {
+        let e = t
+            .client
+            .acquire_agent_with(request(bad))
+            .await
+            .expect_err(bad);
+        assert_eq!(e.code(), Some(Code::InvalidArgument), "{e:?}");
+        assert_eq!(e.field(), Some("request_id"), "{e:?}");
+    }
+    assert_eq!(workload(&t.client, &c.id).await, 1);
 }

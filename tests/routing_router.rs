@@ -91,3 +91,58 @@ async fn router_keeps_a_view_and_its_leases_release_themselves() {
     .await;
     assert_eq!(workload(&t.client, &c.id).await, 0);
 }
+
+/// How many watches of this process's servers started as `start` says.
+fn watch_starts(start: &str) -> u64 {
+    let rendered = agentry_server::telemetry::metrics::recorder().render();
+    let line = format!("agentry_watch_starts_total{{start=\"{start}\"}} ");
+    rendered
+        .lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .map_or(0, |n| n.trim().parse().expect("a count"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_resumes_after_a_lost_connection_without_a_snapshot() {
+    // Installed before the server counts anything.
+    agentry_server::telemetry::metrics::recorder();
+    let s = TestServer::start().await;
+    manifest(&s, "ide-agent", "ide", &[], pb::ManifestStatus::Active).await;
+    let t = s.tenant("acme").await;
+    let c = configure(&t, "ide-agent", 10).await;
+    register(&t, "i1", "ide-agent").await;
+    let front = common::front::Front::start(s.addr).await;
+    let through_front = common::client(front.addr, &t.tenant_key).await;
+    let router = through_front
+        .router(AgentFilter::new())
+        .await
+        .expect("router");
+    let mut view = router.view();
+    tokio::time::timeout(DEADLINE, view.wait_for(|v| v.agents.len() == 1))
+        .await
+        .expect("in time")
+        .expect("view");
+    let (stream, resumed) = (view.borrow().stream_id.clone(), watch_starts("resumed"));
+
+    front.drop_connections();
+    // A change while the router is away (or coming back).
+    t.client.update_workload(&c.id, 3).await.expect("+3");
+    tokio::time::timeout(
+        DEADLINE,
+        view.wait_for(|v| {
+            v.synced
+                && v.agents.iter().any(|a| {
+                    a.configuration
+                        .as_ref()
+                        .is_some_and(|c| c.current_workload == 3)
+                })
+        }),
+    )
+    .await
+    .expect("in time")
+    .expect("view");
+    assert!(front.connections() >= 2, "the router reconnected");
+    assert_eq!(watch_starts("resumed"), resumed + 1, "resumed, no snapshot");
+    assert_eq!(view.borrow().stream_id, stream);
+    assert_eq!(router.agents().len(), 1);
+}

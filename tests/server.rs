@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use agentry_client::{Code, ListManifests, pb};
-use common::stream::{heartbeat, hello, raw_stream, welcome};
+use common::stream::{heartbeat, hello, raw_stream, raw_stream_on, welcome};
 use common::{TestDb, TestServer, eventually};
 use pb::health_stream_response::Message as In;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -116,11 +116,25 @@ async fn database_outage_turns_health_not_serving_and_calls_unavailable() {
         .await
         .expect("works while up");
 
+    assert_eq!(
+        health(s.addr, agentry_server::server::LIVENESS).await,
+        ServingStatus::Serving
+    );
     proxy.cut();
     eventually(Duration::from_secs(10), "health NOT_SERVING", || async {
         health(s.addr, "").await == ServingStatus::NotServing
     })
     .await;
+    assert_eq!(
+        health(s.addr, "agentry.v1.RoutingService").await,
+        ServingStatus::NotServing,
+        "readiness follows the database for every service"
+    );
+    assert_eq!(
+        health(s.addr, agentry_server::server::LIVENESS).await,
+        ServingStatus::Serving,
+        "liveness is the process alone: no restart for a database outage"
+    );
     let err = s
         .admin
         .list_manifests(ListManifests::new())
@@ -238,7 +252,7 @@ async fn shutdown_turns_not_serving_drains_streams_and_finishes_calls() {
         .and_then(|m| m.message);
     assert!(matches!(drain, Some(In::Drain(_))), "{drain:?}");
     let end = stream.message().await.expect_err("the stream ends");
-    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+    assert_eq!(end.code(), tonic::Code::Unavailable, "{end:?}");
     drop((tx, stream));
     assert!(!call.is_finished(), "the call is still in flight");
 
@@ -268,4 +282,74 @@ async fn heartbeats_taken_just_before_shutdown_are_flushed() {
         stored.timestamp_micros() >= acked,
         "the heartbeat acked before shutdown was flushed: stored {stored}, acked {acked} µs"
     );
+}
+
+/// 1,000 health streams and 10 watches open, no call in flight: shutdown
+/// does not wait out its grace period (60 s here). The watches end at once
+/// with UNAVAILABLE, the streams hear Drain and end, and the server is gone
+/// well within the harness's deadline; the time it took is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_streams_and_watches_open_is_prompt() {
+    const STREAMS: usize = 1_000;
+    let mut s = TestServer::start_with(|c| c.shutdown_grace = Duration::from_secs(60)).await;
+    s.manifest("ide-agent").await;
+    let t = s.tenant("acme").await;
+    let mut streams = Vec::with_capacity(STREAMS);
+    for connection in 0..STREAMS / 100 {
+        let channel = channel(s.addr).await;
+        let mut opening = tokio::task::JoinSet::new();
+        for i in 0..100 {
+            let (channel, key) = (channel.clone(), t.agent_key.clone());
+            opening.spawn(async move {
+                let (tx, stream) =
+                    raw_stream_on(channel, &key, &format!("a{connection}-{i}")).await;
+                let mut stream = stream.expect("open");
+                welcome(&mut stream).await;
+                (tx, stream)
+            });
+        }
+        streams.extend(opening.join_all().await);
+    }
+    let mut watches = Vec::new();
+    for _ in 0..10 {
+        let mut watch = t
+            .client
+            .watch_available_agents(pb::AgentFilter::default())
+            .await
+            .expect("watch");
+        watch.message().await.expect("snapshot").expect("event");
+        watches.push(watch);
+    }
+
+    let started = std::time::Instant::now();
+    s.stop().await;
+    let took = started.elapsed();
+    eprintln!("shutdown with {STREAMS} streams and 10 watches took {took:?}");
+    assert!(
+        took < Duration::from_secs(60),
+        "did not wait out the grace period"
+    );
+    for mut watch in watches {
+        let end = loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("a watch ended with OK"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(end.code(), Some(Code::Unavailable), "{end:?}");
+        assert!(end.to_string().contains("shutting down"), "{end:?}");
+    }
+    for (_tx, mut stream) in streams {
+        let mut drained = false;
+        let end = loop {
+            match stream.message().await {
+                Ok(Some(m)) => drained |= matches!(m.message, Some(In::Drain(_))),
+                Ok(None) => break None,
+                Err(status) => break Some(status.code()),
+            }
+        };
+        assert!(drained, "every stream heard Drain");
+        assert_eq!(end, Some(tonic::Code::Unavailable));
+    }
 }

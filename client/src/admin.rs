@@ -4,8 +4,9 @@ use crate::{Client, Result, pb};
 
 /// # Admin operations
 ///
-/// Tenants and API keys. These calls need an admin key (otherwise
-/// [`Error::PermissionDenied`](crate::Error::PermissionDenied)).
+/// Tenants, API keys and the audit log. These calls need an admin key
+/// (otherwise [`Error::PermissionDenied`](crate::Error::PermissionDenied)),
+/// except [`Client::list_audit_events`], which a tenant key may call too.
 impl Client {
     /// Creates a tenant named `name` (a lowercase slug such as `"acme-corp"`).
     ///
@@ -30,7 +31,7 @@ impl Client {
         &self,
         request: impl Into<pb::ListTenantsRequest>,
     ) -> Result<pb::ListTenantsResponse> {
-        self.read(request.into(), |r| {
+        self.retried(request.into(), |r| {
             let mut service = self.admin_service();
             async move { service.list_tenants(r).await }
         })
@@ -58,7 +59,7 @@ impl Client {
         &self,
         request: impl Into<pb::ListApiKeysRequest>,
     ) -> Result<pb::ListApiKeysResponse> {
-        self.read(request.into(), |r| {
+        self.retried(request.into(), |r| {
             let mut service = self.admin_service();
             async move { service.list_api_keys(r).await }
         })
@@ -68,9 +69,24 @@ impl Client {
     /// Revokes the API key with UUID `id`; it stops working at once. Returns
     /// the key's record, with its `revoke_time`.
     pub async fn revoke_api_key(&self, id: &str) -> Result<pb::ApiKey> {
-        self.write(pb::RevokeApiKeyRequest { id: id.to_owned() }, |r| {
+        self.retried(pb::RevokeApiKeyRequest { id: id.to_owned() }, |r| {
             let mut service = self.admin_service();
             async move { service.revoke_api_key(r).await }
+        })
+        .await
+    }
+
+    /// Lists the audit log newest first, one page at a time, usually from a
+    /// [`ListAuditEvents`](crate::ListAuditEvents): who changed what, when.
+    /// An admin key sees every event; a tenant key the events of its
+    /// tenant's keys and those about its tenant's objects.
+    pub async fn list_audit_events(
+        &self,
+        request: impl Into<pb::ListAuditEventsRequest>,
+    ) -> Result<pb::ListAuditEventsResponse> {
+        self.retried(request.into(), |r| {
+            let mut service = self.admin_service();
+            async move { service.list_audit_events(r).await }
         })
         .await
     }

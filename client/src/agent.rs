@@ -9,13 +9,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Code;
 
 use crate::backoff::backoff;
 use crate::json::json_to_struct;
 use crate::pb::health_stream_request::Message as Out;
 use crate::pb::health_stream_response::Message as In;
-use crate::{Client, Error, Result, pb};
+use crate::{Client, Code, Error, Result, pb};
 
 const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -68,11 +67,16 @@ pub enum SessionEvent {
 }
 
 /// Health an agent reports about itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 struct Report {
     health: pb::HealthStatus,
     load: i32,
     message: String,
+    /// The load report sent with every heartbeat, once there is one.
+    report: Option<pb::LoadReport>,
+    /// The session's declared capacity, from which `report_load` derives a
+    /// utilization.
+    capacity: Option<i32>,
 }
 
 /// Configures an [`AgentSession`]; made by [`Client::agent_session`].
@@ -164,6 +168,8 @@ impl AgentSessionBuilder {
             health: pb::HealthStatus::Healthy,
             load: 0,
             message: String::new(),
+            report: None,
+            capacity: self.hello.capacity,
         });
         let (events_tx, events) = mpsc::channel(EVENT_BUFFER);
         let (close, close_rx) = oneshot::channel();
@@ -228,16 +234,52 @@ impl AgentSession {
         });
     }
 
-    /// Reports the units of work the instance is doing; sent with the next
-    /// heartbeat. The server validates and keeps it, but routing does not use
-    /// it yet: it ranks instances by their open leases.
+    /// Reports the units of work the instance is doing; sent at once. With
+    /// a [`capacity`](AgentSessionBuilder::capacity), it also reports a load
+    /// that routing ranks by (`in_flight`, and `utilization` = load /
+    /// capacity, at most 1); without one, only the count, which routing does
+    /// not rank by: use [`AgentSession::report`] for that.
     pub fn report_load(&self, load: u32) {
-        let load = i32::try_from(load).unwrap_or(i32::MAX);
+        let count = i32::try_from(load).unwrap_or(i32::MAX);
         self.report.send_if_modified(|r| {
-            let changed = r.load != load;
-            r.load = load;
+            let derived = r.capacity.filter(|c| *c > 0).map(|c| pb::LoadReport {
+                in_flight: load,
+                utilization: (f64::from(count) / f64::from(c)).min(1.0),
+                ..r.report.clone().unwrap_or_default()
+            });
+            let changed = r.load != count || (derived.is_some() && derived != r.report);
+            r.load = count;
+            if derived.is_some() {
+                r.report = derived;
+            }
             changed
         });
+    }
+
+    /// Reports the instance's load, which routing ranks its instances by:
+    /// `utilization` (0 to 1), `in_flight`, `queue_depth` and up to 8 named
+    /// metrics. Sent at once and with every heartbeat after; the server
+    /// passes on only meaningful changes, and a report that stops being sent
+    /// (see [`AgentSession::clear_report`]) goes stale.
+    ///
+    /// ```no_run
+    /// # fn run(session: &agentry_client::AgentSession) {
+    /// use agentry_client::pb::LoadReport;
+    /// session.report(LoadReport { utilization: 0.4, in_flight: 3, queue_depth: 1, ..Default::default() });
+    /// # }
+    /// ```
+    pub fn report(&self, load: pb::LoadReport) {
+        self.report.send_if_modified(|r| {
+            let changed = r.report.as_ref() != Some(&load);
+            r.report = Some(load);
+            changed
+        });
+    }
+
+    /// Stops sending a load report: routing goes back to ranking the
+    /// instance by its open leases.
+    pub fn clear_report(&self) {
+        self.report.send_if_modified(|r| r.report.take().is_some());
     }
 
     /// Sets the short status message sent with heartbeats (at most 256 characters).
@@ -354,6 +396,8 @@ async fn run(
             }
             Err((e, welcomed)) => {
                 pushback = e.retry_after().unwrap_or_default();
+                // The replica may be gone or going: look before reconnecting.
+                builder.client.suspect_replicas();
                 if welcomed {
                     connections += 1;
                     failures = 0;
@@ -537,6 +581,7 @@ fn heartbeat(report: &Report, sequence: u64, epoch: i64) -> pb::HealthStreamRequ
             current_load: report.load,
             message: report.message.clone(),
             epoch,
+            load: report.report.clone(),
         })),
     }
 }

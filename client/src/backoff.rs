@@ -1,6 +1,6 @@
-//! Exponential backoff with jitter, shared by everything in the crate that
-//! tries again: read-only calls, the agent session's reconnects and the lease
-//! renewer.
+//! Exponential backoff with jitter, the one the whole crate uses when it
+//! tries again: the [`RetryPolicy`](crate::RetryPolicy) of calls, the agent
+//! session's reconnects, the router's resubscriptions and the lease renewer.
 
 use std::time::Duration;
 

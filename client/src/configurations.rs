@@ -28,11 +28,29 @@ impl Client {
 
     /// Returns the configuration with UUID `id`.
     pub async fn get_configuration(&self, id: &str) -> Result<pb::Configuration> {
-        self.read(pb::GetConfigurationRequest { id: id.to_owned() }, |r| {
+        self.retried(pb::GetConfigurationRequest { id: id.to_owned() }, |r| {
             let mut service = self.configuration_service();
             async move { service.get_configuration(r).await }
         })
         .await
+    }
+
+    /// The A2A AgentCard (protocol 1.0 JSON) of the configuration with UUID
+    /// `id`, as its tenant sees it: the manifest's skills and card fields,
+    /// the configuration's name, and each interface's `tenant` set. The same
+    /// JSON is served over HTTP at
+    /// `/configurations/{id}/.well-known/agent-card.json` on the server's
+    /// metrics listener.
+    pub async fn get_agent_card(&self, id: &str) -> Result<String> {
+        let request = pb::GetAgentCardRequest {
+            configuration_id: id.to_owned(),
+        };
+        self.retried(request, |r| {
+            let mut service = self.configuration_service();
+            async move { service.get_agent_card(r).await }
+        })
+        .await
+        .map(|card| card.card_json)
     }
 
     /// Lists configurations oldest first, one page at a time, usually from a
@@ -41,7 +59,7 @@ impl Client {
         &self,
         request: impl Into<pb::ListConfigurationsRequest>,
     ) -> Result<pb::ListConfigurationsResponse> {
-        self.read(request.into(), |r| {
+        self.retried(request.into(), |r| {
             let mut service = self.configuration_service();
             async move { service.list_configurations(r).await }
         })
@@ -57,7 +75,7 @@ impl Client {
         &self,
         request: impl Into<pb::UpdateConfigurationRequest>,
     ) -> Result<pb::Configuration> {
-        self.write(request.into(), |r| {
+        self.retried(request.into(), |r| {
             let mut service = self.configuration_service();
             async move { service.update_configuration(r).await }
         })

@@ -24,7 +24,9 @@
 //!   [`ListTenants`]) and the stale-instance sweep ([`Client::cleanup`]).
 //!
 //! Request builders fill in the protobuf requests of [`pb`]; a method that
-//! takes a builder also takes the request message itself. Every failure is an
+//! takes a builder also takes the request message itself. Each list call
+//! pages (`list_manifests`...) and also streams every item across its pages
+//! ([`Client::all_manifests`]... return [`Items`]). Every failure is an
 //! [`Error`] to match.
 //!
 //! ```no_run
@@ -78,26 +80,76 @@
 //! (`router.rs`).
 //!
 //! Unary calls have a deadline (30 s unless set with
-//! [`ClientBuilder::timeout`]); streams (the health stream, watches) have
-//! none, and run as long as they are wanted. Read-only calls are retried briefly while the
-//! server is unavailable; other calls are never retried by the [`Client`],
-//! since a repeat could apply a change twice. The exceptions heal themselves
-//! on purpose: an [`AgentSession`] reconnects, a [`Router`] resubscribes, and
-//! a [`Lease`] retries its renewals (a renewal only moves the expiry). The
-//! client speaks plain `http://` (no TLS yet).
+//! [`ClientBuilder::timeout`], or per call with [`Client::with_timeout`]);
+//! streams (the health stream, watches) have none, and run as long as they
+//! are wanted. Calls that are safe to repeat (reads, and the writes whose
+//! repeat changes nothing more, listed at [`RetryPolicy`]) are retried while
+//! the server is unavailable; `acquire_agent` names each reservation with a
+//! request id so that its repeat answers the same lease. Other calls are
+//! never retried by the [`Client`], since a repeat could apply a change
+//! twice. An [`AgentSession`] reconnects, a [`Router`] resubscribes, and a
+//! [`Lease`] retries its renewals by themselves.
+//!
+//! One client can span several replicas of the server
+//! ([`ClientBuilder::endpoint`], or one DNS name with
+//! [`ClientBuilder::resolve`]): calls are balanced over the replicas that
+//! pass their health check, a replica that fails is left out until it passes
+//! again, and sessions, routers and leases carry on over the others.
+//!
+//! # TLS and its features
+//!
+//! The client speaks plaintext to `http://` URLs and TLS (rustls) to
+//! `https://` ones, verifying the server's certificate and, for mutual TLS,
+//! presenting its own ([`ClientBuilder::tls_ca_certificate`],
+//! [`ClientBuilder::tls_identity`]). Cargo features pick what TLS is built:
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `tls-ring` | yes | TLS, with the `ring` crypto provider |
+//! | `tls-aws-lc` | no | TLS, with the `aws-lc-rs` crypto provider (needs a C compiler, and CMake on some targets) |
+//! | `tls-webpki-roots` | yes | Mozilla's root certificates, compiled in |
+//! | `tls-native-roots` | no | the operating system's root certificates, read when connecting |
+//!
+//! For aws-lc-rs instead of ring: `default-features = false, features =
+//! ["tls-aws-lc", "tls-webpki-roots"]`. With both providers, ring is used
+//! unless the process installed a rustls default provider. Without either,
+//! the crate has no TLS and an `https://` URL is [`Error::InvalidConfig`]
+//! naming the features; without a root store, `https://` needs a CA of
+//! its own (`tls_ca_certificate`).
+//!
+//! # What is this crate's own
+//!
+//! Its public types do not change with the versions of tonic, hyper or
+//! http: [`Error`] holds a [`Code`], a [`Status`] and a [`TransportError`]
+//! of this crate, [`Client::builder`] takes the URL as a string, and
+//! [`Client::watch_available_agents`] returns [`AvailabilityEvents`]. What is
+//! tied to tonic's version, and so *not* covered by this crate's semver, is
+//! named so where it is: the escape hatches [`Error::tonic_status`],
+//! [`Status::as_tonic`] and [`Status::into_tonic`], [`Error::details`]
+//! (tonic-types' [`ErrorDetails`]), `From<tonic::Status> for Error`, and the
+//! raw gRPC stubs of [`pb`] (tonic's generated clients).
+//!
+//! The messages of [`pb`] are prost's, and so are the well-known types they
+//! hold, re-exported here ([`Timestamp`], [`Duration`], [`Struct`],
+//! [`Value`], [`FieldMask`]): a new major version of prost is a breaking
+//! release of this crate.
 
 mod admin;
 mod agent;
 mod backoff;
 mod builders;
 mod client;
+mod code;
 mod configurations;
 mod error;
 mod json;
 mod manifests;
+mod pages;
 mod registrations;
+mod retry;
 mod router;
 mod routing;
+mod status;
 
 /// Code generated from `proto/agentry/v1/*.proto` by the workspace's
 /// `tests/codegen.rs`, which fails when this copy is stale; do not edit
@@ -122,17 +174,29 @@ pub mod pb {
 
 pub use agent::{AgentSession, AgentSessionBuilder, Events, SessionEvent, SessionState};
 pub use builders::{
-    AgentFilter, CreateApiKey, CreateConfiguration, CreateManifest, ListApiKeys,
-    ListConfigurations, ListManifests, ListRegistrations, ListTenants, RegisterInstance,
-    UpdateConfiguration, UpdateManifest,
+    AgentFilter, CreateApiKey, CreateConfiguration, CreateManifest, ImportAgentCard,
+    ImportMcpServer, ListApiKeys, ListAuditEvents, ListConfigurations, ListManifests,
+    ListRegistrations, ListTenants, RegisterInstance, SearchAgents, Skill, UpdateConfiguration,
+    UpdateManifest,
 };
-pub use client::{Client, ClientBuilder};
-pub use error::{Error, Result};
+pub use client::{Client, ClientBuilder, Compression};
+pub use code::Code;
+pub use error::{Error, Result, TransportError};
 pub use json::{json_to_struct, struct_to_json};
+pub use pages::Items;
+/// The protobuf well-known types of the messages in [`pb`] (prost-types);
+/// part of the generated messages, so a new major version of prost is a
+/// breaking release of this crate.
 pub use prost_types::{Duration, FieldMask, Struct, Timestamp, Value};
+pub use retry::RetryPolicy;
 pub use router::{Lease, Outcome, Router, RouterView};
-pub use tonic::transport::Uri;
-pub use tonic::{Code, Status};
+pub use routing::{AvailabilityEvents, WatchPosition};
+pub use status::Status;
+/// The standard error details of a status (`google.rpc`), as
+/// [`Error::details`] gives them. A type of tonic-types, whose versions follow
+/// tonic's: like the other escape hatches the crate docs list, it is tied to
+/// the version of tonic this crate uses and not covered by its semver.
+pub use tonic_types::ErrorDetails;
 
 /// Compiles the README's example as a doctest.
 #[cfg(doctest)]

@@ -37,7 +37,7 @@ impl Client {
     }
 
     async fn fetch_manifest(&self, key: Key) -> Result<pb::Manifest> {
-        self.read(pb::GetManifestRequest { key: Some(key) }, |r| {
+        self.retried(pb::GetManifestRequest { key: Some(key) }, |r| {
             let mut service = self.manifest_service();
             async move { service.get_manifest(r).await }
         })
@@ -50,7 +50,7 @@ impl Client {
         &self,
         request: impl Into<pb::ListManifestsRequest>,
     ) -> Result<pb::ListManifestsResponse> {
-        self.read(request.into(), |r| {
+        self.retried(request.into(), |r| {
             let mut service = self.manifest_service();
             async move { service.list_manifests(r).await }
         })
@@ -63,7 +63,7 @@ impl Client {
         &self,
         request: impl Into<pb::UpdateManifestRequest>,
     ) -> Result<pb::Manifest> {
-        self.write(request.into(), |r| {
+        self.retried(request.into(), |r| {
             let mut service = self.manifest_service();
             async move { service.update_manifest(r).await }
         })
@@ -81,5 +81,39 @@ impl Client {
         })
         .await
         .map(drop)
+    }
+
+    /// Creates or updates a manifest from an A2A AgentCard, usually from an
+    /// [`ImportAgentCard`](crate::ImportAgentCard); admin keys only. The
+    /// answer says what happened (`outcome`: created, updated, unchanged,
+    /// validated) and which JSON paths were `mapped` and `ignored`.
+    ///
+    /// A bad card fails with [`Error::InvalidArgument`](crate::Error::InvalidArgument)
+    /// whose [`field`](crate::Error::field) is the JSON path (`$.skills[2].id`);
+    /// a changed card whose version is not higher than the stored one with
+    /// [`Error::FailedPrecondition`](crate::Error::FailedPrecondition). The
+    /// same card again answers `unchanged`, so a retry is safe.
+    pub async fn import_agent_card(
+        &self,
+        request: impl Into<pb::ImportAgentCardRequest>,
+    ) -> Result<pb::ImportResponse> {
+        self.retried(request.into(), |r| {
+            let mut service = self.manifest_service();
+            async move { service.import_agent_card(r).await }
+        })
+        .await
+    }
+
+    /// [`Client::import_agent_card`] for an MCP registry `server.json`,
+    /// usually from an [`ImportMcpServer`](crate::ImportMcpServer).
+    pub async fn import_mcp_server(
+        &self,
+        request: impl Into<pb::ImportMcpServerRequest>,
+    ) -> Result<pb::ImportResponse> {
+        self.retried(request.into(), |r| {
+            let mut service = self.manifest_service();
+            async move { service.import_mcp_server(r).await }
+        })
+        .await
     }
 }

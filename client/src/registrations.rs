@@ -23,7 +23,7 @@ impl Client {
         &self,
         request: impl Into<pb::RegisterInstanceRequest>,
     ) -> Result<pb::RegisterInstanceResponse> {
-        self.write(request.into(), |r| {
+        self.retried(request.into(), |r| {
             let mut service = self.registration_service();
             async move { service.register_instance(r).await }
         })
@@ -45,7 +45,7 @@ impl Client {
     }
 
     async fn fetch_registration(&self, key: Key) -> Result<pb::Registration> {
-        self.read(pb::GetRegistrationRequest { key: Some(key) }, |r| {
+        self.retried(pb::GetRegistrationRequest { key: Some(key) }, |r| {
             let mut service = self.registration_service();
             async move { service.get_registration(r).await }
         })
@@ -58,7 +58,7 @@ impl Client {
         &self,
         request: impl Into<pb::ListRegistrationsRequest>,
     ) -> Result<pb::ListRegistrationsResponse> {
-        self.read(request.into(), |r| {
+        self.retried(request.into(), |r| {
             let mut service = self.registration_service();
             async move { service.list_registrations(r).await }
         })
@@ -83,7 +83,7 @@ impl Client {
             health_status: health.into(),
             epoch,
         };
-        self.write(request, |r| {
+        self.retried(request, |r| {
             let mut service = self.registration_service();
             async move { service.update_health(r).await }
         })
@@ -101,7 +101,7 @@ impl Client {
             instance_id: instance_id.to_owned(),
             epoch,
         };
-        self.write(request, |r| {
+        self.retried(request, |r| {
             let mut service = self.registration_service();
             async move { service.deactivate_registration(r).await }
         })
@@ -122,15 +122,15 @@ impl Client {
             instance_id: instance_id.to_owned(),
             reason: reason.to_owned(),
         };
-        self.write(request, |r| {
+        self.retried(request, |r| {
             let mut service = self.registration_service();
             async move { service.drain_registration(r).await }
         })
         .await
     }
 
-    /// Admin: runs the stale-instance sweep now. `stale_threshold` overrides
-    /// the server's setting; `ignore_partition_guard` deactivates even when
+    /// Admin: runs the stale-instance sweep now. `stale_threshold` (1 s to
+    /// 24 h) overrides the server's setting; `ignore_partition_guard` deactivates even when
     /// many instances went silent at once.
     pub async fn cleanup(
         &self,
@@ -143,7 +143,7 @@ impl Client {
                 .transpose()?,
             ignore_partition_guard,
         };
-        self.write(request, |r| {
+        self.retried(request, |r| {
             let mut service = self.registration_service();
             async move { service.cleanup(r).await }
         })

@@ -8,11 +8,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tonic::Code;
 
 use crate::backoff::backoff;
 use crate::pb::availability_event::Event;
-use crate::{Client, Result, pb};
+use crate::{AvailabilityEvents, Client, Code, Result, WatchPosition, pb};
 
 /// How the work under a lease ended, given to [`Lease::complete`]; the
 /// server counts the outcomes in [`Client::get_agent_metrics`].
@@ -32,10 +31,14 @@ pub struct RouterView {
     /// The matching available agents, one per configuration with the
     /// instance to route to, best score first.
     pub agents: Vec<pb::AvailableAgent>,
-    /// The serving replica's revision at the last event applied. It grows
-    /// with every change that replica sees; a resubscription may land on
-    /// another replica, which counts on its own.
+    /// The revision of the last event applied: it counts the tenant's
+    /// changes on the serving replica, in the stream `stream_id`. A
+    /// resubscription resumes from it; on another replica, which counts on
+    /// its own, it starts over from a snapshot in that replica's stream.
     pub revision: u64,
+    /// The stream `revision` counts in (see
+    /// [`WatchPosition`](crate::WatchPosition)); empty before the first event.
+    pub stream_id: String,
     /// False between a resync marker (or a lost subscription) and the next
     /// snapshot: meanwhile `agents` may be out of date.
     pub synced: bool,
@@ -56,7 +59,9 @@ pub struct Router {
 impl Client {
     /// Starts a router for the agents matching `filter` and waits for the
     /// first snapshot of them. The view then follows changes by itself,
-    /// resubscribing with backoff if the watch breaks.
+    /// resubscribing with backoff if the watch breaks: from the last revision
+    /// it applied, so that a replica that still holds the changes since then
+    /// sends just those, without a snapshot.
     ///
     /// ```no_run
     /// # async fn run(client: agentry_client::Client) -> agentry_client::Result<()> {
@@ -86,14 +91,14 @@ impl Client {
 }
 
 impl Router {
-    /// Time to live of the leases this router hands out (default 60 s, at
-    /// least 30 ms). A held lease is renewed a third of the way through each
+    /// Time to live of the leases this router hands out (default 60 s; held
+    /// within the server's bounds of 1 s to 1 h). A held lease is renewed a third of the way through each
     /// ttl and retried within milliseconds when a renewal fails, so a shorter
     /// ttl only means that a crashed caller's units come back sooner (the
     /// server's sweep frees them once the ttl has run out).
     #[must_use]
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl.max(Duration::from_millis(30));
+        self.ttl = ttl.clamp(Duration::from_secs(1), Duration::from_secs(3600));
         self
     }
 
@@ -258,50 +263,75 @@ where
 async fn follow(
     client: Client,
     filter: pb::AgentFilter,
-    mut stream: tonic::Streaming<pb::AvailabilityEvent>,
+    mut stream: AvailabilityEvents,
     view: watch::Sender<RouterView>,
 ) {
+    // Keyed by configuration id, as the watch's events are.
     let mut agents: HashMap<String, pb::AvailableAgent> = HashMap::new();
-    let mut backoff = RESUBSCRIBE_BACKOFF;
+    // Where to resume from: the last event applied, unless it was a resync marker.
+    let mut position: Option<WatchPosition> = None;
+    let mut failures = 0;
     loop {
         while let Ok(Some(event)) = stream.message().await {
-            backoff = RESUBSCRIBE_BACKOFF;
-            let synced = match event.event {
+            failures = 0;
+            position = stream.position().cloned();
+            let (synced, changed) = match event.event {
                 Some(Event::Snapshot(snapshot)) => {
                     agents = snapshot
                         .agents
                         .into_iter()
                         .filter_map(|a| Some((a.configuration.as_ref()?.id.clone(), a)))
                         .collect();
-                    true
+                    (true, true)
                 }
                 Some(Event::Upserted(agent)) => {
                     if let Some(id) = agent.configuration.as_ref().map(|c| c.id.clone()) {
                         agents.insert(id, agent);
                     }
-                    view.borrow().synced
+                    (view.borrow().synced, true)
                 }
-                Some(Event::Removed(instance)) => {
-                    agents.retain(|_, a| a.instance.as_ref().is_none_or(|i| i.id != instance));
-                    view.borrow().synced
+                Some(Event::Removed(removed)) => {
+                    let gone = agents.remove(&removed.configuration_id).is_some();
+                    (view.borrow().synced, gone)
                 }
-                Some(Event::Resync(_)) | None => false,
+                // Nothing changed; first on a resumed watch, whose set is ours.
+                Some(Event::Progress(_)) => (true, false),
+                Some(Event::Resync(_)) | None => (false, false),
             };
-            let mut sorted: Vec<pb::AvailableAgent> = agents.values().cloned().collect();
-            sorted.sort_by(|a, b| b.score.total_cmp(&a.score));
-            view.send_replace(RouterView {
-                agents: sorted,
-                revision: event.revision,
-                synced,
+            let sorted = changed.then(|| {
+                let mut sorted: Vec<pb::AvailableAgent> = agents.values().cloned().collect();
+                sorted.sort_by(|a, b| b.score.total_cmp(&a.score));
+                sorted
+            });
+            // Receivers wake only when the agents or their synced state change.
+            view.send_if_modified(|v| {
+                let modified = changed || v.synced != synced;
+                if let Some(sorted) = sorted {
+                    v.agents = sorted;
+                }
+                v.revision = event.revision;
+                v.stream_id = event.stream_id;
+                v.synced = synced;
+                modified
             });
         }
         view.send_modify(|v| v.synced = false);
         if view.is_closed() {
             return;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_RESUBSCRIBE_BACKOFF);
-        match client.watch_available_agents(filter.clone()).await {
+        client.suspect_replicas();
+        tokio::time::sleep(backoff(
+            RESUBSCRIBE_BACKOFF,
+            MAX_RESUBSCRIBE_BACKOFF,
+            failures,
+        ))
+        .await;
+        failures += 1;
+        let resubscribed = match &position {
+            Some(p) => client.watch_available_agents_since(filter.clone(), p).await,
+            None => client.watch_available_agents(filter.clone()).await,
+        };
+        match resubscribed {
             Ok(s) => stream = s,
             Err(_) => continue,
         }

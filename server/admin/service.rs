@@ -6,6 +6,7 @@ use tracing::instrument;
 
 use super::request::{KeyListing, NewKey, NewTenant, Page};
 use super::store;
+use crate::audit::{self, AuditFilter};
 use crate::auth::Authenticator;
 use crate::pagination::{self, TimeKey};
 use crate::pb::admin_service_server::AdminService;
@@ -13,8 +14,10 @@ use crate::pb::{self, Role};
 use crate::request::Id;
 
 const ADMIN: &[Role] = &[Role::Admin];
+/// Who may read the audit log: admins all of it, tenants their own.
+const AUDITORS: &[Role] = &[Role::Admin, Role::Tenant];
 
-/// Serves tenants and API keys to admins.
+/// Serves tenants and API keys to admins, and the audit log.
 #[derive(Debug, Clone)]
 pub struct AdminApi {
     auth: Authenticator,
@@ -36,8 +39,8 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        let (_, new) = self.auth.accept::<_, NewTenant>(request, ADMIN).await?;
-        let row = store::create_tenant(&self.pool, &new.name).await?;
+        let (caller, new) = self.auth.accept::<_, NewTenant>(request, ADMIN).await?;
+        let row = store::create_tenant(&self.pool, &caller.actor(), &new.name).await?;
         tracing::info!(id = %row.id, "tenant created");
         Ok(Response::new(row.into()))
     }
@@ -65,9 +68,10 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::CreateApiKeyRequest>,
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
-        let (_, new) = self.auth.accept::<_, NewKey>(request, ADMIN).await?;
+        let (caller, new) = self.auth.accept::<_, NewKey>(request, ADMIN).await?;
+        let actor = caller.actor();
         let (row, secret) =
-            store::create_key(&self.pool, new.role, new.tenant, &new.description).await?;
+            store::create_key(&self.pool, &actor, new.role, new.tenant, &new.description).await?;
         tracing::info!(key = %row.id, "api key created");
         Ok(Response::new(pb::CreateApiKeyResponse {
             api_key: Some(row.into()),
@@ -99,11 +103,27 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::RevokeApiKeyRequest>,
     ) -> Result<Response<pb::ApiKey>, Status> {
-        let (_, Id(id)) = self.auth.accept::<_, Id>(request, ADMIN).await?;
-        let row = store::revoke_key(&self.pool, id).await?;
+        let (caller, Id(id)) = self.auth.accept::<_, Id>(request, ADMIN).await?;
+        let row = store::revoke_key(&self.pool, &caller.actor(), id).await?;
         // Here at once; other replicas through the change feed.
         self.auth.forget(id);
         tracing::info!("api key revoked");
         Ok(Response::new(row.into()))
+    }
+
+    #[instrument(name = "admin.list_audit_events", skip_all, fields(role, tenant))]
+    async fn list_audit_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        let (caller, filter) = self
+            .auth
+            .accept::<_, AuditFilter>(request, AUDITORS)
+            .await?;
+        // From the key, never from the request: a tenant sees its own log.
+        let tenant = caller.scope("")?.filter();
+        Ok(Response::new(
+            audit::page(&self.pool, tenant, &filter).await?,
+        ))
     }
 }

@@ -1,9 +1,12 @@
 //! SQL of tenants and API keys. Also used by the `keys` and `tenants` commands.
+//! Every change is audited in its transaction.
 
 use chrono::{DateTime, Utc};
+use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::audit::{self, Actor, Target};
 use crate::auth::mint_key;
 use crate::error::{Error, Result};
 use crate::pagination::TimeKey;
@@ -51,14 +54,28 @@ impl From<ApiKeyRow> for pb::ApiKey {
     }
 }
 
-pub async fn create_tenant(pool: &PgPool, name: &str) -> Result<TenantRow> {
+/// Creates tenant `name` for `actor`.
+pub async fn create_tenant(pool: &PgPool, actor: &Actor, name: &str) -> Result<TenantRow> {
     crate::validate::slug("name", name, 63)?;
-    sqlx::query_as("INSERT INTO tenants (id, name) VALUES ($1, $2) RETURNING id, name, created_at")
-        .bind(Uuid::new_v4())
-        .bind(name)
-        .fetch_one(pool)
-        .await
-        .map_err(Error::from)
+    let mut tx = pool.begin().await?;
+    let row: TenantRow = sqlx::query_as(
+        "INSERT INTO tenants (id, name) VALUES ($1, $2) RETURNING id, name, created_at",
+    )
+    .bind(Uuid::new_v4())
+    .bind(name)
+    .fetch_one(&mut *tx)
+    .await?;
+    let target = Target::new("tenant", row.id, Some(row.id));
+    audit::record(
+        &mut tx,
+        actor,
+        "tenant.create",
+        target,
+        json!({ "name": name }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(row)
 }
 
 /// A tenant by UUID or by name.
@@ -89,15 +106,18 @@ pub async fn list_tenants(
     .await?)
 }
 
-/// Creates a key and returns it with its secret, which is not stored.
+/// Creates a key for `actor` and returns it with its secret, which is
+/// stored nowhere, the audit log included.
 pub async fn create_key(
     pool: &PgPool,
+    actor: &Actor,
     role: Role,
     tenant: Option<Uuid>,
     description: &str,
 ) -> Result<(ApiKeyRow, String)> {
     let key = mint_key()?;
-    let row = sqlx::query_as(
+    let mut tx = pool.begin().await?;
+    let row: ApiKeyRow = sqlx::query_as(
         "INSERT INTO api_keys (id, role, tenant_id, secret_hash, description) VALUES ($1, $2, $3, $4, $5) \
          RETURNING id, role, tenant_id, description, created_at, revoked_at",
     )
@@ -106,8 +126,12 @@ pub async fn create_key(
     .bind(tenant)
     .bind(&key.hash)
     .bind(description)
-    .fetch_one(pool)
+    .fetch_one(&mut *tx)
     .await?;
+    let details = json!({ "role": row.role, "description": row.description });
+    let target = Target::new("api_key", row.id, row.tenant_id);
+    audit::record(&mut tx, actor, "api_key.create", target, details).await?;
+    tx.commit().await?;
     Ok((row, key.secret))
 }
 
@@ -134,14 +158,27 @@ pub async fn list_keys(
     .await?)
 }
 
-/// Revokes a key; revoking it again keeps the first revocation time.
-pub async fn revoke_key(pool: &PgPool, id: Uuid) -> Result<ApiKeyRow> {
-    sqlx::query_as(
+/// Revokes a key for `actor`; revoking it again keeps the first revocation
+/// time.
+pub async fn revoke_key(pool: &PgPool, actor: &Actor, id: Uuid) -> Result<ApiKeyRow> {
+    let mut tx = pool.begin().await?;
+    let row: ApiKeyRow = sqlx::query_as(
         "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 \
          RETURNING id, role, tenant_id, description, created_at, revoked_at",
     )
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?
-    .ok_or_else(|| Error::NotFound("api key".into()))
+    .ok_or_else(|| Error::NotFound("api key".into()))?;
+    let target = Target::new("api_key", row.id, row.tenant_id);
+    audit::record(
+        &mut tx,
+        actor,
+        "api_key.revoke",
+        target,
+        json!({ "role": row.role }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(row)
 }

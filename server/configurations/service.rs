@@ -7,7 +7,7 @@ use tracing::instrument;
 use super::request::{ConfigurationPatch, ListConfigurations, NewConfiguration, WorkloadChange};
 use super::store;
 use crate::auth::Authenticator;
-use crate::error::Error;
+use crate::error::{Error, reason};
 use crate::manifests::store as manifests;
 use crate::pagination::{self, TimeKey};
 use crate::pb::configuration_service_server::ConfigurationService;
@@ -49,7 +49,8 @@ impl ConfigurationService for ConfigurationApi {
         let manifest = manifests::get(&self.pool, &new.manifest, false).await?;
         tracing::Span::current().record("manifest", manifest.agent_id.as_str());
         let fields = new.fields(&manifest.name)?;
-        let row = store::insert(&self.pool, tenant, manifest.id, &fields).await?;
+        let actor = caller.actor();
+        let row = store::insert(&self.pool, &actor, tenant, manifest.id, &fields).await?;
         tracing::info!(id = %row.id, "configuration created");
         Ok(Response::new(row.into()))
     }
@@ -101,13 +102,16 @@ impl ConfigurationService for ConfigurationApi {
         let workload = current.current_workload;
         let fields = patch.apply(current.into())?;
         if fields.max_workload < workload {
-            return Err(Error::FailedPrecondition(format!(
-                "max_workload {} is below the current workload {workload}",
-                fields.max_workload
-            ))
+            return Err(Error::precondition(
+                reason::WORKLOAD_OUT_OF_RANGE,
+                format!(
+                    "max_workload {} is below the current workload {workload}",
+                    fields.max_workload
+                ),
+            )
             .into());
         }
-        let row = store::update(&mut *tx, id, &fields).await?;
+        let row = store::update(&mut tx, &caller.actor(), id, &fields, &paths).await?;
         tx.commit().await.map_err(Error::from)?;
         tracing::info!(fields = ?paths, "configuration updated");
         // Agents hear of it through the change feed, on every replica.
@@ -120,7 +124,7 @@ impl ConfigurationService for ConfigurationApi {
         request: Request<pb::DeleteConfigurationRequest>,
     ) -> Result<Response<pb::DeleteConfigurationResponse>, Status> {
         let (caller, Id(id)) = self.auth.accept::<_, Id>(request, OWNERS).await?;
-        store::delete(&self.pool, caller.scope("")?.filter(), id).await?;
+        store::delete(&self.pool, &caller.actor(), caller.scope("")?.filter(), id).await?;
         tracing::info!("configuration deleted");
         Ok(Response::new(pb::DeleteConfigurationResponse {}))
     }
@@ -139,7 +143,20 @@ impl ConfigurationService for ConfigurationApi {
             .accept::<_, WorkloadChange>(request, OWNERS)
             .await?;
         let tenant = caller.scope("")?.filter();
-        let row = store::add_workload(&self.pool, tenant, change.id, change.delta).await?;
+        let actor = caller.actor();
+        let row = store::add_workload(&self.pool, &actor, tenant, change.id, change.delta).await?;
         Ok(Response::new(row.into()))
+    }
+
+    #[instrument(name = "configuration.agent_card", skip_all, fields(role, tenant, id))]
+    async fn get_agent_card(
+        &self,
+        request: Request<pb::GetAgentCardRequest>,
+    ) -> Result<Response<pb::AgentCard>, Status> {
+        let (caller, Id(id)) = self.auth.accept::<_, Id>(request, OWNERS).await?;
+        let card = super::cards::agent_card(&self.pool, caller.scope("")?.filter(), id).await?;
+        Ok(Response::new(pb::AgentCard {
+            card_json: card.to_string(),
+        }))
     }
 }

@@ -1,10 +1,12 @@
 //! SQL of configurations. Every statement carries the tenant scope.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgExecutor, PgPool};
+use serde_json::json;
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::error::{Error, Result};
+use crate::audit::{self, Actor, Target};
+use crate::error::{Error, Result, reason};
 use crate::pagination::TimeKey;
 use crate::pb;
 
@@ -18,6 +20,8 @@ pub struct ConfigurationRow {
     #[sqlx(flatten)]
     pub fields: ConfigurationFields,
     pub current_workload: i32,
+    /// The part of `current_workload` that UpdateWorkload set (migration 0011).
+    pub manual_workload: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -52,6 +56,7 @@ impl From<ConfigurationRow> for pb::Configuration {
             model_id: f.model_id.map(|id| id.to_string()).unwrap_or_default(),
             max_workload: f.max_workload,
             current_workload: row.current_workload,
+            manual_workload: row.manual_workload,
             create_time: Some(pb::timestamp(row.created_at)),
             update_time: Some(pb::timestamp(row.updated_at)),
         }
@@ -75,7 +80,7 @@ macro_rules! select_from {
         concat!(
             "SELECT c.id, c.tenant_id, c.manifest_id, m.agent_id, c.name, c.enabled, c.configuration, \
              c.system_prompt, c.temperature, c.max_tokens, c.model_id, c.max_workload, \
-             c.current_workload, c.created_at, c.updated_at FROM ",
+             c.current_workload, c.manual_workload, c.created_at, c.updated_at FROM ",
             $source,
             " c JOIN agent_manifests m ON m.id = c.manifest_id"
         )
@@ -97,9 +102,10 @@ macro_rules! bind_fields {
     };
 }
 
-/// Creates a configuration of `manifest_id` for `tenant`.
+/// Creates a configuration of `manifest_id` for `tenant`, by `actor`.
 pub async fn insert(
     pool: &PgPool,
+    actor: &Actor,
     tenant: Uuid,
     manifest_id: Uuid,
     f: &ConfigurationFields,
@@ -113,7 +119,17 @@ pub async fn insert(
     .bind(Uuid::new_v4())
     .bind(tenant)
     .bind(manifest_id);
-    Ok(bind_fields!(query, f).fetch_one(pool).await?)
+    let mut tx = pool.begin().await?;
+    let row: ConfigurationRow = bind_fields!(query, f).fetch_one(&mut *tx).await?;
+    let details = json!({
+        "manifest_id": row.manifest_id,
+        "agent_id": row.agent_id,
+        "name": row.fields.name,
+    });
+    let target = Target::new("configuration", row.id, Some(row.tenant_id));
+    audit::record(&mut tx, actor, "configuration.create", target, details).await?;
+    tx.commit().await?;
+    Ok(row)
 }
 
 /// One configuration within `tenant` (`None`: any tenant), optionally locked.
@@ -182,11 +198,16 @@ pub async fn list(pool: &PgPool, f: &ConfigurationFilter) -> Result<Vec<Configur
     .await?)
 }
 
-/// Overwrites the writable fields of configuration `id`.
-pub async fn update<'e>(
-    db: impl PgExecutor<'e>,
+/// Overwrites the writable fields of configuration `id` for `actor`, in the
+/// caller's transaction. The audit log gets the names of the fields the
+/// update named (`paths`), never their values: a system prompt is the
+/// tenant's and may be long.
+pub async fn update(
+    conn: &mut PgConnection,
+    actor: &Actor,
     id: Uuid,
     f: &ConfigurationFields,
+    paths: &[String],
 ) -> Result<ConfigurationRow> {
     let query = sqlx::query_as(concat!(
         "WITH updated AS (UPDATE agent_configurations SET name = $2, enabled = $3, configuration = $4, \
@@ -195,59 +216,92 @@ pub async fn update<'e>(
         select_from!("updated")
     ))
     .bind(id);
-    bind_fields!(query, f)
-        .fetch_optional(db)
+    let row: ConfigurationRow = bind_fields!(query, f)
+        .fetch_optional(&mut *conn)
         .await?
-        .ok_or_else(|| Error::NotFound("configuration".into()))
+        .ok_or_else(|| Error::NotFound("configuration".into()))?;
+    let target = Target::new("configuration", id, Some(row.tenant_id));
+    let details = json!({ "fields": paths });
+    audit::record(conn, actor, "configuration.update", target, details).await?;
+    Ok(row)
 }
 
-pub async fn delete(pool: &PgPool, tenant: Option<Uuid>, id: Uuid) -> Result<()> {
-    let done = sqlx::query(
-        "DELETE FROM agent_configurations WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)",
+/// Deletes configuration `id` within `tenant` (`None`: any tenant) for `actor`.
+pub async fn delete(pool: &PgPool, actor: &Actor, tenant: Option<Uuid>, id: Uuid) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    let deleted: Option<(Uuid,)> = sqlx::query_as(
+        "DELETE FROM agent_configurations WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2) \
+         RETURNING tenant_id",
     )
     .bind(id)
     .bind(tenant)
-    .execute(pool)
+    .fetch_optional(&mut *tx)
     .await?;
-    if done.rows_affected() == 0 {
-        return Err(Error::NotFound("configuration".into()));
-    }
+    let (owner,) = deleted.ok_or_else(|| Error::NotFound("configuration".into()))?;
+    let target = Target::new("configuration", id, Some(owner));
+    audit::record(&mut tx, actor, "configuration.delete", target, json!({})).await?;
+    tx.commit().await?;
     Ok(())
 }
 
-/// Adds `delta` to current_workload in one statement that can only succeed
-/// while the result stays within 0..=max_workload, whatever runs concurrently.
+/// Adds `delta` to the manual part of the workload (migration 0011: the
+/// counter is that part plus the open leases' units), in one statement that
+/// can only succeed while the manual part stays at least zero and the whole
+/// within max_workload, whatever runs concurrently; audited for `actor` in
+/// the same transaction.
 pub async fn add_workload(
     pool: &PgPool,
+    actor: &Actor,
     tenant: Option<Uuid>,
     id: Uuid,
     delta: i32,
 ) -> Result<ConfigurationRow> {
-    let updated: Option<ConfigurationRow> = sqlx::query_as(concat!(
+    let query = sqlx::query_as(concat!(
         "WITH updated AS (UPDATE agent_configurations SET current_workload = current_workload + $3, \
-         updated_at = now() WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2) \
-         AND current_workload + $3 BETWEEN 0 AND max_workload RETURNING *) ",
+         manual_workload = manual_workload + $3, updated_at = now() \
+         WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2) \
+         AND manual_workload + $3 >= 0 AND current_workload + $3 <= max_workload RETURNING *) ",
         select_from!("updated")
     ))
     .bind(id)
     .bind(tenant)
-    .bind(delta)
-    .fetch_optional(pool)
-    .await?;
+    .bind(delta);
+    let mut tx = pool.begin().await?;
+    let updated: Option<ConfigurationRow> = query.fetch_optional(&mut *tx).await?;
     if let Some(row) = updated {
+        let target = Target::new("configuration", id, Some(row.tenant_id));
+        let details = json!({ "delta": delta, "current_workload": row.current_workload });
+        audit::record(
+            &mut tx,
+            actor,
+            "configuration.update_workload",
+            target,
+            details,
+        )
+        .await?;
+        tx.commit().await?;
         return Ok(row);
     }
+    drop(tx);
     // Nothing changed: read the row only to say why.
     let row = get(pool, tenant, id, false).await?;
-    let (current, max) = (row.current_workload, row.fields.max_workload);
+    let (current, max, manual) = (
+        row.current_workload,
+        row.fields.max_workload,
+        row.manual_workload,
+    );
     Err(if delta > 0 {
         Error::ResourceExhausted(format!(
             "workload {current} + {delta} would exceed max_workload {max}"
         ))
     } else {
-        Error::FailedPrecondition(format!(
-            "workload {current} - {} would go below zero",
-            -i64::from(delta)
-        ))
+        Error::precondition(
+            reason::WORKLOAD_OUT_OF_RANGE,
+            format!(
+                "the manual workload {manual} - {} would go below zero; the other {} units are held by leases, which only ReleaseLease or their expiry give back",
+                -i64::from(delta),
+                current - manual
+            ),
+        )
     })
 }

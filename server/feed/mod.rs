@@ -5,7 +5,8 @@
 //! replica made it; heartbeat-only writes notify nobody. Each replica runs
 //! one [`Feed`]: it LISTENs, then reads a [`Snapshot`], then turns every
 //! burst of notifications into [`Update`]s, reading the rows they name in one
-//! statement per kind, and hands them to its [`Follower`]s: the routing view,
+//! statement per kind (a load report travels in its notification and is
+//! read from nowhere), and hands them to its [`Follower`]s: the routing view,
 //! the authenticator's key cache and the health-stream sessions. When the
 //! listening connection drops, notifications may have been lost, so the feed
 //! reconnects and every follower starts over from a fresh snapshot.
@@ -21,13 +22,14 @@ use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-pub use change::{Change, Op};
+pub use change::{Change, LoadNote, Op};
 
 use crate::configurations::store::{self as configurations, ConfigurationRow};
 use crate::error::{Error, Result};
 use crate::manifests::store::{self as manifests, ManifestRow};
 use crate::registrations::store::{self as registrations, RegistrationRow};
 use crate::routing::store::{self as leases, OpenLeases};
+use crate::telemetry::metrics as telemetry;
 
 /// The channel the triggers notify.
 pub const CHANNEL: &str = "agentry_changes";
@@ -53,6 +55,9 @@ pub struct Snapshot {
 /// One change with the row it names, read after the change committed
 /// (`None`: the row is gone, or not the notified tenant's).
 #[derive(Debug, Clone)]
+// Registration rows are the big variant and the common one: boxing them
+// would add an allocation per row to every burst, to shrink the rare ones.
+#[allow(clippy::large_enum_variant)]
 pub enum Update {
     /// A configuration was created, changed or deleted.
     Configuration {
@@ -73,6 +78,9 @@ pub enum Update {
         id: Uuid,
         row: Option<RegistrationRow>,
     },
+    /// Only a registration's load report changed (nothing read: the
+    /// notification carried it).
+    Load(LoadNote),
     /// A manifest was created, changed or deleted.
     Manifest { id: Uuid, row: Option<ManifestRow> },
     /// An instance's open leases changed by `delta`.
@@ -98,12 +106,17 @@ pub trait Follower: Send + Sync + std::fmt::Debug {
 pub struct Feed {
     pool: PgPool,
     followers: Vec<Arc<dyn Follower>>,
+    /// Where LISTEN runs: a session connection (a pooler in transaction
+    /// mode would drop the subscription with the transaction).
+    listen: PgPool,
 }
 
 impl Feed {
-    /// A feed over `pool` with no followers yet.
-    pub fn new(pool: PgPool) -> Self {
+    /// A feed over `pool` with no followers yet; it listens on `listen`
+    /// (a direct pool) when given, else on `pool`.
+    pub fn new(pool: PgPool, listen: Option<PgPool>) -> Self {
         Feed {
+            listen: listen.unwrap_or_else(|| pool.clone()),
             pool,
             followers: Vec::new(),
         }
@@ -133,13 +146,14 @@ impl Feed {
     }
 
     async fn listen_once(&self, stopping: &mut watch::Receiver<bool>) -> Result<()> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
+        let mut listener = PgListener::connect_with(&self.listen).await?;
         // Listen first, then load: nothing that commits in between is missed.
         listener.listen(CHANNEL).await?;
         let snapshot = snapshot(&self.pool).await?;
         for follower in &self.followers {
             follower.reset(&snapshot);
         }
+        metrics::counter!(telemetry::FEED_RESETS).increment(1);
         drop(snapshot);
         loop {
             let notification = tokio::select! {
@@ -149,6 +163,7 @@ impl Feed {
             let Some(first) = notification else {
                 return Err(Error::Internal("change feed connection lost".into()));
             };
+            let arrived = std::time::Instant::now();
             // Whatever else has arrived is applied with it: a sweep or a
             // fleet's reconnect changes thousands of rows at once, and one
             // read per change would queue on the pool.
@@ -167,10 +182,14 @@ impl Feed {
                     .then(|| listener.next_buffered())
                     .flatten();
             }
+            let count = changes.len();
             let updates = resolve(&self.pool, changes).await?;
             for follower in &self.followers {
                 follower.apply(&updates);
             }
+            metrics::counter!(telemetry::FEED_BURSTS).increment(1);
+            metrics::counter!(telemetry::FEED_CHANGES).increment(count as u64);
+            metrics::histogram!(telemetry::FEED_LAG).record(arrived.elapsed().as_secs_f64());
         }
     }
 }
@@ -241,6 +260,7 @@ async fn resolve(pool: &PgPool, changes: Vec<Change>) -> Result<Vec<Update>> {
                 id,
                 row: regs.get(&id).filter(|r| r.tenant_id == tenant).cloned(),
             },
+            Change::Load(note) => Update::Load(note),
             Change::Manifest { id } => Update::Manifest {
                 id,
                 row: mans.get(&id).cloned(),

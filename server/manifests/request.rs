@@ -3,6 +3,8 @@
 
 use uuid::Uuid;
 
+use super::card::{self, CardFields, Path, Skill};
+use super::import;
 use super::store::{ManifestFields, ManifestFilter, ManifestKey};
 use crate::error::{Error, Result};
 use crate::pagination;
@@ -32,6 +34,8 @@ impl ManifestPatch {
                 "requirements" => dst.requirements = std::mem::take(&mut src.requirements),
                 "metadata" => dst.metadata = src.metadata.take(),
                 "status" => dst.status = src.status,
+                "skills" => dst.skills = std::mem::take(&mut src.skills),
+                "card" => dst.card = src.card.take(),
                 other => {
                     return Err(Error::invalid(
                         "update_mask",
@@ -60,7 +64,15 @@ fn fields(m: pb::Manifest) -> Result<ManifestFields> {
     )?;
     let status =
         validate::enum_value(&f("status"), m.status)?.unwrap_or(pb::ManifestStatus::Active);
+    let skills: Vec<Skill> = m.skills.into_iter().map(Into::into).collect();
+    card::check_skills(Path::PROTO, &skills)?;
+    let card = m.card.map(CardFields::from_proto).transpose()?;
+    if let Some(card) = &card {
+        card::check_card(Path::PROTO, card)?;
+    }
     Ok(ManifestFields {
+        skills,
+        card,
         metadata: validate::json(&f("metadata"), m.metadata)?,
         agent_id: m.agent_id,
         agent_type: m.agent_type,
@@ -107,6 +119,12 @@ impl TryFrom<pb::ListManifestsRequest> for ManifestFilter {
     type Error = Error;
     fn try_from(r: pb::ListManifestsRequest) -> Result<Self> {
         let non_empty = |s: String| (!s.is_empty()).then_some(s);
+        if !r.agent_type.is_empty() {
+            validate::slug("agent_type", &r.agent_type, 64)?;
+        }
+        if !r.capability.is_empty() {
+            validate::capability("capability", &r.capability)?;
+        }
         Ok(ManifestFilter {
             status: validate::enum_value("status", r.status)?,
             agent_type: non_empty(r.agent_type),
@@ -134,5 +152,84 @@ impl TryFrom<pb::UpdateManifestRequest> for ManifestPatch {
 impl Traced for ManifestPatch {
     fn trace(&self, span: &tracing::Span) {
         span.record("id", tracing::field::display(self.id));
+    }
+}
+
+/// `ImportAgentCard` or `ImportMcpServer`: the document mapped to the
+/// manifest it creates (or, for an existing agent_id, updates).
+#[derive(Debug)]
+pub struct Import {
+    pub fields: ManifestFields,
+    pub mapped: Vec<String>,
+    pub ignored: Vec<String>,
+    pub validate_only: bool,
+}
+
+impl Import {
+    fn new(
+        doc: import::Mapped,
+        agent_id: String,
+        agent_type: String,
+        default_type: &str,
+        validate_only: bool,
+    ) -> Result<Self> {
+        let agent_id = if agent_id.is_empty() {
+            validate::slug("agent_id", &doc.derived_agent_id, 64).map_err(|_| {
+                Error::invalid(
+                    "agent_id",
+                    "could not be derived from the document's name: give one",
+                )
+            })?;
+            doc.derived_agent_id
+        } else {
+            validate::slug("agent_id", &agent_id, 64)?;
+            agent_id
+        };
+        let agent_type = if agent_type.is_empty() {
+            default_type.to_owned()
+        } else {
+            validate::slug("agent_type", &agent_type, 64)?;
+            agent_type
+        };
+        Ok(Import {
+            fields: ManifestFields {
+                agent_id,
+                agent_type,
+                name: doc.name,
+                description: doc.description,
+                version: doc.version,
+                capabilities: Vec::new(),
+                requirements: String::new(),
+                metadata: serde_json::json!({}),
+                status: pb::ManifestStatus::Active,
+                skills: doc.skills,
+                card: Some(doc.card),
+            },
+            mapped: doc.mapped,
+            ignored: doc.ignored,
+            validate_only,
+        })
+    }
+}
+
+impl TryFrom<pb::ImportAgentCardRequest> for Import {
+    type Error = Error;
+    fn try_from(r: pb::ImportAgentCardRequest) -> Result<Self> {
+        let doc = import::agent_card("card_json", &r.card_json)?;
+        Import::new(doc, r.agent_id, r.agent_type, "a2a", r.validate_only)
+    }
+}
+
+impl TryFrom<pb::ImportMcpServerRequest> for Import {
+    type Error = Error;
+    fn try_from(r: pb::ImportMcpServerRequest) -> Result<Self> {
+        let doc = import::mcp_server("server_json", &r.server_json)?;
+        Import::new(doc, r.agent_id, r.agent_type, "mcp", r.validate_only)
+    }
+}
+
+impl Traced for Import {
+    fn trace(&self, span: &tracing::Span) {
+        span.record("agent_id", self.fields.agent_id.as_str());
     }
 }

@@ -1,11 +1,14 @@
 //! SQL of manifests.
 
 use chrono::{DateTime, Utc};
+use serde_json::json;
 use sqlx::types::Json;
-use sqlx::{PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::error::{Error, Result};
+use super::card::{CardFields, Skill};
+use crate::audit::{self, Actor, Target};
+use crate::error::{Error, Result, reason};
 use crate::pb;
 
 /// A manifest as stored.
@@ -21,6 +24,8 @@ pub struct ManifestRow {
     pub requirements: String,
     pub metadata: serde_json::Value,
     pub status: String,
+    pub skills: Json<Vec<Skill>>,
+    pub card: Option<Json<CardFields>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -37,6 +42,8 @@ pub struct ManifestFields {
     pub requirements: String,
     pub metadata: serde_json::Value,
     pub status: pb::ManifestStatus,
+    pub skills: Vec<Skill>,
+    pub card: Option<CardFields>,
 }
 
 impl From<ManifestRow> for ManifestFields {
@@ -51,6 +58,8 @@ impl From<ManifestRow> for ManifestFields {
             requirements: row.requirements,
             metadata: row.metadata,
             status: pb::ManifestStatus::from_db_name(&row.status),
+            skills: row.skills.0,
+            card: row.card.map(|c| c.0),
         }
     }
 }
@@ -70,7 +79,28 @@ impl From<ManifestRow> for pb::Manifest {
             requirements: row.requirements,
             metadata: Some(pb::json_to_struct(row.metadata)),
             status: pb::ManifestStatus::from_db_name(&row.status).into(),
+            skills: row.skills.0.into_iter().map(Into::into).collect(),
+            card: row.card.map(|c| c.0.into_proto()),
         }
+    }
+}
+
+/// The manifest `m` would be once stored (no id, no times): what a
+/// `validate_only` import answers.
+pub fn unsaved(m: ManifestFields) -> pb::Manifest {
+    pb::Manifest {
+        status: m.status.into(),
+        agent_id: m.agent_id,
+        agent_type: m.agent_type,
+        name: m.name,
+        description: m.description,
+        version: m.version,
+        capabilities: m.capabilities,
+        requirements: m.requirements,
+        metadata: Some(pb::json_to_struct(m.metadata)),
+        skills: m.skills.into_iter().map(Into::into).collect(),
+        card: m.card.map(CardFields::into_proto),
+        ..pb::Manifest::default()
     }
 }
 
@@ -94,7 +124,7 @@ pub struct ManifestFilter {
 macro_rules! columns {
     () => {
         "id, agent_id, agent_type, name, description, version, capabilities, \
-         requirements, metadata, status, created_at, updated_at"
+         requirements, metadata, status, skills, card, created_at, updated_at"
     };
 }
 
@@ -110,20 +140,106 @@ macro_rules! bind_fields {
             .bind(&$m.requirements)
             .bind(&$m.metadata)
             .bind($m.status.db_name())
+            .bind(Json(&$m.skills))
+            .bind($m.card.as_ref().map(Json))
     };
 }
 
-/// Creates a manifest.
-pub async fn insert(pool: &PgPool, m: &ManifestFields) -> Result<ManifestRow> {
+/// Creates a manifest for `actor`.
+pub async fn insert(pool: &PgPool, actor: &Actor, m: &ManifestFields) -> Result<ManifestRow> {
+    let mut tx = pool.begin().await?;
+    let row = insert_in(&mut tx, actor, m, "manifest.create").await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+/// Creates a manifest in the caller's transaction, audited as `action`.
+async fn insert_in(
+    conn: &mut PgConnection,
+    actor: &Actor,
+    m: &ManifestFields,
+    action: &'static str,
+) -> Result<ManifestRow> {
     let query = sqlx::query_as(concat!(
         "INSERT INTO agent_manifests (id, agent_id, agent_type, name, description, version, \
-         capabilities, requirements, metadata, status) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ",
+         capabilities, requirements, metadata, status, skills, card) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING ",
         columns!()
     ))
     .bind(Uuid::new_v4())
     .bind(&m.agent_id);
-    Ok(bind_fields!(query, m).fetch_one(pool).await?)
+    let row: ManifestRow = bind_fields!(query, m).fetch_one(&mut *conn).await?;
+    let details = json!({ "agent_id": row.agent_id, "version": row.version });
+    let target = Target::new("manifest", row.id, None);
+    audit::record(conn, actor, action, target, details).await?;
+    Ok(row)
+}
+
+/// What an import did to the manifest of its agent_id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Imported {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+/// Creates the manifest `fields.agent_id` from an imported document, or
+/// updates it when the document's version is higher; the same version with
+/// the same content is `Unchanged`, anything else `FAILED_PRECONDITION`
+/// (versions are immutable: no history is kept). On update the manifest
+/// keeps its agent_type, capabilities, requirements, metadata and status.
+pub async fn import(
+    pool: &PgPool,
+    actor: &Actor,
+    fields: ManifestFields,
+) -> Result<(ManifestRow, Imported)> {
+    let mut tx = pool.begin().await?;
+    let current: Option<ManifestRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM agent_manifests WHERE agent_id = $1 FOR UPDATE"
+    ))
+    .bind(&fields.agent_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(current) = current else {
+        let row = insert_in(&mut tx, actor, &fields, "manifest.import").await?;
+        tx.commit().await?;
+        return Ok((row, Imported::Created));
+    };
+    let same = current.name == fields.name
+        && current.description == fields.description
+        && current.skills.0 == fields.skills
+        && current.card.as_ref().map(|c| &c.0) == fields.card.as_ref();
+    let (old, new) = (
+        semver::Version::parse(&current.version).ok(),
+        semver::Version::parse(&fields.version).ok(),
+    );
+    if current.version == fields.version && same {
+        return Ok((current, Imported::Unchanged));
+    }
+    if new <= old {
+        return Err(Error::precondition(
+            reason::VERSION_PUBLISHED,
+            format!(
+                "manifest {} holds version {} and versions are immutable: a changed document must raise its version",
+                current.agent_id, current.version
+            ),
+        ));
+    }
+    let id = current.id;
+    let kept = ManifestFields {
+        name: fields.name,
+        description: fields.description,
+        version: fields.version,
+        skills: fields.skills,
+        card: fields.card,
+        ..current.into()
+    };
+    let paths = ["name", "description", "version", "skills", "card"].map(String::from);
+    let row = update(&mut tx, actor, id, &kept, &paths).await?;
+    tx.commit().await?;
+    Ok((row, Imported::Updated))
 }
 
 /// One manifest, optionally locked for update within a transaction.
@@ -200,42 +316,65 @@ pub async fn list(pool: &PgPool, f: &ManifestFilter) -> Result<Vec<ManifestRow>>
     .await?)
 }
 
-/// Overwrites the writable fields of manifest `id` (agent_id stays).
-pub async fn update<'e>(
-    db: impl PgExecutor<'e>,
+/// Overwrites the writable fields of manifest `id` (agent_id stays) for
+/// `actor`, in the caller's transaction; `paths` are the fields the update
+/// named, for the audit log.
+pub async fn update(
+    conn: &mut PgConnection,
+    actor: &Actor,
     id: Uuid,
     m: &ManifestFields,
+    paths: &[String],
 ) -> Result<ManifestRow> {
     let query = sqlx::query_as(concat!(
         "UPDATE agent_manifests SET agent_type = $2, name = $3, description = $4, version = $5, \
-         capabilities = $6, requirements = $7, metadata = $8, status = $9, updated_at = now() \
+         capabilities = $6, requirements = $7, metadata = $8, status = $9, skills = $10, \
+         card = $11, updated_at = now() \
          WHERE id = $1 RETURNING ",
         columns!()
     ))
     .bind(id);
-    bind_fields!(query, m)
-        .fetch_optional(db)
+    let row: ManifestRow = bind_fields!(query, m)
+        .fetch_optional(&mut *conn)
         .await?
-        .ok_or_else(|| Error::NotFound("manifest".into()))
+        .ok_or_else(|| Error::NotFound("manifest".into()))?;
+    let target = Target::new("manifest", id, None);
+    audit::record(
+        conn,
+        actor,
+        "manifest.update",
+        target,
+        json!({ "fields": paths }),
+    )
+    .await?;
+    Ok(row)
 }
 
-/// Deletes manifest `id`; refused while configurations reference it.
-pub async fn delete(pool: &PgPool, id: Uuid) -> Result<()> {
+/// Deletes manifest `id` for `actor`; refused while configurations reference it.
+pub async fn delete(pool: &PgPool, actor: &Actor, id: Uuid) -> Result<()> {
+    let mut tx = pool.begin().await?;
     // The check is part of the statement, so the usual case needs no
     // constraint error to tell "referenced" from "missing".
-    let (deleted, referenced): (i64, bool) = sqlx::query_as(
+    let (deleted, referenced): (Option<String>, bool) = sqlx::query_as(
         "WITH d AS (DELETE FROM agent_manifests WHERE id = $1 \
-           AND NOT EXISTS (SELECT 1 FROM agent_configurations WHERE manifest_id = $1) RETURNING 1) \
-         SELECT (SELECT count(*) FROM d), EXISTS (SELECT 1 FROM agent_configurations WHERE manifest_id = $1)",
+           AND NOT EXISTS (SELECT 1 FROM agent_configurations WHERE manifest_id = $1) RETURNING agent_id) \
+         SELECT (SELECT agent_id FROM d), EXISTS (SELECT 1 FROM agent_configurations WHERE manifest_id = $1)",
     )
     .bind(id)
-    .fetch_one(pool)
+    .fetch_one(&mut *tx)
     .await?;
     match (deleted, referenced) {
-        (0, true) => Err(Error::FailedPrecondition(
-            "manifest is referenced by configurations; delete them first".into(),
+        (Some(agent_id), _) => {
+            let target = Target::new("manifest", id, None);
+            let details = json!({ "agent_id": agent_id });
+            audit::record(&mut tx, actor, "manifest.delete", target, details).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        (None, true) => Err(Error::precondition(
+            reason::MANIFEST_IN_USE,
+            "manifest is referenced by configurations; delete them first",
         )),
-        (0, false) => Err(Error::NotFound("manifest".into())),
-        _ => Ok(()),
+        (None, false) => Err(Error::NotFound("manifest".into())),
     }
 }

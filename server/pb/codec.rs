@@ -1,5 +1,9 @@
 //! The protobuf codec of the server's services: prost's, with smaller
-//! starting buffers.
+//! starting buffers, and malformed requests refused as `INVALID_ARGUMENT`.
+//!
+//! tonic-prost's decoder answers any decode error `INTERNAL`, as if the
+//! server were at fault; garbage bytes, a string that is not UTF-8 or a
+//! message nested past prost's recursion limit are the caller's.
 //!
 //! tonic allocates the codec's buffer size up front for every call, once to
 //! decode and once to encode, and keeps both for as long as a stream lives.
@@ -14,8 +18,12 @@
 use std::marker::PhantomData;
 
 use tonic::Status;
-use tonic::codec::{BufferSettings, Codec as TonicCodec, EncodeBuf, Encoder as TonicEncoder};
-use tonic_prost::ProstDecoder;
+use tonic::codec::{
+    BufferSettings, Codec as TonicCodec, DecodeBuf, Decoder as TonicDecoder, EncodeBuf,
+    Encoder as TonicEncoder,
+};
+
+use crate::error::Error;
 
 /// Starting size (and growth step) of each call's buffers.
 const BUFFER_SIZE: usize = 1024;
@@ -44,14 +52,14 @@ where
     type Encode = T;
     type Decode = U;
     type Encoder = Encoder<T>;
-    type Decoder = ProstDecoder<U>;
+    type Decoder = Decoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
         Encoder(PhantomData)
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstDecoder::new(settings())
+        Decoder(PhantomData)
     }
 }
 
@@ -72,5 +80,92 @@ impl<T: prost::Message> TonicEncoder for Encoder<T> {
 
     fn buffer_settings(&self) -> BufferSettings {
         settings()
+    }
+}
+
+/// prost's decoder, refusing malformed messages as the caller's error.
+#[derive(Debug, Clone, Copy)]
+pub struct Decoder<U>(PhantomData<U>);
+
+impl<U: prost::Message + Default> TonicDecoder for Decoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        U::decode(buf).map(Some).map_err(|e| malformed(&e).into())
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        settings()
+    }
+}
+
+/// `INVALID_ARGUMENT` naming the field where decoding failed.
+///
+/// prost keeps the failing (message, field) pairs, innermost first, but shows
+/// them only in its `Display`: "failed to decode Protobuf message:
+/// Manifest.name: CreateManifestRequest.manifest: invalid string value: ...".
+/// Without any (garbage from the first byte), the field is `request`.
+fn malformed(e: &prost::DecodeError) -> Error {
+    let text = e.to_string();
+    let text = text
+        .strip_prefix("failed to decode Protobuf message: ")
+        .unwrap_or(&text);
+    let mut fields = Vec::new();
+    let mut rest = text;
+    while let Some((location, tail)) = rest.split_once(": ") {
+        let Some((message, field)) = location.split_once('.') else {
+            break;
+        };
+        let ident =
+            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !(ident(message) && ident(field)) {
+            break;
+        }
+        fields.push(field);
+        rest = tail;
+    }
+    fields.reverse();
+    let field = if fields.is_empty() {
+        "request".to_owned()
+    } else {
+        fields.join(".")
+    };
+    Error::invalid(field, format!("malformed request: {rest}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+    use crate::pb;
+
+    fn decode<M: prost::Message + Default + std::fmt::Debug>(bytes: &[u8]) -> Error {
+        malformed(&M::decode(bytes).expect_err("malformed"))
+    }
+
+    #[test]
+    fn decode_errors_name_the_field() {
+        let mut bytes = pb::CreateManifestRequest {
+            manifest: Some(pb::Manifest {
+                name: "ab".into(),
+                ..Default::default()
+            }),
+        }
+        .encode_to_vec();
+        let at = bytes.iter().rposition(|b| *b == b'a').expect("name");
+        bytes[at] = 0xff;
+        let err = decode::<pb::CreateManifestRequest>(&bytes);
+        assert!(
+            matches!(&err, Error::InvalidArgument { field, reason }
+                if field == "manifest.name" && reason.starts_with("malformed request: ")),
+            "{err:?}"
+        );
+        let err = decode::<pb::CreateManifestRequest>(&[0xff; 8]);
+        assert!(
+            matches!(&err, Error::InvalidArgument { field, .. } if field == "request"),
+            "{err:?}"
+        );
     }
 }

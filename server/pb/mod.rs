@@ -45,15 +45,29 @@ pub fn json_to_struct(value: serde_json::Value) -> Struct {
     }
 }
 
+/// A JSON array as a protobuf `ListValue`.
+pub fn json_to_list(items: Vec<serde_json::Value>) -> ListValue {
+    ListValue {
+        values: items.into_iter().map(json_to_value).collect(),
+    }
+}
+
+/// A protobuf `ListValue` as a JSON array. Fails as [`struct_to_json`] does.
+pub fn list_to_json(l: ListValue) -> Result<serde_json::Value, &'static str> {
+    l.values
+        .into_iter()
+        .map(value_to_json)
+        .collect::<Result<_, _>>()
+        .map(serde_json::Value::Array)
+}
+
 fn json_to_value(value: serde_json::Value) -> Value {
     let kind = match value {
         serde_json::Value::Null => Kind::NullValue(0),
         serde_json::Value::Bool(b) => Kind::BoolValue(b),
         serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
         serde_json::Value::String(s) => Kind::StringValue(s),
-        serde_json::Value::Array(items) => Kind::ListValue(ListValue {
-            values: items.into_iter().map(json_to_value).collect(),
-        }),
+        serde_json::Value::Array(items) => Kind::ListValue(json_to_list(items)),
         obj @ serde_json::Value::Object(_) => Kind::StructValue(json_to_struct(obj)),
     };
     Value { kind: Some(kind) }
@@ -76,12 +90,7 @@ fn value_to_json(value: Value) -> Result<serde_json::Value, &'static str> {
             .map(serde_json::Value::Number)
             .ok_or("numbers must be finite")?,
         Some(Kind::StringValue(s)) => serde_json::Value::String(s),
-        Some(Kind::ListValue(l)) => serde_json::Value::Array(
-            l.values
-                .into_iter()
-                .map(value_to_json)
-                .collect::<Result<_, _>>()?,
-        ),
+        Some(Kind::ListValue(l)) => list_to_json(l)?,
         Some(Kind::StructValue(s)) => struct_to_json(s)?,
     })
 }

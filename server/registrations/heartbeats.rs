@@ -17,6 +17,7 @@ use super::sessions::Sessions;
 use super::store;
 use crate::error::Result;
 use crate::periodic::Ticker;
+use crate::telemetry::metrics as telemetry;
 
 /// Writes the heartbeat times that `sessions` noted.
 #[derive(Debug, Clone)]
@@ -42,6 +43,7 @@ impl HeartbeatWriter {
         let ids: Vec<Uuid> = dirty.iter().map(|d| d.0).collect();
         let epochs: Vec<i64> = dirty.iter().map(|d| d.1).collect();
         let seen: Vec<_> = dirty.iter().map(|d| d.2).collect();
+        let started = std::time::Instant::now();
         let updated = match store::touch_many(&self.pool, &ids, &epochs, &seen).await {
             Ok(updated) => updated,
             Err(e) => {
@@ -49,6 +51,9 @@ impl HeartbeatWriter {
                 return Err(e);
             }
         };
+        metrics::histogram!(telemetry::HEARTBEAT_FLUSH_DURATION)
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!(telemetry::HEARTBEAT_ROWS).increment(updated.len() as u64);
         let stats = &self.sessions.stats;
         stats.heartbeat_flushes.fetch_add(1, Ordering::Relaxed);
         stats

@@ -25,6 +25,7 @@ use super::store::{self, RegistrationRow};
 use crate::configurations::store::{self as configurations, ConfigurationRow};
 use crate::db::retrying_deadlocks;
 use crate::error::{Error, Result};
+use crate::telemetry::metrics as telemetry;
 
 /// Registrations one statement carries at most.
 const MAX_BATCH: usize = 1000;
@@ -125,6 +126,7 @@ impl HelloWriter {
         self.tx.try_send(request).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 self.stats.turned_away.fetch_add(1, Relaxed);
+                telemetry::limit_hit("hello_queue");
                 Error::Busy {
                     message: "too many registrations at once; retry after the pushback".into(),
                     retry_after: retry_after(QUEUE),
@@ -163,15 +165,20 @@ impl HelloWriter {
                 .drain(..)
                 .partition(|r| seen.insert((r.tenant, r.announcement.instance_id.clone())));
             waiting = later;
+            let started = std::time::Instant::now();
             let results = retrying_deadlocks("registration", || {
                 register(&pool, &batch, self.create_unknown_manifests)
             })
             .await;
             match results {
-                Ok(registered) => self.answer(batch, registered),
+                Ok(registered) => {
+                    telemetry::batch_landed("hello", batch.len(), started.elapsed());
+                    self.answer(batch, registered)
+                }
                 // One announcement the database refuses must not fail the
                 // others that shared its statement: each goes again alone.
                 Err(e) if batch.len() > 1 && !is_unavailable(&e) => {
+                    telemetry::batch_failed("hello");
                     tracing::warn!(error = %e, registrations = batch.len(), "registration batch refused; registering one by one");
                     for request in batch {
                         let alone = std::slice::from_ref(&request);
@@ -182,6 +189,7 @@ impl HelloWriter {
                     }
                 }
                 Err(e) => {
+                    telemetry::batch_failed("hello");
                     tracing::warn!(error = %e, registrations = batch.len(), "registration batch failed");
                     for request in batch {
                         fail(request, &e);
@@ -216,7 +224,7 @@ fn is_unavailable(e: &Error) -> bool {
 /// Answers a request whose registration failed; the database's text stays in the log.
 fn fail(request: Request, e: &Error) {
     let _ = request.reply.send(Err(if is_unavailable(e) {
-        Error::Unavailable("database unavailable, retry later".into())
+        Error::DatabaseUnavailable
     } else {
         Error::Internal("registration failed".into())
     }));

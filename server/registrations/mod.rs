@@ -6,6 +6,7 @@
 
 pub mod heartbeats;
 pub mod hellos;
+pub mod load;
 pub mod registry;
 pub mod request;
 mod service;

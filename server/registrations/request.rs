@@ -13,6 +13,10 @@ use crate::validate;
 
 /// Longest operator or agent message (drain reason, heartbeat message).
 const MAX_REASON_CHARS: usize = 256;
+/// Bounds of a `Cleanup` stale threshold. The sweep deactivates after three
+/// thresholds, subtracted from the database's `now()`.
+const MIN_STALE_THRESHOLD: Duration = Duration::from_secs(1);
+const MAX_STALE_THRESHOLD: Duration = Duration::from_secs(24 * 3600);
 
 /// What an instance says about itself when it registers (`RegisterInstance`
 /// or a health stream's `Hello`).
@@ -92,6 +96,8 @@ pub struct Beat {
     pub health: Option<HealthStatus>,
     pub current_load: i32,
     pub sequence: u64,
+    /// The agent's load report, if the heartbeat carried one.
+    pub load: Option<super::load::Load>,
 }
 
 /// An instance id: 1..=256 printable characters.
@@ -291,17 +297,12 @@ impl Traced for DrainOrder {
 impl TryFrom<pb::CleanupRequest> for CleanupOrder {
     type Error = Error;
     fn try_from(r: pb::CleanupRequest) -> Result<Self> {
-        let stale_threshold = match r.stale_threshold {
-            Some(d) => Some(
-                Duration::try_from(d)
-                    .ok()
-                    .filter(|d| *d >= Duration::from_millis(1))
-                    .ok_or_else(|| {
-                        Error::invalid("stale_threshold", "must be a positive duration")
-                    })?,
-            ),
-            None => None,
-        };
+        let stale_threshold = validate::duration(
+            "stale_threshold",
+            r.stale_threshold,
+            MIN_STALE_THRESHOLD,
+            MAX_STALE_THRESHOLD,
+        )?;
         Ok(CleanupOrder {
             stale_threshold,
             ignore_partition_guard: r.ignore_partition_guard,
@@ -326,6 +327,7 @@ impl TryFrom<pb::Heartbeat> for Beat {
             health,
             current_load: hb.current_load,
             sequence: hb.sequence,
+            load: hb.load.map(super::load::Load::try_from).transpose()?,
         })
     }
 }

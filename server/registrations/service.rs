@@ -167,7 +167,8 @@ impl RegistrationService for RegistrationApi {
             .await?;
         let tenant = caller.owning_tenant("")?;
         // The change feed carries it to the replica holding the agent's stream.
-        let row = store::drain(&self.pool, tenant, &r.instance_id, &r.reason).await?;
+        let actor = caller.actor();
+        let row = store::drain(&self.pool, &actor, tenant, &r.instance_id, &r.reason).await?;
         tracing::info!(reason = %r.reason, "instance drained");
         Ok(Response::new(row.into()))
     }
@@ -177,11 +178,12 @@ impl RegistrationService for RegistrationApi {
         &self,
         request: Request<pb::CleanupRequest>,
     ) -> Result<Response<pb::CleanupResponse>, Status> {
-        let (_, order) = self
+        let (caller, order) = self
             .auth
             .accept::<_, CleanupOrder>(request, &[Role::Admin])
             .await?;
         let mut settings = self.sweeper.settings().clone();
+        settings.requested_by = Some(caller.actor());
         settings.ignore_guard = order.ignore_partition_guard;
         if let Some(threshold) = order.stale_threshold {
             settings.stale_threshold = threshold;
@@ -205,10 +207,12 @@ impl RegistrationService for RegistrationApi {
         &self,
         request: Request<Streaming<pb::HealthStreamRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
-        let caller = self.auth.authorize(&request, REGISTRANTS).await?;
+        let (caller, held) = self.auth.authorize_stream(&request, REGISTRANTS).await?;
         let tenant = caller.owning_tenant("")?;
         Ok(Response::new(
-            self.streams.open(tenant, request.into_inner()).await?,
+            self.streams
+                .open(tenant, held, request.into_inner())
+                .await?,
         ))
     }
 }

@@ -35,8 +35,8 @@ pub struct Session {
     pub epoch: i64,
     last_seen_micros: AtomicI64,
     dirty: AtomicBool,
-    /// Work the instance reported in its last heartbeat. Kept, not yet used
-    /// by routing (which ranks by open leases).
+    /// `Heartbeat.current_load` of the last heartbeat, kept for
+    /// compatibility (routing ranks by `Heartbeat.load`, see `load.rs`).
     pub load: AtomicI32,
     /// Whether an operator's drain was passed on (once per session).
     drained: AtomicBool,

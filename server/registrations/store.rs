@@ -3,11 +3,13 @@
 //! stale writer could overwrite a newer one, the epoch.
 
 use chrono::{DateTime, Utc};
+use serde_json::json;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 pub use super::request::{Announcement, RegistrationFilter, RegistrationKey, Transition};
-use crate::error::{Error, Result};
+use crate::audit::{self, Actor, Target};
+use crate::error::{Error, Result, reason};
 use crate::pb::{self, HealthStatus};
 
 /// A registration as stored, with its manifest's agent_id.
@@ -37,6 +39,49 @@ pub struct RegistrationRow {
     pub routable: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The last load report (migration 0013); statements that do not read
+    /// it leave it empty.
+    #[sqlx(flatten)]
+    pub load: LoadColumns,
+}
+
+/// The load report columns of a registration.
+#[derive(Debug, Clone, Default, PartialEq, sqlx::FromRow)]
+pub struct LoadColumns {
+    #[sqlx(default)]
+    pub load_in_flight: Option<i32>,
+    #[sqlx(default)]
+    pub load_queue_depth: Option<i32>,
+    #[sqlx(default)]
+    pub load_utilization: Option<f64>,
+    #[sqlx(default)]
+    pub load_metrics: Option<serde_json::Value>,
+    #[sqlx(default)]
+    pub load_reported_at: Option<DateTime<Utc>>,
+    #[sqlx(default)]
+    pub load_first_reported_at: Option<DateTime<Utc>>,
+}
+
+impl LoadColumns {
+    /// The report, when the row holds one.
+    pub fn report(&self) -> Option<pb::LoadReport> {
+        self.load_reported_at?;
+        Some(pb::LoadReport {
+            in_flight: self.load_in_flight.unwrap_or(0).max(0) as u32,
+            queue_depth: self.load_queue_depth.unwrap_or(0).max(0) as u32,
+            utilization: self.load_utilization.unwrap_or(0.0),
+            metrics: self
+                .load_metrics
+                .as_ref()
+                .and_then(|m| m.as_object())
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
 }
 
 impl From<RegistrationRow> for pb::Registration {
@@ -64,6 +109,8 @@ impl From<RegistrationRow> for pb::Registration {
             drain_reason: r.drain_reason,
             create_time: Some(pb::timestamp(r.created_at)),
             update_time: Some(pb::timestamp(r.updated_at)),
+            load: r.load.report(),
+            load_report_time: pb::opt_timestamp(r.load.load_reported_at),
         }
     }
 }
@@ -92,22 +139,26 @@ macro_rules! select_from {
             "SELECT r.id, r.tenant_id, r.manifest_id, m.agent_id, r.configuration_id, r.instance_id, r.name, \
              r.registration_status, r.health_status, r.connection_details, r.runtime_config, r.capacity, \
              r.epoch, r.failure_count, r.last_health_check, r.activation_date, r.deactivation_date, \
-             r.drain_time, r.drain_reason, r.routable, r.created_at, r.updated_at FROM ",
+             r.drain_time, r.drain_reason, r.routable, r.created_at, r.updated_at, \
+             r.load_in_flight, r.load_queue_depth, r.load_utilization, r.load_metrics, \
+             r.load_reported_at, r.load_first_reported_at FROM ",
             $source,
             " r JOIN agent_manifests m ON m.id = r.manifest_id"
         )
     };
 }
 
-/// Drains the active registration `instance_id` of `tenant`: routing stops
-/// offering it, across reconnects, until it is deactivated and registers
-/// again. Draining twice keeps the first time.
+/// Drains the active registration `instance_id` of `tenant` for `actor`:
+/// routing stops offering it, across reconnects, until it is deactivated and
+/// registers again. Draining twice keeps the first time.
 pub async fn drain(
     pool: &PgPool,
+    actor: &Actor,
     tenant: Uuid,
     instance_id: &str,
     reason: &str,
 ) -> Result<RegistrationRow> {
+    let mut tx = pool.begin().await?;
     let drained: Option<(Uuid,)> = sqlx::query_as(
         "UPDATE agent_registrations SET drain_time = coalesce(drain_time, now()), drain_reason = $3, \
            updated_at = now() \
@@ -116,16 +167,20 @@ pub async fn drain(
     .bind(tenant)
     .bind(instance_id)
     .bind(reason)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
     let key = match drained {
         Some((id,)) => RegistrationKey::Id(id),
         None => RegistrationKey::InstanceId(instance_id.to_owned()),
     };
-    let row = get(pool, Some(tenant), &key).await?;
+    let row = get(&mut *tx, Some(tenant), &key).await?;
     if drained.is_none() {
         return Err(Refusal::Inactive.into());
     }
+    let target = Target::new("registration", row.id, Some(tenant));
+    let details = json!({ "instance_id": instance_id, "reason": reason });
+    audit::record(&mut tx, actor, "registration.drain", target, details).await?;
+    tx.commit().await?;
     Ok(row)
 }
 
@@ -231,9 +286,10 @@ impl From<Refusal> for Error {
             Refusal::StaleEpoch(current) => Error::Aborted(format!(
                 "epoch is stale: the registration is at epoch {current}"
             )),
-            Refusal::Inactive => {
-                Error::FailedPrecondition("the registration is inactive; register it again".into())
-            }
+            Refusal::Inactive => Error::precondition(
+                reason::REGISTRATION_INACTIVE,
+                "the registration is inactive; register it again",
+            ),
         }
     }
 }
@@ -304,6 +360,12 @@ pub async fn transition(
 /// Persists heartbeat times of many sessions in one statement. Rows whose
 /// epoch moved on (another connection took over) or that were deactivated are
 /// left alone; the ids that were updated are returned.
+///
+/// The rows are locked in id order first, as the registration writer locks
+/// its batch (`registrations/writer.rs`): updated in the join's order, this
+/// statement and a writer batch over the same rows deadlocked, and the
+/// loser (often the writer's batch of load reports) waited for the deadlock
+/// timeout and was written again.
 pub async fn touch_many(
     pool: &PgPool,
     ids: &[Uuid],
@@ -311,8 +373,12 @@ pub async fn touch_many(
     seen: &[DateTime<Utc>],
 ) -> Result<Vec<Uuid>> {
     Ok(sqlx::query_scalar(
-        "UPDATE agent_registrations r SET last_health_check = greatest(r.last_health_check, v.seen) \
-         FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[]) AS v(id, epoch, seen) \
+        "WITH v AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[]) AS v(id, epoch, seen)), \
+         locked AS (SELECT r.id FROM agent_registrations r JOIN v ON v.id = r.id \
+                    WHERE r.epoch = v.epoch AND r.registration_status = 'active' \
+                    ORDER BY r.id FOR UPDATE OF r) \
+         UPDATE agent_registrations r SET last_health_check = greatest(r.last_health_check, v.seen) \
+         FROM v JOIN locked ON locked.id = v.id \
          WHERE r.id = v.id AND r.epoch = v.epoch AND r.registration_status = 'active' RETURNING r.id",
     )
     .bind(ids)

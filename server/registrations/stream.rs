@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::sync::mpsc;
@@ -16,15 +16,18 @@ use tonic::{Status, Streaming};
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::load::Passing;
 use super::registry::Registry;
 use super::request::{Announcement, Beat};
 use super::sessions::{Control, Session, Sessions};
 use super::writer::{RegistrationWriter, StreamChange};
+use crate::auth::{Held, Revocation};
 use crate::error::Error;
 use crate::pb::health_stream_request::Message as In;
 use crate::pb::health_stream_response::Message as Out;
 use crate::pb::{self, HealthStatus};
 use crate::request::Traced;
+use crate::telemetry::metrics as telemetry;
 
 /// The server half of a health stream.
 pub type ResponseStream =
@@ -56,6 +59,9 @@ pub struct StreamTiming {
     pub heartbeat_interval: Duration,
     /// Silence after which the sweep marks an instance unknown (told to agents).
     pub stale_timeout: Duration,
+    /// How old a passed-on load report may get before an unchanged one is
+    /// passed on again (a third of routing's report TTL).
+    pub load_refresh: Duration,
 }
 
 /// Opens health streams and runs their tasks.
@@ -86,9 +92,11 @@ impl HealthStreams {
 
     /// Waits for `Hello`, registers for `tenant`, answers `Welcome` and hands
     /// the stream to a task.
+    /// The stream ends with `UNAUTHENTICATED` when `held`'s revocation fires.
     pub async fn open(
         &self,
         tenant: Uuid,
+        held: Held,
         mut inbound: Streaming<pb::HealthStreamRequest>,
     ) -> Result<ResponseStream, Status> {
         let first = tokio::time::timeout(self.timing.hello_timeout, inbound.message())
@@ -131,7 +139,7 @@ impl HealthStreams {
                 .drain(session.registration_id, session.epoch, &reason);
         }
         let span = tracing::Span::current();
-        tokio::spawn(run(self.clone(), session, inbound, control, tx).instrument(span));
+        tokio::spawn(run(self.clone(), session, inbound, control, held, tx).instrument(span));
         let responses = ReceiverStream::new(rx).map(|m: Outgoing| m.map(|boxed| *boxed));
         Ok(Box::pin(responses))
     }
@@ -156,15 +164,18 @@ async fn run(
     session: Arc<Session>,
     mut inbound: Streaming<pb::HealthStreamRequest>,
     mut control: mpsc::UnboundedReceiver<Control>,
+    mut held: Held,
     tx: mpsc::Sender<Outgoing>,
 ) {
     // What the agent last said; a heartbeat without a health repeats it.
     let mut reported = HealthStatus::Healthy;
+    // The load report this stream last passed on to routing.
+    let mut passing = Passing::default();
     let end = loop {
         tokio::select! {
             message = inbound.message() => match message {
                 Ok(Some(pb::HealthStreamRequest { message: Some(In::Heartbeat(hb)) })) => {
-                    match heartbeat(&streams, &session, &mut reported, hb) {
+                    match heartbeat(&streams, &session, &mut reported, &mut passing, hb) {
                         Ok(ack) => {
                             if tx.send(out(Out::Ack(ack))).await.is_err() {
                                 break End::Broken;
@@ -186,6 +197,11 @@ async fn run(
                     break End::Broken;
                 }
                 Ok(None) => break End::Broken,
+                // A message our codec could not decode: tell the agent why.
+                Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                    let _ = tx.send(Err(status)).await;
+                    break End::Broken;
+                }
                 Err(status) => {
                     tracing::debug!(%status, "health stream broke");
                     break End::Broken;
@@ -212,6 +228,11 @@ async fn run(
                 }
                 None => break End::Released,
             },
+            () = held.revocation.revoked() => {
+                tracing::info!("the stream's API key was revoked; ending it");
+                let _ = tx.send(Err(Revocation::status())).await;
+                break End::Released;
+            }
             () = tx.closed() => break End::Broken,
         }
     };
@@ -244,6 +265,7 @@ fn heartbeat(
     streams: &HealthStreams,
     session: &Session,
     reported: &mut HealthStatus,
+    passing: &mut Passing,
     hb: pb::Heartbeat,
 ) -> Result<pb::Ack, Status> {
     if hb.epoch != 0 && hb.epoch != session.epoch {
@@ -260,7 +282,13 @@ fn heartbeat(
         .stats
         .heartbeats
         .fetch_add(1, Ordering::Relaxed);
+    metrics::counter!(telemetry::HEARTBEATS).increment(1);
     session.load.store(beat.current_load, Ordering::Relaxed);
+    if let Some(load) = passing.take(beat.load, Instant::now(), streams.timing.load_refresh) {
+        streams
+            .writer
+            .record_load(session.registration_id, session.epoch, load);
+    }
     if *reported != session.stored_health() {
         // Whatever put another health there (the sweep, an operator, the
         // agent's own earlier report): the agent's current word wins.

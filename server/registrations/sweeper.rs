@@ -10,15 +10,21 @@
 //! Partition guard (after Eureka's self-preservation): when the instances that
 //! would be deactivated in one sweep are at least `guard_ratio` of the active
 //! instances of a tenant (or of all tenants), and at least
-//! `guard_min_instances` of them, the sweep only marks them unknown and logs a
-//! warning. Mass silence is more likely the registry's own network trouble
-//! than a whole fleet dying at once. Unlike Eureka's, whose self-preservation
-//! can hold a departed majority for ever, the guard has an end: it holds for
-//! at most `guard_window` (three stale timeouts by default) from the first
-//! sweep it held, then deactivates them with a warning that says so. A real
-//! partition heals well within that, and the agents behind it are back on
-//! their streams; a fleet that really left is gone for good. An operator can
-//! end it sooner with `Cleanup` and `ignore_partition_guard`.
+//! `guard_min_instances` of them, and the registry itself is the likely cause
+//! of their silence, the sweep only marks them unknown and logs a warning.
+//! The registry is the likely cause when this replica saw its database go
+//! away lately (a sweep failed), or when most of that silence began with
+//! streams lost at once (`failed` events, written by every replica, so the
+//! replica that sweeps sees the losses of the others). A fleet that went
+//! quiet without either is deactivated as usual: nothing points at us.
+//!
+//! Unlike Eureka's, whose self-preservation can hold a departed majority for
+//! ever, the guard has an end: it holds for at most `guard_window` (three
+//! stale timeouts by default) from the first sweep it held, then deactivates
+//! them with a warning that says so. A real partition heals well within that,
+//! and the agents behind it are back on their streams; a fleet that really
+//! left is gone for good. An operator can end it sooner with `Cleanup` and
+//! `ignore_partition_guard`.
 //!
 //! Database outages: heartbeats are acknowledged from memory while the
 //! database is away, so after one the sweeper first writes this replica's
@@ -33,9 +39,11 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::heartbeats::HeartbeatWriter;
+use crate::audit::{self, Actor, Target};
 use crate::config::RegistryConfig;
 use crate::error::Result;
 use crate::periodic::Ticker;
+use crate::telemetry::metrics as telemetry;
 
 /// Gives back the units of expired leases, inside the sweep's transaction.
 #[tonic::async_trait]
@@ -64,6 +72,11 @@ pub struct SweepSettings {
     pub retention: Option<Duration>,
     /// Delete registration events older than this.
     pub event_retention: Duration,
+    /// Delete audit events older than this.
+    pub audit_retention: Duration,
+    /// Who asked for this sweep (`Cleanup`), recorded in the audit log in
+    /// the sweep's transaction; `None` for the background sweeps.
+    pub requested_by: Option<Actor>,
 }
 
 impl From<&RegistryConfig> for SweepSettings {
@@ -73,9 +86,11 @@ impl From<&RegistryConfig> for SweepSettings {
             guard_ratio: r.partition_guard_ratio,
             guard_min_instances: r.partition_guard_min_instances,
             ignore_guard: false,
-            guard_window: r.stale_timeout * 3,
+            guard_window: r.stale_timeout.saturating_mul(3),
             retention: r.registration_retention,
             event_retention: r.event_retention,
+            audit_retention: r.audit_retention,
+            requested_by: None,
         }
     }
 }
@@ -89,6 +104,8 @@ pub struct Sweeper {
     heartbeats: HeartbeatWriter,
     /// When the partition guard first held back the silence it holds now.
     guard_since: Mutex<Option<Instant>>,
+    /// When a sweep of this replica last failed (its database was away).
+    outage_seen: Mutex<Option<Instant>>,
 }
 
 impl Sweeper {
@@ -106,6 +123,7 @@ impl Sweeper {
             leases,
             heartbeats,
             guard_since: Mutex::new(None),
+            outage_seen: Mutex::new(None),
         }
     }
 
@@ -116,8 +134,27 @@ impl Sweeper {
 
     /// Writes this replica's heartbeats, then runs one sweep with `settings`.
     pub async fn sweep_with(&self, settings: &SweepSettings) -> Result<SweepReport> {
-        self.heartbeats.flush().await?;
-        sweep(&self.pool, settings, &*self.leases, &self.guard_since).await
+        let outage = *lock(&self.outage_seen);
+        let result = async {
+            self.heartbeats.flush().await?;
+            sweep(
+                &self.pool,
+                settings,
+                &*self.leases,
+                &self.guard_since,
+                outage,
+            )
+            .await
+        }
+        .await;
+        match &result {
+            Ok(report) => report.count(),
+            Err(_) => {
+                *lock(&self.outage_seen) = Some(Instant::now());
+                metrics::counter!(telemetry::SWEEPS, "outcome" => "failed").increment(1);
+            }
+        }
+        result
     }
 
     /// Sweeps every `interval` until `stopping` turns true. After a sweep
@@ -153,6 +190,27 @@ pub struct SweepReport {
     pub ran: bool,
 }
 
+impl SweepReport {
+    /// Adds this sweep to the metrics.
+    fn count(&self) {
+        if !self.ran {
+            metrics::counter!(telemetry::SWEEPS, "outcome" => "skipped").increment(1);
+            return;
+        }
+        metrics::counter!(telemetry::SWEEPS, "outcome" => "ran").increment(1);
+        for (change, n) in [
+            ("marked_unknown", self.marked_unknown),
+            ("deactivated", self.deactivated),
+            ("deleted", self.deleted),
+            ("leases_expired", self.leases_expired),
+        ] {
+            metrics::counter!(telemetry::SWEEP_CHANGES, "change" => change)
+                .increment(n.max(0) as u64);
+        }
+        metrics::gauge!(telemetry::PARTITION_GUARD).set(f64::from(u8::from(self.guard_tripped)));
+    }
+}
+
 fn interval(d: Duration) -> sqlx::postgres::types::PgInterval {
     sqlx::postgres::types::PgInterval {
         months: 0,
@@ -161,12 +219,17 @@ fn interval(d: Duration) -> sqlx::postgres::types::PgInterval {
     }
 }
 
-/// Runs one sweep.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs one sweep. `outage` is when this replica last failed to sweep.
 async fn sweep(
     pool: &PgPool,
     s: &SweepSettings,
     leases: &dyn LeaseExpiry,
     guard_since: &Mutex<Option<Instant>>,
+    outage: Option<Instant>,
 ) -> Result<SweepReport> {
     let mut tx = pool.begin().await?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
@@ -177,7 +240,7 @@ async fn sweep(
         return Ok(SweepReport::default());
     }
     let stale = interval(s.stale_threshold);
-    let gone = interval(s.stale_threshold * 3);
+    let gone = interval(s.stale_threshold.saturating_mul(3));
 
     let marked_unknown = sqlx::query(
         "WITH stale AS (UPDATE agent_registrations SET health_status = 'unknown', \
@@ -193,47 +256,71 @@ async fn sweep(
     .await?
     .rows_affected() as i64;
 
-    // Per tenant: active instances, and those silent long enough to deactivate.
-    let counts: Vec<(Uuid, i64, i64)> = sqlx::query_as(
-        "SELECT tenant_id, count(*), count(*) FILTER (WHERE last_health_check < now() - $1) \
-         FROM agent_registrations WHERE registration_status = 'active' GROUP BY tenant_id",
+    // How far back a cause can explain a silence that is a candidate now: it
+    // began at least 3T ago, and the guard may have held it for its window.
+    let memory = s.stale_threshold * 3 + s.guard_window;
+    // Per tenant: active instances, those silent long enough to deactivate,
+    // and those of them whose silence began with a lost stream.
+    let counts: Vec<(Uuid, i64, i64, i64)> = sqlx::query_as(
+        "WITH lost AS (SELECT DISTINCT registration_id FROM registration_events \
+                       WHERE kind = 'failed' AND at > now() - $2) \
+         SELECT r.tenant_id, count(*), \
+                count(*) FILTER (WHERE r.last_health_check < now() - $1), \
+                count(*) FILTER (WHERE r.last_health_check < now() - $1 AND lost.registration_id IS NOT NULL) \
+         FROM agent_registrations r LEFT JOIN lost ON lost.registration_id = r.id \
+         WHERE r.registration_status = 'active' GROUP BY r.tenant_id",
     )
     .bind(gone)
+    .bind(interval(memory))
     .fetch_all(&mut *tx)
     .await?;
-    let trips = |active: i64, candidates: i64| {
-        !s.ignore_guard
-            && candidates >= s.guard_min_instances
-            && candidates as f64 >= s.guard_ratio * active as f64
+    let outage_lately = outage.is_some_and(|at| at.elapsed() < memory);
+    let many = |active: i64, n: i64| {
+        n >= s.guard_min_instances && n as f64 >= s.guard_ratio * active as f64
     };
-    let (all_active, all_candidates) = counts
-        .iter()
-        .fold((0, 0), |(a, c), (_, ta, tc)| (a + ta, c + tc));
-    let held: Vec<Uuid> = if trips(all_active, all_candidates) {
-        counts.iter().map(|(t, _, _)| *t).collect()
+    let trips = |active: i64, candidates: i64, lost: i64| {
+        !s.ignore_guard && many(active, candidates) && (outage_lately || many(active, lost))
+    };
+    let (all_active, all_candidates, all_lost) =
+        counts.iter().fold((0, 0, 0), |(a, c, l), (_, ta, tc, tl)| {
+            (a + ta, c + tc, l + tl)
+        });
+    let held: Vec<Uuid> = if trips(all_active, all_candidates, all_lost) {
+        counts.iter().map(|(t, ..)| *t).collect()
     } else {
         counts
             .iter()
-            .filter(|(_, a, c)| trips(*a, *c))
-            .map(|(t, _, _)| *t)
+            .filter(|(_, a, c, l)| trips(*a, *c, *l))
+            .map(|(t, ..)| *t)
             .collect()
     };
+    let cause = if outage_lately {
+        "this replica saw its database go away"
+    } else {
+        "most of the silent instances lost their streams at once"
+    };
     let held = if held.is_empty() {
-        *guard_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if many(all_active, all_candidates) && !s.ignore_guard {
+            tracing::info!(
+                candidates = all_candidates,
+                active = all_active,
+                "many instances went silent at once, but neither a database outage nor lost streams point at the registry; deactivating them"
+            );
+        }
+        *lock(guard_since) = None;
         held
     } else {
-        let since = *guard_since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert_with(Instant::now);
+        let since = *lock(guard_since).get_or_insert_with(Instant::now);
         if since.elapsed() < s.guard_window {
             tracing::warn!(
                 tenants = held.len(),
                 candidates = all_candidates,
+                lost_streams = all_lost,
                 active = all_active,
+                cause,
                 holding_for = ?since.elapsed(),
                 gives_up_after = ?s.guard_window,
-                "partition guard: too many instances went silent at once; marking them unknown but not deactivating"
+                "partition guard: too many instances went silent at once, likely the registry's own trouble; marking them unknown but not deactivating"
             );
             held
         } else {
@@ -241,6 +328,7 @@ async fn sweep(
                 tenants = held.len(),
                 candidates = all_candidates,
                 active = all_active,
+                cause,
                 held_for = ?since.elapsed(),
                 "partition guard: the silence outlasted the guard's window; deactivating the silent instances"
             );
@@ -284,7 +372,10 @@ async fn sweep(
             .execute(&mut *tx)
             .await?;
     }
-    tx.commit().await?;
+    sqlx::query("DELETE FROM audit_events WHERE at < now() - $1")
+        .bind(interval(s.audit_retention))
+        .execute(&mut *tx)
+        .await?;
     let report = SweepReport {
         marked_unknown,
         deactivated,
@@ -293,6 +384,23 @@ async fn sweep(
         guard_tripped: !held.is_empty(),
         ran: true,
     };
+    if let Some(actor) = &s.requested_by {
+        let target = Target {
+            kind: "registrations",
+            id: None,
+            tenant: None,
+        };
+        let details = serde_json::json!({
+            "ignore_partition_guard": s.ignore_guard,
+            "stale_threshold_ms": s.stale_threshold.as_millis() as u64,
+            "marked_unknown": report.marked_unknown,
+            "deactivated": report.deactivated,
+            "deleted": report.deleted,
+            "leases_expired": report.leases_expired,
+        });
+        audit::record(&mut tx, actor, "registration.cleanup", target, details).await?;
+    }
+    tx.commit().await?;
     if report.marked_unknown + report.deactivated + report.deleted + report.leases_expired > 0 {
         tracing::info!(?report, "swept stale registrations");
     }

@@ -13,7 +13,10 @@
 //! hear of each change when it lands, through the feed.
 //!
 //! Ordering: per instance, the last change queued wins (for one epoch there
-//! is at most one end, and it comes last).
+//! is at most one end, and it comes last). Between instances, a batch takes
+//! the changes waiting longest first: a fleet's load reports can keep more
+//! than a batch waiting, and an instance must not wait behind reports that
+//! came after its own.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,9 +27,11 @@ use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, watch};
 use uuid::Uuid;
 
+use super::load::LoadChange;
 use super::sessions::Sessions;
 use crate::error::Result;
 use crate::pb::HealthStatus;
+use crate::telemetry::metrics as telemetry;
 
 /// Changes one statement carries at most.
 const MAX_BATCH: usize = 2048;
@@ -70,11 +75,35 @@ pub trait Departures: Send + Sync + std::fmt::Debug {
     fn departed(&self, tenant: Uuid, registration: Uuid);
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Item {
     id: Uuid,
     epoch: i64,
-    change: StreamChange,
+    /// `None`: only a load report.
+    change: Option<StreamChange>,
+    load: Option<LoadChange>,
+    /// When the queue first took a change of this instance that is still
+    /// waiting (its turn; `u64::MAX` until the queue takes it).
+    turn: u64,
+}
+
+impl Item {
+    /// `self` with what `older` (of the same instance and epoch) carries
+    /// that `self` does not: a load report does not undo a health change
+    /// waiting before it, nor the other way round.
+    fn over(mut self, older: &Item) -> Item {
+        // Replacing a waiting change keeps its turn.
+        self.turn = self.turn.min(older.turn);
+        if older.epoch == self.epoch {
+            if self.change.is_none() {
+                self.change = older.change;
+            }
+            if self.load.is_none() {
+                self.load.clone_from(&older.load);
+            }
+        }
+        self
+    }
 }
 
 /// Counters for tests and benchmarks.
@@ -96,15 +125,29 @@ struct Queue {
     rx: mpsc::UnboundedReceiver<Item>,
     /// Changes not yet landed, by registration.
     pending: HashMap<Uuid, Item>,
+    /// The next turn to hand out.
+    turns: u64,
 }
 
 impl Queue {
     /// Adds `item` unless a change queued after it is already waiting.
-    fn keep(&mut self, item: Item, newer_wins: bool) {
+    fn keep(&mut self, mut item: Item, newer_wins: bool) {
+        if item.turn == u64::MAX {
+            item.turn = self.turns;
+            self.turns += 1;
+        }
         match self.pending.get(&item.id) {
             Some(waiting) if waiting.epoch > item.epoch => {}
-            Some(_) if !newer_wins => {}
-            _ => {
+            Some(waiting) if !newer_wins => {
+                // `item` is older: what it carries only fills the gaps.
+                let merged = waiting.clone().over(&item);
+                self.pending.insert(item.id, merged);
+            }
+            Some(waiting) => {
+                let merged = item.over(waiting);
+                self.pending.insert(merged.id, merged);
+            }
+            None => {
                 self.pending.insert(item.id, item);
             }
         }
@@ -116,10 +159,16 @@ impl Queue {
         }
     }
 
+    /// The changes waiting longest, at most [`MAX_BATCH`].
     fn batch(&mut self) -> Vec<Item> {
-        let ids: Vec<Uuid> = self.pending.keys().take(MAX_BATCH).copied().collect();
-        ids.iter()
-            .filter_map(|id| self.pending.remove(id))
+        if self.pending.len() <= MAX_BATCH {
+            return self.pending.drain().map(|(_, item)| item).collect();
+        }
+        let mut turns: Vec<(u64, Uuid)> = self.pending.values().map(|i| (i.turn, i.id)).collect();
+        turns.select_nth_unstable(MAX_BATCH);
+        turns[..MAX_BATCH]
+            .iter()
+            .filter_map(|(_, id)| self.pending.remove(id))
             .collect()
     }
 }
@@ -146,6 +195,7 @@ impl RegistrationWriter {
             queue: Mutex::new(Queue {
                 rx,
                 pending: HashMap::new(),
+                turns: 0,
             }),
             closing: watch::channel(false).0,
             departures,
@@ -160,7 +210,25 @@ impl RegistrationWriter {
             self.departures.departed(tenant, id);
         }
         // The receiver lives as long as the writer: this cannot fail.
-        let _ = self.tx.send(Item { id, epoch, change });
+        let _ = self.tx.send(Item {
+            id,
+            epoch,
+            change: Some(change),
+            load: None,
+            turn: u64::MAX,
+        });
+    }
+
+    /// Queues a load report (or its end) of registration `id` at `epoch`.
+    pub fn record_load(&self, id: Uuid, epoch: i64, load: LoadChange) {
+        metrics::counter!(telemetry::LOAD_REPORTS).increment(1);
+        let _ = self.tx.send(Item {
+            id,
+            epoch,
+            change: None,
+            load: Some(load),
+            turn: u64::MAX,
+        });
     }
 
     /// Applies queued changes until [`RegistrationWriter::close`] was
@@ -171,6 +239,7 @@ impl RegistrationWriter {
         let mut pause = RETRY_MIN;
         loop {
             if queue.pending.is_empty() {
+                metrics::gauge!(telemetry::WRITER_QUEUE, "writer" => "registration").set(0.0);
                 let mut first = Vec::new();
                 tokio::select! {
                     n = queue.rx.recv_many(&mut first, MAX_BATCH) => if n == 0 { return },
@@ -187,9 +256,14 @@ impl RegistrationWriter {
             }
             queue.take_queued();
             let batch = queue.batch();
+            // The channel is unbounded and its sender cannot count: the
+            // depth is what this task saw when it took the batch.
+            metrics::gauge!(telemetry::WRITER_QUEUE, "writer" => "registration")
+                .set((batch.len() + queue.pending.len()) as f64);
             match self.apply(&pool, &batch).await {
                 Ok(()) => pause = RETRY_MIN,
                 Err(e) => {
+                    telemetry::batch_failed("registration");
                     self.stats.retries.fetch_add(1, Relaxed);
                     tracing::warn!(
                         error = %e, changes = batch.len(), retry_in = ?pause,
@@ -223,7 +297,9 @@ impl RegistrationWriter {
         if batch.is_empty() {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let landed = write(pool, batch).await?;
+        telemetry::batch_landed("registration", batch.len(), started.elapsed());
         self.stats.batches.fetch_add(1, Relaxed);
         self.stats.applied.fetch_add(landed.len() as u64, Relaxed);
         if landed.len() < batch.len() {
@@ -247,29 +323,71 @@ impl RegistrationWriter {
 async fn write(pool: &PgPool, batch: &[Item]) -> Result<Vec<Uuid>> {
     let ids: Vec<Uuid> = batch.iter().map(|i| i.id).collect();
     let epochs: Vec<i64> = batch.iter().map(|i| i.epoch).collect();
-    let kinds: Vec<&str> = batch.iter().map(|i| i.change.kind()).collect();
-    let healths: Vec<&str> = batch
+    let kinds: Vec<&str> = batch
         .iter()
-        .map(|i| match i.change {
-            StreamChange::Report(h) => h.db_name().unwrap_or("unknown"),
-            StreamChange::Goodbye => "disconnected",
-            StreamChange::Broken | StreamChange::Released => "unknown",
+        .map(|i| i.change.map_or("load", StreamChange::kind))
+        .collect();
+    let healths: Vec<Option<&str>> = batch
+        .iter()
+        .map(|i| {
+            i.change.map(|c| match c {
+                StreamChange::Report(h) => h.db_name().unwrap_or("unknown"),
+                StreamChange::Goodbye => "disconnected",
+                StreamChange::Broken | StreamChange::Released => "unknown",
+            })
         })
         .collect();
+    // Per item: whether it sets the load report (true), clears it (false)
+    // or leaves it (NULL), and the report.
+    let loads: Vec<Option<bool>> = batch
+        .iter()
+        .map(|i| i.load.as_ref().map(|l| matches!(l, LoadChange::Set(_))))
+        .collect();
+    let set = |i: &Item| match &i.load {
+        Some(LoadChange::Set(l)) => Some(l.clone()),
+        _ => None,
+    };
+    let in_flight: Vec<Option<i32>> = batch
+        .iter()
+        .map(|i| set(i).map(|l| l.in_flight as i32))
+        .collect();
+    let queue_depth: Vec<Option<i32>> = batch
+        .iter()
+        .map(|i| set(i).map(|l| l.queue_depth as i32))
+        .collect();
+    let utilization: Vec<Option<f64>> = batch
+        .iter()
+        .map(|i| set(i).map(|l| l.utilization))
+        .collect();
+    let metrics: Vec<Option<serde_json::Value>> = batch
+        .iter()
+        .map(|i| set(i).map(|l| serde_json::json!(l.metrics)))
+        .collect();
     Ok(sqlx::query_scalar(
-        "WITH v AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[]) \
-                      AS v(id, epoch, kind, health)), \
+        "WITH v AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], \
+                                         $5::boolean[], $6::int[], $7::int[], $8::float8[], $9::jsonb[]) \
+                      AS v(id, epoch, kind, health, load, in_flight, queue_depth, utilization, metrics)), \
          old AS (SELECT r.id, r.health_status FROM agent_registrations r JOIN v ON v.id = r.id \
                  WHERE r.epoch = v.epoch AND r.registration_status = 'active' \
                  ORDER BY r.id FOR UPDATE OF r), \
          upd AS (UPDATE agent_registrations r SET \
              registration_status = CASE WHEN v.kind = 'goodbye' THEN 'inactive' ELSE 'active' END, \
-             health_status = v.health, \
+             health_status = coalesce(v.health, r.health_status), \
+             load_in_flight = CASE WHEN v.load IS NULL THEN r.load_in_flight ELSE v.in_flight END, \
+             load_queue_depth = CASE WHEN v.load IS NULL THEN r.load_queue_depth ELSE v.queue_depth END, \
+             load_utilization = CASE WHEN v.load IS NULL THEN r.load_utilization ELSE v.utilization END, \
+             load_metrics = CASE WHEN v.load IS NULL THEN r.load_metrics ELSE v.metrics END, \
+             load_reported_at = CASE WHEN v.kind = 'goodbye' THEN NULL \
+                                     WHEN v.load IS NULL THEN r.load_reported_at \
+                                     WHEN v.load THEN now() END, \
+             load_first_reported_at = CASE WHEN v.kind = 'goodbye' THEN NULL \
+                                           WHEN v.load IS NULL THEN r.load_first_reported_at \
+                                           WHEN v.load THEN coalesce(r.load_first_reported_at, now()) END, \
              failure_count = CASE v.kind WHEN 'broken' THEN r.failure_count + 1 \
                                          WHEN 'report' THEN CASE WHEN v.health = 'healthy' THEN 0 \
                                                                  ELSE r.failure_count END \
                                          ELSE r.failure_count END, \
-             last_health_check = CASE WHEN v.kind = 'report' THEN greatest(r.last_health_check, now()) \
+             last_health_check = CASE WHEN v.kind IN ('report', 'load') THEN greatest(r.last_health_check, now()) \
                                       ELSE r.last_health_check END, \
              deactivation_date = CASE WHEN v.kind = 'goodbye' THEN now() ELSE r.deactivation_date END, \
              updated_at = now() \
@@ -289,6 +407,55 @@ async fn write(pool: &PgPool, batch: &[Item]) -> Result<Vec<Uuid>> {
     .bind(&epochs)
     .bind(&kinds)
     .bind(&healths)
+    .bind(&loads)
+    .bind(&in_flight)
+    .bind(&queue_depth)
+    .bind(&utilization)
+    .bind(&metrics)
     .fetch_all(pool)
     .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(id: Uuid) -> Item {
+        Item {
+            id,
+            epoch: 1,
+            change: None,
+            load: Some(LoadChange::Clear),
+            turn: u64::MAX,
+        }
+    }
+
+    #[test]
+    fn a_batch_takes_the_changes_waiting_longest() {
+        let (_tx, rx) = mpsc::unbounded_channel();
+        let mut queue = Queue {
+            rx,
+            pending: HashMap::new(),
+            turns: 0,
+        };
+        let first = Uuid::new_v4();
+        queue.keep(item(first), true);
+        let ids: Vec<Uuid> = (0..MAX_BATCH * 2).map(|_| Uuid::new_v4()).collect();
+        for id in &ids {
+            queue.keep(item(*id), true);
+        }
+        // A newer change of the first instance keeps its turn.
+        queue.keep(item(first), true);
+        let batch: Vec<Uuid> = queue.batch().iter().map(|i| i.id).collect();
+        assert_eq!(batch.len(), MAX_BATCH);
+        assert!(batch.contains(&first));
+        let mut expected: Vec<Uuid> = ids[..MAX_BATCH - 1].to_vec();
+        expected.push(first);
+        let (mut got, mut want) = (batch.clone(), expected);
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(queue.batch().len(), MAX_BATCH);
+        assert_eq!(queue.batch().len(), 1);
+    }
 }

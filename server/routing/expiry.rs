@@ -19,7 +19,7 @@ impl LeaseExpiry for Expiry {
         if drifted > 0 {
             tracing::error!(
                 units = drifted,
-                "workload counter drift: expired leases gave back units their configuration's counter did not hold; set to 0"
+                "workload counter drift: expired leases gave back units their configuration's counter did not hold as leased; set to its manual part"
             );
         }
         Ok(expired)

@@ -4,21 +4,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 use uuid::Uuid;
 
 use super::request::{
-    AcquireOrder, AvailableQuery, MetricsQuery, ReleaseOrder, RenewOrder, WatchQuery,
+    AcquireOrder, AvailableQuery, MetricsQuery, ReleaseOrder, RenewOrder, SearchOrder, WatchQuery,
 };
 use super::store::{self, LeaseRow};
 use super::view::View;
-use super::writer::{LeaseWriter, Reservation};
+use super::writer::{LeaseWriter, Reservation, Reserved};
 use crate::auth::Authenticator;
 use crate::error::{Error, Result};
 use crate::pb::encoded::AvailableAgents;
 use crate::pb::routing_service_server::RoutingService;
 use crate::pb::{self, Role};
+use crate::request::Traced as _;
 
 const ROUTERS: &[Role] = &[Role::Tenant];
 /// Best candidates among which power-of-two-choices picks.
@@ -34,22 +36,31 @@ pub struct RoutingApi {
     pool: PgPool,
     view: Arc<View>,
     leases: Arc<LeaseWriter>,
+    /// Turns true when the server shuts down: watches end at once.
+    stopping: watch::Receiver<bool>,
+    /// How long a watch may stay quiet before it is sent a progress event.
+    progress: Duration,
 }
 
 impl RoutingApi {
     /// The service: reads from `view`, leases through `leases`, lease and
-    /// metrics reads from `pool`.
+    /// metrics reads from `pool`; quiet watches get a progress event every
+    /// `progress` (zero: never).
     pub fn new(
         auth: Authenticator,
         pool: PgPool,
         view: Arc<View>,
         leases: Arc<LeaseWriter>,
+        stopping: watch::Receiver<bool>,
+        progress: Duration,
     ) -> Self {
         RoutingApi {
             auth,
             pool,
             view,
             leases,
+            stopping,
+            progress,
         }
     }
 
@@ -89,8 +100,16 @@ impl RoutingApi {
             configuration,
             epoch: row.epoch,
             expire_time: Some(pb::timestamp(row.expires_at)),
+            explanation: None,
         })
     }
+}
+
+/// The id of the lease a reservation named `request_id` by `tenant` gets: a
+/// name-based UUID, so that a repeat names the same lease, while no caller
+/// can pick an id that another tenant's lease holds.
+fn repeatable_lease_id(tenant: Uuid, request_id: Uuid) -> Uuid {
+    Uuid::new_v5(&tenant, request_id.as_bytes())
 }
 
 fn millis(d: Duration) -> i64 {
@@ -128,7 +147,23 @@ impl RoutingService for RoutingApi {
             .await?;
         let tenant = caller.owning_tenant("")?;
         let agents = self.view.available_encoded(tenant, &q.filter, q.limit);
-        Ok(Response::new(AvailableAgents { agents }))
+        let explanation = q
+            .explain
+            .then(|| self.view.explain(tenant, &q.filter, q.limit));
+        Ok(Response::new(AvailableAgents {
+            agents,
+            explanation,
+        }))
+    }
+
+    #[instrument(name = "routing.search_agents", skip_all, fields(role, tenant))]
+    async fn search_agents(
+        &self,
+        request: Request<pb::SearchAgentsRequest>,
+    ) -> Result<Response<crate::pb::encoded::SearchAnswer>, Status> {
+        let (caller, order) = self.auth.accept::<_, SearchOrder>(request, ROUTERS).await?;
+        let tenant = caller.owning_tenant("")?;
+        Ok(Response::new(self.view.search(tenant, &order)))
     }
 
     #[instrument(name = "routing.acquire_agent", skip_all, fields(role, tenant, lease))]
@@ -152,12 +187,23 @@ impl RoutingService for RoutingApi {
                 .map(|i| available[i])
                 .collect(),
             ttl_ms: millis(order.ttl),
+            lease_id: order.request_id.map(|id| repeatable_lease_id(tenant, id)),
         };
-        let Some(grant) = self.leases.reserve(reservation).await? else {
-            return Err(Error::ResourceExhausted(
-                "no available agent has free workload for this filter".into(),
-            )
-            .into());
+        let grant = match self.leases.reserve(reservation).await? {
+            Reserved::Granted(grant) => grant,
+            Reserved::Replayed(id) => {
+                // A repeat: the lease as it is now, renewed, released or not.
+                tracing::Span::current().record("lease", tracing::field::display(id));
+                let row = store::get(&self.pool, tenant, id).await?;
+                return Ok(Response::new(self.lease(tenant, row).await?));
+            }
+            Reserved::Full => {
+                return Err(Error::NoCapacity {
+                    message: "no available agent has free workload for this filter".into(),
+                    excluded: self.view.exclusions(tenant, &order.filter),
+                }
+                .into());
+            }
         };
         tracing::Span::current().record("lease", tracing::field::display(grant.lease.id));
         let mut lease = self.lease(tenant, grant.lease).await?;
@@ -167,6 +213,9 @@ impl RoutingService for RoutingApi {
         }
         if let Some(i) = &mut lease.instance {
             i.epoch = lease.epoch;
+        }
+        if order.explain {
+            lease.explanation = Some(self.view.explain(tenant, &order.filter, usize::MAX));
         }
         Ok(Response::new(lease))
     }
@@ -228,12 +277,17 @@ impl RoutingService for RoutingApi {
         &self,
         request: Request<pb::WatchAvailableAgentsRequest>,
     ) -> Result<Response<super::watch::EventStream>, Status> {
-        let (caller, q) = self.auth.accept::<_, WatchQuery>(request, ROUTERS).await?;
+        let (caller, held) = self.auth.authorize_stream(&request, ROUTERS).await?;
+        let q = WatchQuery::try_from(request.into_inner())?;
+        q.trace(&tracing::Span::current());
         let tenant = caller.owning_tenant("")?;
         Ok(Response::new(super::watch::start(
             self.view.clone(),
             tenant,
-            q.filter,
+            q,
+            self.progress,
+            held,
+            self.stopping.clone(),
         )))
     }
 }

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, reason};
 
 /// A lease as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -72,27 +72,30 @@ pub async fn renew(pool: &PgPool, tenant: Uuid, id: Uuid, ttl_ms: Option<i64>) -
         Some(lease) => Ok(lease),
         None => {
             let lease = get(pool, tenant, id).await?;
-            Err(Error::FailedPrecondition(match lease.outcome {
-                Some(outcome) => format!("the lease was already released ({outcome})"),
-                None => "the lease has expired".into(),
-            }))
+            Err(match lease.outcome {
+                Some(outcome) => Error::precondition(
+                    reason::LEASE_RELEASED,
+                    format!("the lease was already released ({outcome})"),
+                ),
+                None => Error::precondition(reason::LEASE_EXPIRED, "the lease has expired"),
+            })
         }
     }
 }
 
 /// Expires open leases past their expiry and gives their units back; returns
-/// how many, and how many units the counters did not hold (drift, clamped
-/// at zero).
+/// how many, and how many units the counters did not hold as leased
+/// (drift: the counter stops at its manual part, migration 0011).
 pub async fn expire<'e>(db: impl PgExecutor<'e>) -> Result<(i64, i64)> {
     Ok(sqlx::query_as(
         "WITH l AS ( \
            UPDATE workload_leases SET released_at = now(), outcome = 'expired' \
            WHERE released_at IS NULL AND expires_at < now() RETURNING configuration_id), \
          n AS (SELECT l.configuration_id, count(*) AS n, \
-                 greatest(count(*) - max(c.current_workload), 0) AS drift \
+                 greatest(count(*) - max(c.current_workload - c.manual_workload), 0) AS drift \
                FROM l JOIN agent_configurations c ON c.id = l.configuration_id GROUP BY 1), \
          upd AS ( \
-           UPDATE agent_configurations c SET current_workload = greatest(c.current_workload - n.n, 0), \
+           UPDATE agent_configurations c SET current_workload = greatest(c.current_workload - n.n, c.manual_workload), \
              updated_at = now() FROM n WHERE c.id = n.configuration_id RETURNING 1) \
          SELECT (SELECT count(*) FROM l), (SELECT coalesce(sum(drift), 0)::bigint FROM n)",
     )

@@ -7,49 +7,58 @@
 //! routable ones, so a read walks configurations, not registrations.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 
-use tokio::sync::{broadcast, watch};
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
 use uuid::Uuid;
+
+use super::history::{History, Record, Subscription};
+use super::ranking::{self, Flap, Reported};
+use super::request::SearchOrder;
+use super::search::{ManifestHit, SkillIndex};
+use crate::config::RoutingConfig;
+use crate::telemetry::metrics as telemetry;
 
 pub use super::request::Filter;
 use crate::configurations::store::ConfigurationRow;
+use crate::feed::LoadNote;
 use crate::feed::{Follower, Snapshot, Update};
 use crate::manifests::store::ManifestRow;
-use crate::pb::encoded::EncodedAgent;
+use crate::pb::encoded::{EncodedAgent, EncodedResult, SearchAnswer};
 use crate::pb::{self, HealthStatus};
-use crate::registrations::store::RegistrationRow;
+use crate::registrations::store::{LoadColumns, RegistrationRow};
 use crate::registrations::writer::Departures;
-
-/// A change of the view: one configuration of a tenant, or all of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Change {
-    /// The tenant whose view changed.
-    pub tenant: Uuid,
-    /// The configuration whose availability may have changed; `None`: any.
-    pub configuration: Option<Uuid>,
-    /// The view's revision after the change.
-    pub revision: u64,
-}
 
 #[derive(Debug)]
 struct ManifestInfo {
     agent_id: String,
     agent_type: String,
     version: String,
+    /// `version` parsed once for filters; `None` if it is not semver.
+    semver: Option<semver::Version>,
     capabilities: Vec<String>,
+    /// The labels of its metadata, as filters read them (`filter::labels`).
+    labels: std::collections::BTreeMap<String, String>,
     status: String,
 }
 
 /// Ranks routable instances inside a configuration: healthy before degraded,
-/// fewer open leases first, fewer recent failures first. (The load agents
-/// report in heartbeats is not used yet.)
+/// then by load (see `ranking`), open leases, recent failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Rank {
     degraded: bool,
+    /// The load in thousandths.
+    cost: u32,
     busy: i32,
     failures: i32,
     id: Uuid,
+}
+
+impl Rank {
+    fn load(&self) -> f64 {
+        f64::from(self.cost) / 1000.0
+    }
 }
 
 #[derive(Debug)]
@@ -59,6 +68,25 @@ struct Instance {
     failures: i32,
     /// Takes new work (the row's `routable`: healthy or degraded, not drained).
     routable: bool,
+    /// An operator drained it.
+    drained: bool,
+    reported: Option<Reported>,
+    /// The row's `updated_at` as last heard: a load report older than the
+    /// row the view holds is not applied (see [`View::apply_load`]).
+    updated_at: DateTime<Utc>,
+    /// Where it stands in `ConfigState::ranked`, if it does.
+    ranked_as: Option<Rank>,
+    /// When its rank changes by itself (a blackout ends, a report goes
+    /// stale, a flap hold ends): [`View::tick`] ranks it again then.
+    recheck: Option<DateTime<Utc>>,
+}
+
+/// What ranking an instance depends on besides the instance.
+struct Ctx<'a> {
+    now: DateTime<Utc>,
+    routing: &'a RoutingConfig,
+    leases: &'a HashMap<Uuid, i32>,
+    flaps: &'a HashMap<Uuid, Flap>,
 }
 
 #[derive(Debug)]
@@ -88,20 +116,68 @@ impl ConfigState {
         }
     }
 
-    fn rank(&self, id: Uuid, leases: &HashMap<Uuid, i32>) -> Option<Rank> {
-        let instance = self.instances.get(&id).filter(|i| i.routable)?;
-        Some(Rank {
-            degraded: instance.health != HealthStatus::Healthy,
-            busy: leases.get(&id).copied().unwrap_or(0),
-            failures: instance.failures,
-            id,
-        })
+    /// The load of instance `id` as ranked now.
+    fn load_of(&self, id: Uuid, instance: &Instance, ctx: &Ctx<'_>) -> ranking::Load {
+        ranking::load(
+            instance.reported.as_ref(),
+            ctx.leases.get(&id).copied().unwrap_or(0),
+            self.configuration.max_workload,
+            instance.failures,
+            ctx.now,
+            ctx.routing,
+        )
     }
 
-    fn remove_instance(&mut self, id: Uuid, leases: &HashMap<Uuid, i32>) {
-        if let Some(rank) = self.rank(id, leases) {
+    /// Takes instance `id` out of the ranking.
+    fn unrank(&mut self, id: Uuid) {
+        if let Some(rank) = self.instances.get_mut(&id).and_then(|i| i.ranked_as.take()) {
             self.ranked.remove(&rank);
         }
+    }
+
+    /// Ranks instance `id` again, as things stand at `ctx.now`.
+    fn rerank(&mut self, id: Uuid, ctx: &Ctx<'_>) {
+        self.unrank(id);
+        let Some(instance) = self.instances.get(&id) else {
+            return;
+        };
+        let load = self.load_of(id, instance, ctx);
+        let flap = ctx.flaps.get(&id);
+        let held = flap.is_some_and(|f| f.held(ctx.now));
+        let recheck = match (
+            load.changes_at,
+            flap.and_then(|f| f.held_until).filter(|_| held),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let rank = (instance.routable && !held).then(|| Rank {
+            degraded: instance.health != HealthStatus::Healthy,
+            cost: ranking::cost(load.value),
+            busy: ctx.leases.get(&id).copied().unwrap_or(0),
+            failures: instance.failures,
+            id,
+        });
+        if let Some(rank) = rank {
+            self.ranked.insert(rank);
+        }
+        if let Some(instance) = self.instances.get_mut(&id) {
+            instance.ranked_as = rank;
+            instance.recheck = recheck;
+        }
+    }
+
+    /// Ranks every instance again (the configuration's max_workload, which
+    /// lease loads are shares of, may have changed).
+    fn rerank_all(&mut self, ctx: &Ctx<'_>) {
+        let ids: Vec<Uuid> = self.instances.keys().copied().collect();
+        for id in ids {
+            self.rerank(id, ctx);
+        }
+    }
+
+    fn remove_instance(&mut self, id: Uuid) {
+        self.unrank(id);
         if self
             .instances
             .remove(&id)
@@ -111,15 +187,13 @@ impl ConfigState {
         }
     }
 
-    fn insert_instance(&mut self, id: Uuid, instance: Instance, leases: &HashMap<Uuid, i32>) {
-        self.remove_instance(id, leases);
+    fn insert_instance(&mut self, id: Uuid, instance: Instance, ctx: &Ctx<'_>) {
+        self.remove_instance(id);
         if instance.health == HealthStatus::Healthy {
             self.healthy += 1;
         }
         self.instances.insert(id, instance);
-        if let Some(rank) = self.rank(id, leases) {
-            self.ranked.insert(rank);
-        }
+        self.rerank(id, ctx);
     }
 }
 
@@ -130,12 +204,35 @@ struct TenantState {
     instance_config: HashMap<Uuid, Uuid>,
     /// Open leases per instance (kept apart so instance reloads keep them).
     leases: HashMap<Uuid, i32>,
+    /// Flap damping per instance (kept apart for the same reason).
+    flaps: HashMap<Uuid, Flap>,
+}
+
+impl TenantState {
+    /// Splits the tenant into its configurations and what ranking reads.
+    fn parts<'a>(
+        &'a mut self,
+        now: DateTime<Utc>,
+        routing: &'a RoutingConfig,
+    ) -> (&'a mut HashMap<Uuid, ConfigState>, Ctx<'a>) {
+        (
+            &mut self.configs,
+            Ctx {
+                now,
+                routing,
+                leases: &self.leases,
+                flaps: &self.flaps,
+            },
+        )
+    }
 }
 
 #[derive(Debug, Default)]
 struct State {
     revision: u64,
     manifests: HashMap<Uuid, ManifestInfo>,
+    /// Every manifest's skills, for `SearchAgents`.
+    skills: SkillIndex,
     tenants: HashMap<Uuid, TenantState>,
 }
 
@@ -143,18 +240,81 @@ struct State {
 #[derive(Debug)]
 pub struct View {
     state: RwLock<State>,
-    changes: broadcast::Sender<Change>,
+    /// What watchers are sent; written by [`View::publish`] under the state's
+    /// write lock, and locked after the state whenever both are.
+    history: Mutex<History>,
     ready: watch::Sender<bool>,
+    routing: RoutingConfig,
 }
 
 impl View {
-    /// An empty view whose watchers may fall `buffer` changes behind before they resync.
+    /// An empty view that holds the latest `buffer` changes of watched
+    /// tenants (all together) for watches to resume from.
     pub fn new(buffer: usize) -> Self {
         View {
             state: RwLock::default(),
-            changes: broadcast::channel(buffer.max(1)).0,
+            history: Mutex::new(History::new(buffer)),
             ready: watch::channel(false).0,
+            routing: RoutingConfig::default(),
         }
+    }
+
+    /// This view, ranking instances as `routing` says.
+    #[must_use]
+    pub fn with_routing(mut self, routing: RoutingConfig) -> Self {
+        self.routing = routing;
+        self
+    }
+
+    /// Ranks again the instances whose rank changed with time since the
+    /// last call (a blackout ended, a report went stale, a flap hold ended);
+    /// called about once a second.
+    pub fn tick(&self, now: DateTime<Utc>) {
+        let due = |state: &State| -> Vec<(Uuid, Uuid, Uuid)> {
+            let mut due = Vec::new();
+            for (tenant, t) in &state.tenants {
+                for (config, c) in &t.configs {
+                    for (id, i) in &c.instances {
+                        if i.recheck.is_some_and(|at| at <= now) {
+                            due.push((*tenant, *config, *id));
+                        }
+                    }
+                }
+            }
+            due
+        };
+        // Looked for under the read lock: most ticks find nothing.
+        if due(&self.read()).is_empty() {
+            return;
+        }
+        let mut state = self.write();
+        let mut touched = Vec::new();
+        for (tenant, config, id) in due(&state) {
+            let Some(t) = state.tenants.get_mut(&tenant) else {
+                continue;
+            };
+            t.flaps
+                .retain(|_, f| f.held(now) || !f.is_idle(now, &self.routing));
+            let (configs, ctx) = t.parts(now, &self.routing);
+            if let Some(c) = configs.get_mut(&config) {
+                c.rerank(id, &ctx);
+                touched.push((tenant, config));
+            }
+        }
+        touched.dedup();
+        for (tenant, config) in touched {
+            self.publish(&mut state, tenant, Some(config));
+        }
+    }
+
+    /// Instances held out for flapping now.
+    pub fn held_out(&self) -> usize {
+        let now = Utc::now();
+        self.read()
+            .tenants
+            .values()
+            .map(|t| t.flaps.values().filter(|f| f.held(now)).count())
+            .sum()
     }
 }
 
@@ -167,9 +327,28 @@ impl View {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Subscribes to changes; a receiver that lags must resync from a snapshot.
-    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
-        self.changes.subscribe()
+    /// Subscribes to `tenant`'s changes as watchers see them (see
+    /// [`History`]), starting its stream if it is not watched yet.
+    pub fn subscribe(&self, tenant: Uuid) -> Subscription {
+        let state = self.read();
+        self.history().subscribe(tenant, || records(&state, tenant))
+    }
+
+    /// The streams of the watched tenants, their entries and latest changes.
+    pub fn history(&self) -> MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many configurations and active instances the view holds.
+    pub fn size(&self) -> (usize, usize) {
+        let state = self.read();
+        state
+            .tenants
+            .values()
+            .flat_map(|t| t.configs.values())
+            .fold((0, 0), |(configurations, instances), c| {
+                (configurations + 1, instances + c.instances.len())
+            })
     }
 
     /// The current revision.
@@ -185,7 +364,8 @@ impl View {
 
     /// Announces a change of one configuration's entry (or, with `None`, of
     /// all the tenant's). Every change of the view goes through here, which
-    /// is why the pre-encoded entries are reset here.
+    /// is why the pre-encoded entries are reset here, and why the watchers'
+    /// history is written here.
     fn publish(&self, state: &mut State, tenant: Uuid, configuration: Option<Uuid>) {
         if let Some(t) = state.tenants.get_mut(&tenant) {
             match configuration {
@@ -202,11 +382,13 @@ impl View {
             }
         }
         state.revision += 1;
-        let _ = self.changes.send(Change {
-            tenant,
-            configuration,
-            revision: state.revision,
-        });
+        let mut history = self.history();
+        if history.watches(tenant) {
+            match configuration {
+                Some(id) => history.update(tenant, id, record(state, tenant, id)),
+                None => history.update_all(tenant, records(state, tenant)),
+            }
+        }
     }
 
     /// Replaces the whole view with `snapshot`.
@@ -214,6 +396,7 @@ impl View {
         let mut fresh = State::default();
         for m in &snapshot.manifests {
             fresh.manifests.insert(m.id, manifest_info(m));
+            fresh.skills.put(m.id, &m.skills.0, &m.capabilities.0);
         }
         for l in &snapshot.open_leases {
             fresh.tenants.entry(l.tenant_id).or_default().leases.insert(
@@ -229,12 +412,23 @@ impl View {
                 .configs
                 .insert(c.id, ConfigState::new(c.clone()));
         }
+        let mut state = self.write();
+        // Flap damping outlives a reload: the instances did not stop flapping.
+        for (id, t) in &mut state.tenants {
+            if let Some(f) = fresh.tenants.get_mut(id) {
+                f.flaps = std::mem::take(&mut t.flaps);
+            }
+        }
+        let now = Utc::now();
         for r in &snapshot.registrations {
             let tenant = fresh.tenants.entry(r.tenant_id).or_default();
-            place_instance(tenant, r.clone());
+            place_instance(tenant, r.clone(), now, &self.routing);
         }
-        let tenants: Vec<Uuid> = fresh.tenants.keys().copied().collect();
-        let mut state = self.write();
+        // Watched tenants that are gone lose their entries too.
+        let mut tenants: Vec<Uuid> = fresh.tenants.keys().copied().collect();
+        tenants.extend(self.history().tenants());
+        tenants.sort_unstable();
+        tenants.dedup();
         fresh.revision = state.revision;
         *state = fresh;
         for tenant in tenants {
@@ -245,15 +439,35 @@ impl View {
     }
 
     /// Applies a burst of changes under one write lock.
+    ///
+    /// Load reports only re-rank their instance; the configurations they
+    /// touched are published once, after the whole burst, instead of once
+    /// per report: 10,000 agents whose load moves send thousands a second,
+    /// mostly to few configurations, and each publish resets the
+    /// configuration's pre-encoded answer (encoded again on the next read)
+    /// and records a change for its watchers.
     pub fn apply(&self, updates: &[Update]) {
         let mut state = self.write();
+        let mut loaded = Vec::new();
         for update in updates {
-            self.apply_one(&mut state, update);
+            self.apply_one(&mut state, update, &mut loaded);
+        }
+        loaded.sort_unstable();
+        loaded.dedup();
+        for (tenant, configuration) in loaded {
+            self.publish(&mut state, tenant, Some(configuration));
         }
     }
 
-    fn apply_one(&self, state: &mut State, update: &Update) {
+    /// Applies one change; a load report's (tenant, configuration) is added
+    /// to `loaded` for [`View::apply`] to publish.
+    fn apply_one(&self, state: &mut State, update: &Update, loaded: &mut Vec<(Uuid, Uuid)>) {
         match update {
+            Update::Load(note) => {
+                if self.apply_load(state, note) {
+                    loaded.push((note.tenant, note.configuration));
+                }
+            }
             Update::Workload {
                 tenant,
                 configuration,
@@ -275,24 +489,20 @@ impl View {
             } => {
                 let t = state.tenants.entry(*tenant).or_default();
                 let config = t.instance_config.get(registration).copied();
-                let old = config
-                    .and_then(|c| t.configs.get(&c))
-                    .and_then(|c| c.rank(*registration, &t.leases));
                 *t.leases.entry(*registration).or_default() += delta;
                 if t.leases.get(registration).is_some_and(|n| *n <= 0) {
                     t.leases.remove(registration);
                 }
-                if let (Some(config), Some(old)) = (config, old) {
-                    let TenantState {
-                        configs, leases, ..
-                    } = t;
-                    if let Some(c) = configs.get_mut(&config) {
-                        c.ranked.remove(&old);
-                        if let Some(new) = c.rank(*registration, leases) {
-                            c.ranked.insert(new);
-                        }
+                if let Some(config) = config {
+                    let (configs, ctx) = t.parts(Utc::now(), &self.routing);
+                    let ranked = configs.get_mut(&config).is_some_and(|c| {
+                        let was = c.instances.get(registration).and_then(|i| i.ranked_as);
+                        c.rerank(*registration, &ctx);
+                        was.is_some()
+                    });
+                    if ranked {
+                        self.publish(state, *tenant, Some(config));
                     }
-                    self.publish(state, *tenant, Some(config));
                 }
             }
             Update::Configuration {
@@ -302,8 +512,15 @@ impl View {
                 match row {
                     Some(row) => match t.configs.get_mut(id) {
                         Some(c) => {
+                            let resized = c.configuration.max_workload != row.fields.max_workload;
                             c.configuration = row.clone().into();
                             c.manifest_id = row.manifest_id;
+                            if resized {
+                                let (configs, ctx) = t.parts(Utc::now(), &self.routing);
+                                if let Some(c) = configs.get_mut(id) {
+                                    c.rerank_all(&ctx);
+                                }
+                            }
                         }
                         None => {
                             t.configs.insert(*id, ConfigState::new(row.clone()));
@@ -321,19 +538,26 @@ impl View {
             }
             Update::Registration { tenant, id, row } => {
                 let t = state.tenants.entry(*tenant).or_default();
+                let now = Utc::now();
                 let mut touched = vec![];
+                let mut was = None;
                 if let Some(old) = t.instance_config.remove(id) {
-                    let TenantState {
-                        configs, leases, ..
-                    } = &mut *t;
-                    if let Some(c) = configs.get_mut(&old) {
-                        c.remove_instance(*id, leases);
+                    if let Some(c) = t.configs.get_mut(&old) {
+                        was = c.instances.get(id).map(|i| i.health);
+                        c.remove_instance(*id);
                     }
                     touched.push(old);
                 }
                 if let Some(row) = row.as_ref().filter(|r| r.registration_status == "active") {
+                    let health = HealthStatus::from_db_name(&row.health_status);
+                    if was.is_some_and(|w| w != health)
+                        && t.flaps.entry(*id).or_default().changed(now, &self.routing)
+                    {
+                        metrics::counter!(telemetry::FLAP_HOLDS).increment(1);
+                        tracing::info!(registration = %id, "instance held out of routing: its health keeps changing");
+                    }
                     touched.push(row.configuration_id);
-                    place_instance(t, row.clone());
+                    place_instance(t, row.clone(), now, &self.routing);
                 }
                 touched.dedup();
                 for config in touched {
@@ -342,8 +566,14 @@ impl View {
             }
             Update::Manifest { id, row } => {
                 match row {
-                    Some(row) => state.manifests.insert(*id, manifest_info(row)),
-                    None => state.manifests.remove(id),
+                    Some(row) => {
+                        state.skills.put(*id, &row.skills.0, &row.capabilities.0);
+                        state.manifests.insert(*id, manifest_info(row))
+                    }
+                    None => {
+                        state.skills.remove(*id);
+                        state.manifests.remove(id)
+                    }
                 };
                 let affected: Vec<Uuid> = state
                     .tenants
@@ -357,6 +587,40 @@ impl View {
             }
             Update::ApiKey { .. } => {}
         }
+    }
+
+    /// Takes an instance's new load report from its notification and ranks
+    /// the instance again; false if the view does not hold that activation
+    /// of it, or holds a newer row (a snapshot read after the report
+    /// committed, whose notification arrives after it).
+    fn apply_load(&self, state: &mut State, note: &LoadNote) -> bool {
+        let Some(t) = state.tenants.get_mut(&note.tenant) else {
+            return false;
+        };
+        if t.instance_config.get(&note.id) != Some(&note.configuration) {
+            return false;
+        }
+        let (configs, ctx) = t.parts(Utc::now(), &self.routing);
+        let Some(c) = configs.get_mut(&note.configuration) else {
+            return false;
+        };
+        let Some(instance) = c.instances.get_mut(&note.id) else {
+            return false;
+        };
+        if instance.registration.epoch != note.epoch || instance.updated_at > note.updated_at {
+            return false;
+        }
+        let load = note.columns();
+        instance.reported = reported(&load);
+        instance.updated_at = note.updated_at;
+        // What the row now holds, as reading it would have given.
+        let r = &mut instance.registration;
+        r.load = load.report();
+        r.load_report_time = pb::opt_timestamp(load.load_reported_at);
+        r.last_health_check = Some(pb::timestamp(note.last_health_check));
+        r.update_time = Some(pb::timestamp(note.updated_at));
+        c.rerank(note.id, &ctx);
+        true
     }
 
     /// The tenant's available agents, best score first, at most `limit`.
@@ -384,25 +648,13 @@ impl View {
         filter: &Filter,
         limit: usize,
     ) -> Vec<EncodedAgent> {
-        use prost::Message as _;
         let state = self.read();
         let Some(t) = state.tenants.get(&tenant) else {
             return Vec::new();
         };
         select(&state, t, filter, limit)
             .into_iter()
-            .filter_map(|(score, id)| {
-                let c = t.configs.get(&id)?;
-                let body = match c.encoded.get() {
-                    Some(body) => body.clone(),
-                    None => {
-                        // Encoded with a zero score, which protobuf leaves out.
-                        let body: Arc<[u8]> = entry(&state, t, id, 0.0)?.encode_to_vec().into();
-                        c.encoded.get_or_init(|| body).clone()
-                    }
-                };
-                Some(EncodedAgent { body, score })
-            })
+            .filter_map(|(score, id)| encoded(&state, t, id, score))
             .collect()
     }
 
@@ -416,7 +668,12 @@ impl View {
         };
         select(&state, t, filter, limit)
             .into_iter()
-            .filter_map(|(_, id)| Some((id, t.configs.get(&id)?.ranked.first()?.id)))
+            .filter_map(|(_, id)| {
+                // Among the lowest-load few, weighted by inverse load.
+                let lowest = pick_among(&t.configs.get(&id)?.ranked);
+                let weights: Vec<f64> = lowest.iter().map(|r| ranking::weight(r.load())).collect();
+                Some((id, lowest.get(ranking::pick_weighted(&weights))?.id))
+            })
             .collect()
     }
 
@@ -453,6 +710,311 @@ impl View {
     }
 }
 
+impl View {
+    /// Why the tenant's answer under `filter` is what it is: each answered
+    /// configuration with the terms of its score and its instances' loads,
+    /// and everything left out with the reason.
+    pub fn explain(&self, tenant: Uuid, filter: &Filter, limit: usize) -> pb::Explanation {
+        use pb::ExclusionReason as Why;
+        let state = self.read();
+        let mut explanation = pb::Explanation::default();
+        let Some(t) = state.tenants.get(&tenant) else {
+            return explanation;
+        };
+        let now = Utc::now();
+        let answered: Vec<(f64, Uuid)> = select(&state, t, filter, limit);
+        let mut ids: Vec<&Uuid> = t.configs.keys().collect();
+        ids.sort();
+        let exclude =
+            |explanation: &mut pb::Explanation, c: &Uuid, i: Option<&Uuid>, (why, detail): Left| {
+                explanation.excluded.push(pb::Exclusion {
+                    configuration_id: c.to_string(),
+                    registration_id: i.map(Uuid::to_string).unwrap_or_default(),
+                    reason: why.into(),
+                    detail,
+                });
+            };
+        for id in ids {
+            let c = &t.configs[id];
+            match judge(&state, c, filter) {
+                Err(left) => exclude(&mut explanation, id, None, left),
+                Ok(_) if answered.iter().any(|(_, a)| a == id) => {}
+                Ok((_, true)) if !filter.include_degraded => exclude(
+                    &mut explanation,
+                    id,
+                    None,
+                    (Why::DegradedOnly, "only degraded instances".into()),
+                ),
+                Ok(_) => exclude(
+                    &mut explanation,
+                    id,
+                    None,
+                    (Why::Limit, format!("past the limit of {limit}")),
+                ),
+            }
+            let ctx = Ctx {
+                now,
+                routing: &self.routing,
+                leases: &t.leases,
+                flaps: &t.flaps,
+            };
+            let mut instances: Vec<(&Uuid, &Instance)> = c.instances.iter().collect();
+            instances.sort_by_key(|(i, _)| **i);
+            for (i, instance) in instances {
+                let flap = t.flaps.get(i).filter(|f| f.held(now));
+                let why = if !instance.routable && instance.drained {
+                    Some((Why::Draining, "drained by an operator".into()))
+                } else if !instance.routable {
+                    Some((
+                        Why::Unhealthy,
+                        format!("health {}", instance.health.as_str_name()),
+                    ))
+                } else if let Some(until) = flap.and_then(|f| f.held_until) {
+                    Some((Why::Flapping, format!("held out until {until}")))
+                } else if c.load_of(*i, instance, &ctx).source == pb::LoadSource::LeasesStaleReport
+                {
+                    Some((Why::LoadReportStale, "ranked by its leases".into()))
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    exclude(&mut explanation, id, Some(i), why);
+                }
+            }
+        }
+        for (score, id) in answered {
+            explanation
+                .candidates
+                .push(self.explained(&state, t, id, score, now));
+        }
+        explanation
+    }
+}
+
+impl View {
+    /// The terms of configuration `id`'s `score`, and its ranked instances.
+    fn explained(
+        &self,
+        state: &State,
+        t: &TenantState,
+        id: Uuid,
+        score: f64,
+        now: DateTime<Utc>,
+    ) -> pb::ExplainedCandidate {
+        let c = &t.configs[&id];
+        let config = &c.configuration;
+        let active = c.instances.len() as u32;
+        let ctx = Ctx {
+            now,
+            routing: &self.routing,
+            leases: &t.leases,
+            flaps: &t.flaps,
+        };
+        let ranked: Vec<&Rank> = c.ranked.iter().collect();
+        let weights: Vec<f64> = pick_among(&c.ranked)
+            .iter()
+            .map(|r| ranking::weight(r.load()))
+            .collect();
+        let total: f64 = weights.iter().sum();
+        let instances = ranked
+            .iter()
+            .enumerate()
+            .filter_map(|(n, r)| {
+                let instance = c.instances.get(&r.id)?;
+                let load = c.load_of(r.id, instance, &ctx);
+                Some(pb::ExplainedInstance {
+                    registration_id: r.id.to_string(),
+                    instance_id: instance.registration.instance_id.clone(),
+                    health_status: instance.health.into(),
+                    load: load.value,
+                    load_source: load.source.into(),
+                    leases: r.busy,
+                    error_penalty: load.penalty,
+                    weight: weights.get(n).map_or(0.0, |w| w / total),
+                })
+            })
+            .collect();
+        pb::ExplainedCandidate {
+            configuration_id: id.to_string(),
+            agent_id: state
+                .manifests
+                .get(&c.manifest_id)
+                .map(|m| m.agent_id.clone())
+                .unwrap_or_default(),
+            score,
+            free_workload_term: 0.5
+                * (1.0
+                    - f64::from(config.current_workload) / f64::from(config.max_workload.max(1))),
+            healthy_term: 0.3 * f64::from(c.healthy) / f64::from(active.max(1)),
+            instances_term: 0.2 * (f64::from(active) / 3.0).min(1.0),
+            instances,
+        }
+    }
+
+    /// `SearchAgents`: the tenant's configurations whose manifests' skills
+    /// match, ranked by relevance and availability together (routing.proto
+    /// documents the score), one page of them.
+    pub fn search(&self, tenant: Uuid, order: &SearchOrder) -> SearchAnswer {
+        let state = self.read();
+        let Some(t) = state.tenants.get(&tenant) else {
+            return SearchAnswer::default();
+        };
+        let hits = state.skills.query(&order.terms, order.explain);
+        if hits.is_empty() {
+            return SearchAnswer::default();
+        }
+        struct Found<'a> {
+            id: Uuid,
+            hit: &'a ManifestHit,
+            judged: std::result::Result<f64, Left>,
+        }
+        let mut found: Vec<Found<'_>> = t
+            .configs
+            .iter()
+            .filter_map(|(id, c)| {
+                let hit = hits.get(&c.manifest_id)?;
+                let judged = judge(&state, c, &order.filter).map(|(score, _)| score);
+                match &judged {
+                    Err((pb::ExclusionReason::FilterMismatch, _)) => None,
+                    Err(_) if !order.include_unavailable => None,
+                    _ => Some(Found {
+                        id: *id,
+                        hit,
+                        judged,
+                    }),
+                }
+            })
+            .collect();
+        let best = found.iter().map(|f| f.hit.relevance).fold(0.0, f64::max);
+        let scored = |f: &Found<'_>| {
+            let relevance = if best > 0.0 {
+                f.hit.relevance / best
+            } else {
+                0.0
+            };
+            let availability = *f.judged.as_ref().unwrap_or(&0.0);
+            (
+                relevance * (0.5 + 0.5 * availability),
+                relevance,
+                availability,
+            )
+        };
+        found.sort_by(|a, b| scored(b).0.total_cmp(&scored(a).0).then(a.id.cmp(&b.id)));
+        let total = found.len();
+        let now = Utc::now();
+        let results = found
+            .iter()
+            .skip(order.offset)
+            .take(order.page_size)
+            .map(|f| {
+                let (score, relevance, availability) = scored(f);
+                let c = &t.configs[&f.id];
+                let (reason, detail) = match &f.judged {
+                    Ok(_) => (pb::ExclusionReason::Unspecified, String::new()),
+                    Err((why, detail)) => (*why, detail.clone()),
+                };
+                let head = pb::SearchResult {
+                    configuration_id: f.id.to_string(),
+                    name: c.configuration.name.clone(),
+                    agent_id: state
+                        .manifests
+                        .get(&c.manifest_id)
+                        .map(|m| m.agent_id.clone())
+                        .unwrap_or_default(),
+                    score,
+                    relevance,
+                    availability,
+                    skills: f
+                        .hit
+                        .skills
+                        .iter()
+                        .map(|s| pb::SkillMatch {
+                            skill_id: s.id.clone(),
+                            skill_name: s.name.clone(),
+                            relevance: s.relevance,
+                            terms: s
+                                .terms
+                                .iter()
+                                .map(|h| pb::TermMatch {
+                                    term: h.term.clone(),
+                                    field: h.field.name().into(),
+                                    word: h.word.clone(),
+                                    contribution: h.contribution,
+                                })
+                                .collect(),
+                        })
+                        .collect(),
+                    // From the view's cache, in `EncodedResult::agent`.
+                    agent: None,
+                    unavailable_reason: reason.into(),
+                    unavailable_detail: detail,
+                    availability_terms: match (&f.judged, order.explain) {
+                        (Ok(score), true) => Some(self.explained(&state, t, f.id, *score, now)),
+                        _ => None,
+                    },
+                };
+                EncodedResult {
+                    head,
+                    agent: f
+                        .judged
+                        .as_ref()
+                        .ok()
+                        .and_then(|s| encoded(&state, t, f.id, *s)),
+                }
+            })
+            .collect();
+        let next = order.offset + order.page_size;
+        SearchAnswer {
+            results,
+            next_page_token: if next < total {
+                crate::pagination::encode(&crate::pagination::Offset(next))
+            } else {
+                String::new()
+            },
+            total_size: i32::try_from(total).unwrap_or(i32::MAX),
+        }
+    }
+}
+
+/// The instances an acquire picks among: the lowest-load few of the best
+/// health (degraded ones only when no healthy one is routable).
+fn pick_among(ranked: &BTreeSet<Rank>) -> Vec<&Rank> {
+    let Some(first) = ranked.first() else {
+        return Vec::new();
+    };
+    ranked
+        .iter()
+        .take_while(|r| r.degraded == first.degraded)
+        .take(ranking::PICK_AMONG)
+        .collect()
+}
+
+impl View {
+    /// How many of the tenant's configurations `filter` leaves out, per
+    /// reason ("full", 2), ...: the summary an acquire that found nothing
+    /// answers with. Configurations only, so that it stays cheap however
+    /// many instances the tenant runs.
+    pub fn exclusions(&self, tenant: Uuid, filter: &Filter) -> Vec<(String, usize)> {
+        let state = self.read();
+        let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+        for c in state
+            .tenants
+            .get(&tenant)
+            .into_iter()
+            .flat_map(|t| t.configs.values())
+        {
+            if let Err((why, _)) = judge(&state, c, filter) {
+                let name = why
+                    .as_str_name()
+                    .trim_start_matches("EXCLUSION_REASON_")
+                    .to_lowercase();
+                *counts.entry(name).or_default() += 1;
+            }
+        }
+        counts.into_iter().collect()
+    }
+}
+
 /// The configurations of `t` available under `filter`, best score first, at
 /// most `limit`, with their scores.
 fn select(state: &State, t: &TenantState, filter: &Filter, limit: usize) -> Vec<(f64, Uuid)> {
@@ -478,31 +1040,51 @@ fn select(state: &State, t: &TenantState, filter: &Filter, limit: usize) -> Vec<
 /// Whether a configuration is available under `filter`: its score, and
 /// whether its best instance is only degraded.
 fn candidate(state: &State, c: &ConfigState, filter: &Filter) -> Option<(f64, bool)> {
-    let m = state.manifests.get(&c.manifest_id)?;
+    judge(state, c, filter).ok()
+}
+
+/// A configuration left out, and why in words.
+type Left = (pb::ExclusionReason, String);
+
+/// [`candidate`], or why not.
+fn judge(state: &State, c: &ConfigState, filter: &Filter) -> Result<(f64, bool), Left> {
+    use pb::ExclusionReason as Why;
+    let Some(m) = state.manifests.get(&c.manifest_id) else {
+        return Err((Why::ManifestDeprecated, "its manifest is gone".into()));
+    };
+    let facts = super::filter::ManifestFacts {
+        agent_id: &m.agent_id,
+        agent_type: &m.agent_type,
+        version: m.semver.as_ref(),
+        capabilities: &m.capabilities,
+        labels: &m.labels,
+    };
+    if !filter.matches(&facts) {
+        return Err((Why::FilterMismatch, format!("manifest {}", m.agent_id)));
+    }
     let usable = match m.status.as_str() {
         "active" | "beta" => true,
         "deprecated" => filter.include_deprecated,
         _ => false,
     };
+    if !usable {
+        return Err((Why::ManifestDeprecated, format!("manifest {}", m.status)));
+    }
     let config = &c.configuration;
+    if config.enabled != Some(true) {
+        return Err((Why::Disabled, "the configuration is disabled".into()));
+    }
     let (workload, max) = (config.current_workload, config.max_workload);
-    if !usable || config.enabled != Some(true) || workload >= max {
-        return None;
+    if workload >= max {
+        return Err((Why::Full, format!("workload {workload} of {max}")));
     }
-    if filter.agent_id.as_ref().is_some_and(|a| *a != m.agent_id)
-        || filter
-            .agent_type
-            .as_ref()
-            .is_some_and(|t| *t != m.agent_type)
-        || !filter
-            .capabilities
-            .iter()
-            .all(|cap| m.capabilities.contains(cap))
-    {
-        return None;
-    }
-    let best = c.ranked.first()?;
-    Some((
+    let Some(best) = c.ranked.first() else {
+        return Err((
+            Why::NoHealthyInstance,
+            format!("{} active instances, none takes work", c.instances.len()),
+        ));
+    };
+    Ok((
         score(workload, max, c.healthy, c.instances.len() as u32),
         best.degraded,
     ))
@@ -521,6 +1103,22 @@ pub fn score(workload: i32, max: i32, healthy: u32, active: u32) -> f64 {
         + 0.2 * (f64::from(active) / 3.0).min(1.0)
 }
 
+/// Configuration `id`'s entry with `score`, from the bytes encoded at its
+/// last change (encoded now if it changed since).
+fn encoded(state: &State, t: &TenantState, id: Uuid, score: f64) -> Option<EncodedAgent> {
+    use prost::Message as _;
+    let c = t.configs.get(&id)?;
+    let body = match c.encoded.get() {
+        Some(body) => body.clone(),
+        None => {
+            // Encoded with a zero score, which protobuf leaves out.
+            let body: Arc<[u8]> = entry(state, t, id, 0.0)?.encode_to_vec().into();
+            c.encoded.get_or_init(|| body).clone()
+        }
+    };
+    Some(EncodedAgent { body, score })
+}
+
 fn entry(state: &State, t: &TenantState, id: Uuid, score: f64) -> Option<pb::AvailableAgent> {
     let c = t.configs.get(&id)?;
     let m = state.manifests.get(&c.manifest_id)?;
@@ -537,31 +1135,109 @@ fn entry(state: &State, t: &TenantState, id: Uuid, score: f64) -> Option<pb::Ava
     })
 }
 
+/// Every filter: what a watch of any filter might see.
+fn everything() -> Filter {
+    Filter {
+        include_degraded: true,
+        include_deprecated: true,
+        ..Filter::default()
+    }
+}
+
+/// A configuration's entry as watchers see it, if some filter admits it.
+fn record(state: &State, tenant: Uuid, id: Uuid) -> Option<Record> {
+    let t = state.tenants.get(&tenant)?;
+    let c = t.configs.get(&id)?;
+    let (score, degraded) = candidate(state, c, &everything())?;
+    let m = state.manifests.get(&c.manifest_id)?;
+    Some(Record {
+        agent: entry(state, t, id, score)?,
+        degraded,
+        deprecated: m.status == "deprecated",
+        version: m.semver.clone(),
+        labels: m.labels.clone(),
+    })
+}
+
+/// The entries of all of `tenant`'s configurations that some filter admits.
+fn records(state: &State, tenant: Uuid) -> Vec<(Uuid, Record)> {
+    let Some(t) = state.tenants.get(&tenant) else {
+        return Vec::new();
+    };
+    t.configs
+        .keys()
+        .filter_map(|id| Some((*id, record(state, tenant, *id)?)))
+        .collect()
+}
+
 fn manifest_info(m: &ManifestRow) -> ManifestInfo {
     ManifestInfo {
         agent_id: m.agent_id.clone(),
         agent_type: m.agent_type.clone(),
         version: m.version.clone(),
-        capabilities: m.capabilities.0.clone(),
+        semver: semver::Version::parse(&m.version).ok(),
+        // A skill id counts as a capability, for filters and in answers.
+        capabilities: m
+            .capabilities
+            .0
+            .iter()
+            .cloned()
+            .chain(
+                m.skills
+                    .0
+                    .iter()
+                    .filter(|s| !m.capabilities.0.contains(&s.id))
+                    .map(|s| s.id.clone()),
+            )
+            .collect(),
+        labels: super::filter::labels(&m.metadata),
         status: m.status.clone(),
     }
 }
 
-fn place_instance(t: &mut TenantState, r: RegistrationRow) {
+/// The report of a row's load columns as ranking reads it, if it holds one.
+fn reported(load: &LoadColumns) -> Option<Reported> {
+    let at = load.load_reported_at?;
+    Some(Reported {
+        utilization: load.load_utilization.unwrap_or(0.0),
+        queue_depth: load.load_queue_depth.unwrap_or(0).max(0) as u32,
+        at,
+        first: load.load_first_reported_at.unwrap_or(at),
+    })
+}
+
+fn place_instance(
+    t: &mut TenantState,
+    r: RegistrationRow,
+    now: DateTime<Utc>,
+    routing: &RoutingConfig,
+) {
     let (id, config) = (r.id, r.configuration_id);
     let instance = Instance {
         health: HealthStatus::from_db_name(&r.health_status),
         failures: r.failure_count,
         routable: r.routable,
+        drained: r.drain_time.is_some(),
+        reported: reported(&r.load),
+        updated_at: r.updated_at,
+        ranked_as: None,
+        recheck: None,
         registration: r.into(),
     };
     let TenantState {
         configs,
         instance_config,
         leases,
+        flaps,
     } = t;
     if let Some(c) = configs.get_mut(&config) {
-        c.insert_instance(id, instance, leases);
+        let ctx = Ctx {
+            now,
+            routing,
+            leases,
+            flaps,
+        };
+        c.insert_instance(id, instance, &ctx);
         instance_config.insert(id, config);
     }
 }
@@ -577,15 +1253,10 @@ impl Departures for View {
         let Some(config) = t.instance_config.get(&registration).copied() else {
             return;
         };
-        let TenantState {
-            configs, leases, ..
-        } = t;
-        let Some(c) = configs.get_mut(&config) else {
+        let Some(c) = t.configs.get_mut(&config) else {
             return;
         };
-        if let Some(rank) = c.rank(registration, leases) {
-            c.ranked.remove(&rank);
-        }
+        c.unrank(registration);
         if let Some(instance) = c.instances.get_mut(&registration) {
             if instance.health == HealthStatus::Healthy {
                 c.healthy -= 1;
@@ -631,6 +1302,8 @@ mod tests {
             requirements: String::new(),
             metadata: serde_json::json!({}),
             status: status.into(),
+            skills: Json(Vec::new()),
+            card: None,
             created_at: Utc::now(),
             updated_at: Utc::now(),
         }
@@ -659,6 +1332,7 @@ mod tests {
                 max_workload: max,
             },
             current_workload: work,
+            manual_workload: 0,
             created_at: Utc::now(),
             updated_at: Utc::now(),
         }
@@ -689,6 +1363,7 @@ mod tests {
             routable: matches!(health, "healthy" | "degraded"),
             created_at: Utc::now(),
             updated_at: Utc::now(),
+            load: Default::default(),
         }
     }
 
@@ -925,5 +1600,141 @@ mod tests {
         let (configuration, registration) = f.view.leased(f.tenant, c.id, busy.id).expect("held");
         assert_eq!(configuration.id, c.id.to_string());
         assert_eq!(registration.id, busy.id.to_string());
+    }
+
+    /// A load report from its notification, landed `age` ms before a
+    /// second from now (so after the rows the fleet was loaded with).
+    fn note(c: &ConfigurationRow, r: &RegistrationRow, utilization: f64, age: i64) -> Update {
+        let at = Utc::now() + chrono::Duration::seconds(1) - chrono::Duration::milliseconds(age);
+        Update::Load(LoadNote {
+            id: r.id,
+            tenant: c.tenant_id,
+            configuration: c.id,
+            epoch: r.epoch,
+            in_flight: Some(0),
+            queue_depth: Some(0),
+            utilization: Some(utilization),
+            metrics: Some(serde_json::json!({})),
+            reported_at: Some(at),
+            first_reported_at: Some(at - chrono::Duration::hours(1)),
+            last_health_check: at,
+            updated_at: at,
+        })
+    }
+
+    #[test]
+    fn load_notes_rank_without_a_row_and_a_burst_publishes_once() {
+        let (f, instances) = fleet();
+        let load_of = |id: Uuid| {
+            let explanation = f.view.explain(f.tenant, &everything(), 10);
+            explanation
+                .candidates
+                .iter()
+                .flat_map(|c| &c.instances)
+                .find(|i| i.registration_id == id.to_string())
+                .map(|i| (i.load, i.load_source))
+        };
+        let a = &instances[0];
+        let before = f.view.revision();
+        // Three reports of one instance in one burst: the last one counts,
+        // and its configuration is published once.
+        f.view.apply(&[
+            note(&f.a, a, 0.2, 30),
+            note(&f.a, a, 0.4, 20),
+            note(&f.a, a, 0.7, 10),
+        ]);
+        assert_eq!(f.view.revision(), before + 1);
+        assert_eq!(load_of(a.id), Some((0.7, pb::LoadSource::Report as i32)));
+        let (agents, _) = f.view.available(f.tenant, &Filter::default(), 10);
+        let offered = agents
+            .iter()
+            .find_map(|e| e.instance.as_ref().filter(|i| i.id == a.id.to_string()))
+            .expect("a offered");
+        assert_eq!(offered.load.as_ref().map(|l| l.utilization), Some(0.7));
+        // A report older than what the view holds, or of another epoch, is
+        // not applied.
+        f.view.apply(&[note(&f.a, a, 0.1, 60_000)]);
+        let mut other_epoch = note(&f.a, a, 0.1, 0);
+        if let Update::Load(n) = &mut other_epoch {
+            n.epoch += 1;
+        }
+        f.view.apply(&[other_epoch]);
+        assert_eq!(load_of(a.id), Some((0.7, pb::LoadSource::Report as i32)));
+        // The agent stopped reporting: its leases rank it again.
+        let mut cleared = note(&f.a, a, 0.0, 0);
+        if let Update::Load(n) = &mut cleared {
+            (n.in_flight, n.queue_depth, n.utilization, n.metrics) = (None, None, None, None);
+            (n.reported_at, n.first_reported_at) = (None, None);
+        }
+        f.view.apply(&[cleared]);
+        assert_ne!(
+            load_of(a.id).map(|l| l.1),
+            Some(pb::LoadSource::Report as i32)
+        );
+    }
+
+    #[test]
+    fn watch_records_admit_exactly_what_available_one_offers() {
+        let (f, instances) = fleet();
+        // b keeps only its degraded instance.
+        f.view.apply(&[Update::Registration {
+            tenant: f.tenant,
+            id: instances[1].id,
+            row: None,
+        }]);
+        let filters = |agent_type: &str| {
+            let base = Filter::default();
+            vec![
+                base.clone(),
+                Filter {
+                    include_degraded: true,
+                    ..base.clone()
+                },
+                Filter {
+                    include_deprecated: true,
+                    include_degraded: true,
+                    ..base.clone()
+                },
+                Filter {
+                    agent_id: Some("ide-agent".into()),
+                    ..base.clone()
+                },
+                Filter {
+                    agent_id: Some("slack-bot".into()),
+                    ..base.clone()
+                },
+                Filter {
+                    agent_type: Some(agent_type.into()),
+                    ..base.clone()
+                },
+                Filter {
+                    capabilities: vec!["code_editing".into()],
+                    ..base.clone()
+                },
+                Filter {
+                    capabilities: vec!["code_editing".into(), "terminal".into()],
+                    ..base
+                },
+            ]
+        };
+        let check = |agent_type: &str| {
+            for filter in filters(agent_type) {
+                for c in [f.a.id, f.b.id] {
+                    let offered = f.view.available_one(f.tenant, c, &filter);
+                    let state = f.view.read();
+                    let watched = record(&state, f.tenant, c)
+                        .filter(|r| r.admits(&filter))
+                        .map(|r| r.agent);
+                    assert_eq!(watched, offered, "{filter:?}");
+                }
+            }
+        };
+        check("ide");
+        check("chat");
+        f.view.apply(&[Update::Manifest {
+            id: f.manifest,
+            row: Some(manifest_row(f.manifest, "deprecated")),
+        }]);
+        check("ide");
     }
 }

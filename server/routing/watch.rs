@@ -1,23 +1,30 @@
-//! `WatchAvailableAgents`: a snapshot, then changes as the view sees them.
+//! `WatchAvailableAgents`: a snapshot, then changes as the view records them
+//! (`history`); or, resuming, the changes since a revision, without a snapshot.
 //!
-//! Each subscriber has a task that turns view changes into events. A slow
-//! subscriber never slows the server: the view's change feed is a bounded
-//! broadcast that never waits, and a subscriber that falls behind it gets a
-//! `Resync` marker followed by a fresh snapshot.
+//! Each subscriber has a task that reads its tenant's changes from the
+//! history and turns each into one event of its filter. A slow subscriber
+//! never slows the server: the history is a bounded buffer that never waits,
+//! and a subscriber whose next change has already left it gets a `Resync`
+//! marker followed by a fresh snapshot.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
-use uuid::Uuid;
 
+use super::history::{Change, Record, Since};
+use super::request::{Resume, WatchQuery};
 use super::view::{Filter, View};
+use crate::auth::{Held, Revocation};
 use crate::pb::availability_event::Event;
 use crate::pb::{self, AvailabilityEvent};
+use crate::telemetry::metrics as telemetry;
+use uuid::Uuid;
 
 /// The server half of a watch.
 pub(super) type EventStream =
@@ -25,82 +32,210 @@ pub(super) type EventStream =
 
 /// Events queued for one subscriber beyond what HTTP/2 flow control holds.
 const OUTBOX: usize = 64;
+/// Changes taken from the history at once.
+const BATCH: usize = 64;
 
-pub(super) fn start(view: Arc<View>, tenant: Uuid, filter: Filter) -> EventStream {
+/// Watches `tenant`'s agents as `query` asks until the caller goes away,
+/// `held`'s revocation fires (then `UNAUTHENTICATED`) or the server stops
+/// (then `UNAVAILABLE` at once: a watch never holds up a shutdown, and the
+/// caller resumes on another replica). A quiet watch gets a progress event
+/// every `progress` (zero: never).
+pub(super) fn start(
+    view: Arc<View>,
+    tenant: Uuid,
+    query: WatchQuery,
+    progress: Duration,
+    mut held: Held,
+    mut stopping: watch::Receiver<bool>,
+) -> EventStream {
     let (tx, rx) = mpsc::channel(OUTBOX);
+    let events = tx.clone();
+    let watch = async move {
+        let _ = Watcher::new(view, tenant, query.filter, progress, tx)
+            .run(query.resume)
+            .await;
+    };
     tokio::spawn(async move {
-        let mut changes = view.subscribe();
-        let mut revision = 0;
-        loop {
-            // Snapshot, remembering which instance each configuration was sent with.
-            let (agents, snapshot_revision) = view.available(tenant, &filter, usize::MAX);
-            let mut sent: HashMap<String, String> = agents
-                .iter()
-                .filter_map(|a| {
-                    Some((
-                        a.configuration.as_ref()?.id.clone(),
-                        a.instance.as_ref()?.id.clone(),
-                    ))
-                })
-                .collect();
-            revision = revision.max(snapshot_revision);
-            if tx
-                .send(event(revision, Event::Snapshot(pb::Snapshot { agents })))
-                .await
-                .is_err()
-            {
-                return;
+        tokio::select! {
+            () = watch => {}
+            () = held.revocation.revoked() => {
+                tracing::info!("the watch's API key was revoked; ending it");
+                let _ = events.send(Err(Revocation::status())).await;
             }
-            loop {
-                let change = match changes.recv().await {
-                    Ok(change) => change,
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::debug!(missed, "watcher fell behind; resyncing");
-                        break;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                if change.tenant != tenant || change.revision <= snapshot_revision {
-                    continue;
-                }
-                let Some(configuration) = change.configuration else {
-                    break;
-                };
-                revision = change.revision;
-                let key = configuration.to_string();
-                let message = match view.available_one(tenant, configuration, &filter) {
-                    Some(agent) => {
-                        if let Some(instance) = &agent.instance {
-                            sent.insert(key, instance.id.clone());
-                        }
-                        Event::Upserted(agent)
-                    }
-                    None => match sent.remove(&key) {
-                        Some(instance) => Event::Removed(instance),
-                        None => continue,
-                    },
-                };
-                if tx.send(event(revision, message)).await.is_err() {
-                    return;
-                }
+            () = async { let _ = stopping.wait_for(|s| *s).await; } => {
+                let _ = events
+                    .send(Err(Status::unavailable(
+                        "server shutting down; watch again (another replica answers)",
+                    )))
+                    .await;
             }
-            // Fell behind, or a change touched the whole tenant: start over.
-            if tx
-                .send(event(revision, Event::Resync(pb::Resync {})))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            changes = changes.resubscribe();
         }
     });
     Box::pin(ReceiverStream::new(rx))
 }
 
-fn event(revision: u64, event: Event) -> Result<AvailabilityEvent, Status> {
-    Ok(AvailabilityEvent {
-        revision,
-        event: Some(event),
-    })
+/// The subscriber went away.
+struct Gone;
+
+struct Watcher {
+    view: Arc<View>,
+    tenant: Uuid,
+    filter: Filter,
+    progress: Duration,
+    tx: mpsc::Sender<Result<AvailabilityEvent, Status>>,
+    /// The revision of the last event sent.
+    revision: u64,
+    /// When the last event was sent.
+    sent: Instant,
+}
+
+impl Watcher {
+    fn new(
+        view: Arc<View>,
+        tenant: Uuid,
+        filter: Filter,
+        progress: Duration,
+        tx: mpsc::Sender<Result<AvailabilityEvent, Status>>,
+    ) -> Self {
+        Watcher {
+            view,
+            tenant,
+            filter,
+            progress,
+            tx,
+            revision: 0,
+            sent: Instant::now(),
+        }
+    }
+
+    async fn run(mut self, resume: Option<Resume>) -> Result<(), Gone> {
+        let mut subscription = self.view.subscribe(self.tenant);
+        let stream = subscription.stream.clone();
+        match resume {
+            Some(r) if self.holds(&stream, &r) => {
+                tracing::debug!(revision = r.revision, "watch resumed");
+                telemetry::watch_started("resumed");
+                self.send(&stream, r.revision, Event::Progress(pb::Progress {}))
+                    .await?;
+            }
+            Some(r) => {
+                tracing::debug!(revision = r.revision, "watch cannot resume; resyncing");
+                telemetry::watch_started("resync");
+                self.resync(&stream).await?;
+            }
+            None => {
+                telemetry::watch_started("snapshot");
+                self.snapshot(&stream).await?;
+            }
+        }
+        loop {
+            // Marked seen before reading, so that a change recorded after the
+            // read wakes the wait below.
+            subscription.revisions.borrow_and_update();
+            loop {
+                let since = self
+                    .view
+                    .history()
+                    .since(self.tenant, &stream, self.revision, BATCH);
+                match since {
+                    Since::Changes(changes) if changes.is_empty() => break,
+                    Since::Changes(changes) => {
+                        for change in changes {
+                            let event = translate(&change, &self.filter);
+                            self.send(&stream, change.revision, event).await?;
+                        }
+                    }
+                    Since::Gone => {
+                        tracing::debug!("watcher fell behind; resyncing");
+                        telemetry::watch_started("lagged");
+                        self.resync(&stream).await?;
+                    }
+                }
+            }
+            let (progress, sent) = (self.progress, self.sent);
+            let quiet = async move {
+                match progress {
+                    Duration::ZERO => std::future::pending().await,
+                    every => tokio::time::sleep_until(sent + every).await,
+                }
+            };
+            tokio::select! {
+                changed = subscription.revisions.changed() => {
+                    if changed.is_err() {
+                        return Err(Gone);
+                    }
+                }
+                () = quiet => {
+                    let revision = self.revision;
+                    self.send(&stream, revision, Event::Progress(pb::Progress {})).await?;
+                }
+            }
+        }
+    }
+
+    /// Whether the history holds every change after `resume`.
+    fn holds(&self, stream: &str, resume: &Resume) -> bool {
+        resume.stream == stream
+            && matches!(
+                self.view
+                    .history()
+                    .since(self.tenant, stream, resume.revision, 0),
+                Since::Changes(_)
+            )
+    }
+
+    async fn snapshot(&mut self, stream: &str) -> Result<(), Gone> {
+        let (agents, revision) = self.view.history().snapshot(self.tenant, &self.filter);
+        self.send(stream, revision, Event::Snapshot(pb::Snapshot { agents }))
+            .await
+    }
+
+    /// A resync marker and a snapshot, both at the snapshot's revision.
+    async fn resync(&mut self, stream: &str) -> Result<(), Gone> {
+        let (agents, revision) = self.view.history().snapshot(self.tenant, &self.filter);
+        self.send(stream, revision, Event::Resync(pb::Resync {}))
+            .await?;
+        self.send(stream, revision, Event::Snapshot(pb::Snapshot { agents }))
+            .await
+    }
+
+    async fn send(&mut self, stream: &str, revision: u64, event: Event) -> Result<(), Gone> {
+        let event = AvailabilityEvent {
+            revision,
+            event: Some(event),
+            stream_id: stream.to_owned(),
+        };
+        self.tx.send(Ok(event)).await.map_err(|_| Gone)?;
+        self.revision = revision;
+        self.sent = Instant::now();
+        Ok(())
+    }
+}
+
+/// What a change is to a watch of `filter`: one event whatever it is, so
+/// that the watch's revisions have no gaps, and a function of the change
+/// alone, so that a resumed watch sends what an unbroken one would have.
+fn translate(change: &Change, filter: &Filter) -> Event {
+    fn admitted<'a>(r: &'a Option<Arc<Record>>, filter: &Filter) -> Option<&'a Record> {
+        r.as_deref().filter(|r| r.admits(filter))
+    }
+    match (
+        admitted(&change.before, filter),
+        admitted(&change.after, filter),
+    ) {
+        (Some(before), Some(after)) if before.agent == after.agent => {
+            Event::Progress(pb::Progress {})
+        }
+        (_, Some(after)) => Event::Upserted(after.agent.clone()),
+        (Some(before), None) => Event::Removed(pb::Removed {
+            configuration_id: change.configuration.to_string(),
+            instance_id: before
+                .agent
+                .instance
+                .as_ref()
+                .map(|i| i.id.clone())
+                .unwrap_or_default(),
+        }),
+        (None, None) => Event::Progress(pb::Progress {}),
+    }
 }

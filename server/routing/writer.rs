@@ -24,6 +24,7 @@ use uuid::Uuid;
 use super::store::LeaseRow;
 use crate::db::retrying_deadlocks;
 use crate::error::{Error, Result};
+use crate::telemetry::metrics as telemetry;
 
 /// Operations one transaction takes at most.
 const MAX_BATCH: usize = 512;
@@ -38,6 +39,9 @@ pub struct Reservation {
     /// fits is taken.
     pub candidates: Vec<(Uuid, Uuid)>,
     pub ttl_ms: i64,
+    /// The id its lease gets, when the caller named the reservation (a
+    /// repeat then answers that lease); a fresh one otherwise.
+    pub lease_id: Option<Uuid>,
 }
 
 /// A granted reservation.
@@ -50,11 +54,21 @@ pub struct Grant {
     pub current_workload: i32,
 }
 
+/// Outcome of a reservation.
+#[derive(Debug, Clone)]
+pub enum Reserved {
+    Granted(Grant),
+    /// The reservation names a lease that exists already (a repeat): this id.
+    Replayed(Uuid),
+    /// None of the candidates fits.
+    Full,
+}
+
 /// Outcome of a release.
 pub type Released = bool;
 
 enum Op {
-    Reserve(Reservation, oneshot::Sender<Result<Option<Grant>>>),
+    Reserve(Reservation, oneshot::Sender<Result<Reserved>>),
     Release {
         tenant: Uuid,
         id: Uuid,
@@ -99,8 +113,13 @@ fn stopped() -> Error {
 }
 
 impl LeaseWriter {
-    /// Reserves the first candidate of `reservation` that fits; `None` when none does.
-    pub async fn reserve(&self, reservation: Reservation) -> Result<Option<Grant>> {
+    /// Operations waiting for the writer now.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Reserves the first candidate of `reservation` that fits.
+    pub async fn reserve(&self, reservation: Reservation) -> Result<Reserved> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Op::Reserve(reservation, reply))
@@ -136,7 +155,13 @@ impl LeaseWriter {
         while rx.recv_many(&mut ops, MAX_BATCH).await > 0 {
             let count = ops.len();
             let started = std::time::Instant::now();
-            let result = retrying_deadlocks("lease", || apply(&pool, &ops)).await;
+            let mut result = retrying_deadlocks("lease", || apply(&pool, &ops)).await;
+            if result.as_ref().is_err_and(lease_id_taken) {
+                // Another replica granted a repeat of one of these at the
+                // same moment; run again, and it is found as a repeat.
+                tracing::info!("lease batch raced a repeat on another replica; trying again");
+                result = retrying_deadlocks("lease", || apply(&pool, &ops)).await;
+            }
             tracing::debug!(operations = count, elapsed = ?started.elapsed(), ok = result.is_ok(), "lease batch");
             match result {
                 Ok((outcomes, drift)) => {
@@ -151,11 +176,13 @@ impl LeaseWriter {
                     }
                     self.stats.batches.fetch_add(1, Relaxed);
                     self.stats.operations.fetch_add(count as u64, Relaxed);
+                    telemetry::batch_landed("lease", count, started.elapsed());
                     for (op, outcome) in ops.drain(..).zip(outcomes) {
                         answer(op, outcome);
                     }
                 }
                 Err(e) => {
+                    telemetry::batch_failed("lease");
                     let unavailable = Error::is_unavailable(&e);
                     if unavailable {
                         tracing::warn!(error = %e, operations = count, "lease batch failed: database unavailable");
@@ -164,7 +191,7 @@ impl LeaseWriter {
                     }
                     let error = || {
                         if unavailable {
-                            Error::Unavailable("database unavailable, retry later".into())
+                            Error::DatabaseUnavailable
                         } else {
                             Error::Internal("lease batch failed".into())
                         }
@@ -181,8 +208,15 @@ impl LeaseWriter {
     }
 }
 
+/// Whether a batch failed because a lease id it would insert exists.
+fn lease_id_taken(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|e| e.constraint() == Some("workload_leases_pkey"))
+}
+
+#[derive(Clone)]
 enum Outcome {
-    Reserved(Option<Grant>),
+    Reserved(Reserved),
     Released(Released),
 }
 
@@ -255,6 +289,10 @@ async fn apply(pool: &PgPool, ops: &[Op]) -> Result<Applied, sqlx::Error> {
     let (mut releases, mut reservations, mut candidates) = (vec![], vec![], vec![]);
     // Which op each reservation index answers.
     let mut reservation_ops = vec![];
+    // A named reservation repeated within the batch is sent once; the
+    // repeats get the first one's answer (by op index).
+    let mut named = std::collections::HashMap::new();
+    let mut repeats = vec![];
     for (index, op) in ops.iter().enumerate() {
         match op {
             Op::Release {
@@ -268,10 +306,17 @@ async fn apply(pool: &PgPool, ops: &[Op]) -> Result<Applied, sqlx::Error> {
                 outcome: (*outcome).to_owned(),
             }),
             Op::Reserve(r, _) => {
+                if let Some(id) = r.lease_id {
+                    if let Some(&first) = named.get(&id) {
+                        repeats.push((index, first));
+                        continue;
+                    }
+                    named.insert(id, index);
+                }
                 let n = i32::try_from(reservation_ops.len()).unwrap_or(i32::MAX);
                 reservation_ops.push(index);
                 reservations.push(ReservationArg {
-                    lease_id: Uuid::new_v4(),
+                    lease_id: r.lease_id.unwrap_or_else(Uuid::new_v4),
                     tenant_id: r.tenant,
                     ttl_ms: r.ttl_ms,
                 });
@@ -343,7 +388,7 @@ async fn apply(pool: &PgPool, ops: &[Op]) -> Result<Applied, sqlx::Error> {
                     .candidates
                     .get(candidate)
                     .ok_or_else(|| malformed("a grant names no candidate"))?;
-                outcomes[op] = Some(Outcome::Reserved(Some(Grant {
+                outcomes[op] = Some(Outcome::Reserved(Reserved::Granted(Grant {
                     candidate,
                     current_workload: workload,
                     lease: LeaseRow {
@@ -360,6 +405,15 @@ async fn apply(pool: &PgPool, ops: &[Op]) -> Result<Applied, sqlx::Error> {
                     },
                 })));
             }
+            "replayed" => {
+                let op = row
+                    .reservation
+                    .and_then(|r| usize::try_from(r).ok())
+                    .and_then(|r| reservation_ops.get(r).copied())
+                    .ok_or_else(|| malformed("a repeat names no reservation"))?;
+                let id = row.lease_id.ok_or_else(|| malformed("repeat without id"))?;
+                outcomes[op] = Some(Outcome::Reserved(Reserved::Replayed(id)));
+            }
             other => return Err(malformed(&format!("unknown row kind {other:?}"))),
         }
     }
@@ -367,9 +421,21 @@ async fn apply(pool: &PgPool, ops: &[Op]) -> Result<Applied, sqlx::Error> {
         match op {
             // A lease named twice in one batch is released by the first.
             Op::Release { id, .. } => *outcome = Some(Outcome::Released(released.remove(id))),
-            Op::Reserve(..) if outcome.is_none() => *outcome = Some(Outcome::Reserved(None)),
+            Op::Reserve(..) if outcome.is_none() => {
+                *outcome = Some(Outcome::Reserved(Reserved::Full))
+            }
             Op::Reserve(..) => {}
         }
+    }
+    for (repeat, first) in repeats {
+        // The first was granted a moment ago: to the repeat, that lease is
+        // a repeat's answer too.
+        outcomes[repeat] = match &outcomes[first] {
+            Some(Outcome::Reserved(Reserved::Granted(g))) => {
+                Some(Outcome::Reserved(Reserved::Replayed(g.lease.id)))
+            }
+            other => other.clone(),
+        };
     }
     Ok((outcomes.into_iter().flatten().collect(), drift))
 }

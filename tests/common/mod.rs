@@ -2,7 +2,10 @@
 //! clients of the real SDK for each role.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod binary;
+pub mod front;
 pub mod proxy;
+pub mod raw;
 pub mod routing;
 pub mod stream;
 
@@ -32,16 +35,42 @@ pub struct TestDb {
 impl TestDb {
     /// Creates and migrates a fresh database through the server's own start-up path.
     pub async fn new() -> TestDb {
+        let (name, url) = TestDb::fresh_name();
+        let pool = agentry_server::db::connect_and_migrate(&url, 8)
+            .await
+            .expect("create test database");
+        TestDb { name, url, pool }
+    }
+
+    /// A fresh, empty database: no migration applied.
+    pub async fn unmigrated() -> TestDb {
+        let (name, url) = TestDb::fresh_name();
+        let mut conn = sqlx::PgConnection::connect(&base_url())
+            .await
+            .expect("connect to the test server");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut conn)
+            .await
+            .expect("create database");
+        let pool = PgPool::connect(&url).await.expect("connect");
+        TestDb { name, url, pool }
+    }
+
+    fn fresh_name() -> (String, String) {
         let name = format!("agentry_test_{}", Uuid::new_v4().simple());
         let base = base_url();
         let url = match base.rsplit_once('/') {
             Some((server, _db)) => format!("{server}/{name}"),
             None => panic!("AGENTRY_TEST_DATABASE_URL needs a database path"),
         };
-        let pool = agentry_server::db::connect_and_migrate(&url, 8)
-            .await
-            .expect("create test database");
-        TestDb { name, url, pool }
+        (name, url)
+    }
+
+    /// This database's URL as role `user` (trust authentication).
+    pub fn url_as(&self, user: &str) -> String {
+        let (scheme, rest) = self.url.split_once("://").expect("scheme");
+        let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        format!("{scheme}://{user}@{host}")
     }
 
     /// A proxy in front of this database, and a small pool through it that
@@ -60,7 +89,12 @@ impl TestDb {
         &self,
         options: sqlx::postgres::PgPoolOptions,
     ) -> (proxy::Proxy, PgPool) {
-        let connect: sqlx::postgres::PgConnectOptions = self.url.parse().expect("url");
+        // In clear: the proxy reads the wire protocol to count statements.
+        let connect = self
+            .url
+            .parse::<sqlx::postgres::PgConnectOptions>()
+            .expect("url")
+            .ssl_mode(sqlx::postgres::PgSslMode::Disable);
         let target = format!("{}:{}", connect.get_host(), connect.get_port());
         let target = tokio::net::lookup_host(target)
             .await
@@ -78,25 +112,31 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs inside the test's runtime: do the async cleanup on a thread of its own.
-        let cleanup = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&base_url()).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-                    )))
+        on_server(format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+/// Runs `statement` on the test server, ignoring its outcome: cleanup that
+/// must happen even from `Drop`, which runs inside the test's runtime, so
+/// it gets a thread and a runtime of its own.
+pub fn on_server(statement: String) {
+    let cleanup = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&base_url()).await {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(statement))
                     .execute(&mut conn)
                     .await;
-                }
-            });
+            }
         });
-        let _ = cleanup.join();
-    }
+    });
+    let _ = cleanup.join();
 }
 
 /// A running server and an admin client for it.
@@ -176,19 +216,31 @@ impl TestServer {
     pub async fn run(
         listener: tokio::net::TcpListener,
         pool: PgPool,
+        config: agentry_server::ServeConfig,
+    ) -> TestServer {
+        TestServer::run_with_feed(listener, pool, None, config).await
+    }
+
+    /// Runs a server on `listener` whose change feed listens on `feed`
+    /// (a direct pool) instead of `pool`.
+    pub async fn run_with_feed(
+        listener: tokio::net::TcpListener,
+        pool: PgPool,
+        feed: Option<PgPool>,
         mut config: agentry_server::ServeConfig,
     ) -> TestServer {
         let addr = listener.local_addr().expect("addr");
         config.listen_addr = addr;
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = agentry_server::Server::new(pool.clone(), config.clone());
+        let server = agentry_server::Server::new(pool.clone(), config.clone()).with_feed_pool(feed);
         let sessions = server.sessions();
         let leases = server.leases();
         let hellos = server.hellos();
         let task = tokio::spawn(server.run(listener, async {
             let _ = stopped.await;
         }));
-        let (_, secret) = admin::create_key(&pool, Role::Admin, None, "test admin")
+        let operator = &agentry_server::audit::Actor::OPERATOR;
+        let (_, secret) = admin::create_key(&pool, operator, Role::Admin, None, "test admin")
             .await
             .expect("admin key");
         let admin = client(addr, &secret).await;

@@ -76,7 +76,7 @@ pub async fn wait_available(
     .await;
 }
 
-pub async fn next(events: &mut tonic::Streaming<pb::AvailabilityEvent>) -> pb::AvailabilityEvent {
+pub async fn next(events: &mut agentry_client::AvailabilityEvents) -> pb::AvailabilityEvent {
     tokio::time::timeout(DEADLINE, events.message())
         .await
         .expect("in time")

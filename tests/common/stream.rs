@@ -40,6 +40,31 @@ pub async fn raw_stream(
     (tx, result)
 }
 
+/// A health stream of `instance` on `channel` (connections shared by
+/// many streams), its hello sent: the sender and the call's result.
+pub async fn raw_stream_on(
+    channel: tonic::transport::Channel,
+    key: &str,
+    instance: &str,
+) -> (
+    mpsc::Sender<pb::HealthStreamRequest>,
+    Result<tonic::Streaming<pb::HealthStreamResponse>, tonic::Status>,
+) {
+    let mut client = pb::registration_service_client::RegistrationServiceClient::new(channel);
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(hello(instance, "ide-agent")).await.expect("queue");
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {key}").parse().expect("header"),
+    );
+    let result = client
+        .health_stream(request)
+        .await
+        .map(tonic::Response::into_inner);
+    (tx, result)
+}
+
 pub fn hello(instance_id: &str, agent_id: &str) -> pb::HealthStreamRequest {
     pb::HealthStreamRequest {
         message: Some(Out::Hello(pb::Hello {

@@ -83,7 +83,57 @@ impl ListTenants {
     paging!();
 }
 
+/// Builds a [`pb::ListAuditEventsRequest`] for
+/// [`Client::list_audit_events`](crate::Client::list_audit_events). Every
+/// filter set must match.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[must_use]
+pub struct ListAuditEvents {
+    request: pb::ListAuditEventsRequest,
+}
+
+impl ListAuditEvents {
+    /// Every event the key may see, newest first, server's default page size.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Only events of `action`, e.g. `"manifest.update"`.
+    pub fn action(mut self, action: impl Into<String>) -> Self {
+        self.request.action = action.into();
+        self
+    }
+
+    /// Only events about the object with UUID `id` (a manifest, a key...).
+    pub fn target(mut self, id: impl Into<String>) -> Self {
+        self.request.target_id = id.into();
+        self
+    }
+
+    /// Only events made with the API key of UUID `id`.
+    pub fn key(mut self, id: impl Into<String>) -> Self {
+        self.request.key_id = id.into();
+        self
+    }
+
+    /// Only events at or after `time` (a [`std::time::SystemTime`] or a
+    /// [`Timestamp`](crate::Timestamp)).
+    pub fn since(mut self, time: impl Into<prost_types::Timestamp>) -> Self {
+        self.request.start_time = Some(time.into());
+        self
+    }
+
+    /// Only events before `time`.
+    pub fn until(mut self, time: impl Into<prost_types::Timestamp>) -> Self {
+        self.request.end_time = Some(time.into());
+        self
+    }
+
+    paging!();
+}
+
 into_request!(
+    ListAuditEvents => ListAuditEventsRequest,
     CreateApiKey => CreateApiKeyRequest,
     ListApiKeys => ListApiKeysRequest,
     ListTenants => ListTenantsRequest,
@@ -119,6 +169,38 @@ mod tests {
                 tenant_id: "x".into(),
                 include_revoked: true,
                 page_size: 3,
+                page_token: "t".into()
+            }
+        );
+    }
+
+    #[test]
+    fn list_audit_events_sets_its_fields() {
+        let at = prost_types::Timestamp {
+            seconds: 10,
+            nanos: 0,
+        };
+        let r: pb::ListAuditEventsRequest = ListAuditEvents::new()
+            .action("manifest.create")
+            .target("m")
+            .key("k")
+            .since(at)
+            .until(std::time::UNIX_EPOCH + std::time::Duration::from_secs(20))
+            .page_size(5)
+            .page_token("t")
+            .into();
+        assert_eq!(
+            r,
+            pb::ListAuditEventsRequest {
+                action: "manifest.create".into(),
+                target_id: "m".into(),
+                key_id: "k".into(),
+                start_time: Some(at),
+                end_time: Some(prost_types::Timestamp {
+                    seconds: 20,
+                    nanos: 0
+                }),
+                page_size: 5,
                 page_token: "t".into()
             }
         );

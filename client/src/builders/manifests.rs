@@ -1,5 +1,6 @@
 //! Builders of `ManifestService` requests: [`CreateManifest`],
-//! [`ListManifests`] and [`UpdateManifest`].
+//! [`ListManifests`], [`UpdateManifest`], [`ImportAgentCard`] and
+//! [`ImportMcpServer`], and of a manifest's [`Skill`]s.
 
 use super::{field_mask, mask};
 use crate::json::json_to_struct;
@@ -75,6 +76,176 @@ impl CreateManifest {
     /// Lifecycle status (the server defaults to `Active`).
     pub fn status(mut self, status: pb::ManifestStatus) -> Self {
         self.manifest.set_status(status);
+        self
+    }
+
+    /// Adds a skill (A2A AgentSkill shape); its id counts as a capability
+    /// for routing filters, and `SearchAgents` searches its text.
+    pub fn skill(mut self, skill: impl Into<pb::Skill>) -> Self {
+        self.manifest.skills.push(skill.into());
+        self
+    }
+
+    /// The rest of an A2A card: provider, interfaces, media types...
+    pub fn card(mut self, card: pb::AgentCardFields) -> Self {
+        self.manifest.card = Some(card);
+        self
+    }
+}
+
+/// Builds a [`pb::Skill`] for [`CreateManifest::skill`] and [`UpdateManifest::skills`].
+///
+/// ```
+/// use agentry_client::{Skill, pb};
+/// let skill: pb::Skill = Skill::new("translate", "Translate text")
+///     .description("Translates between 40 languages")
+///     .tags(["language", "translation"])
+///     .example("Translate this paragraph into French")
+///     .into();
+/// assert_eq!(skill.tags.len(), 2);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+pub struct Skill {
+    skill: pb::Skill,
+}
+
+impl Skill {
+    /// A skill with its unique `id` (no whitespace) and human-readable `name`.
+    pub fn new(id: impl Into<String>, name: impl Into<String>) -> Self {
+        Skill {
+            skill: pb::Skill {
+                id: id.into(),
+                name: name.into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// What the skill does.
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.skill.description = description.into();
+        self
+    }
+
+    /// Keywords.
+    pub fn tags<I>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.skill.tags = tags.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Adds an example prompt.
+    pub fn example(mut self, example: impl Into<String>) -> Self {
+        self.skill.examples.push(example.into());
+        self
+    }
+
+    /// Media types the skill accepts and produces, when they differ from
+    /// the card's defaults.
+    pub fn modes<I, O>(mut self, input: I, output: O) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+        O: IntoIterator,
+        O::Item: Into<String>,
+    {
+        self.skill.input_modes = input.into_iter().map(Into::into).collect();
+        self.skill.output_modes = output.into_iter().map(Into::into).collect();
+        self
+    }
+}
+
+impl From<Skill> for pb::Skill {
+    fn from(b: Skill) -> Self {
+        b.skill
+    }
+}
+
+/// Builds a [`pb::ImportAgentCardRequest`] for
+/// [`Client::import_agent_card`](crate::Client::import_agent_card).
+///
+/// ```
+/// use agentry_client::{ImportAgentCard, pb};
+/// let request: pb::ImportAgentCardRequest = ImportAgentCard::new(r#"{"name": "Recipes"}"#)
+///     .agent_id("recipes")
+///     .validate_only()
+///     .into();
+/// assert!(request.validate_only);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+pub struct ImportAgentCard {
+    request: pb::ImportAgentCardRequest,
+}
+
+impl ImportAgentCard {
+    /// An import of the A2A AgentCard `card_json` (protocol 1.0 or 0.3 JSON).
+    pub fn new(card_json: impl Into<String>) -> Self {
+        ImportAgentCard {
+            request: pb::ImportAgentCardRequest {
+                card_json: card_json.into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// The manifest's agent_id (default: derived from the card's name).
+    pub fn agent_id(mut self, agent_id: impl Into<String>) -> Self {
+        self.request.agent_id = agent_id.into();
+        self
+    }
+
+    /// The agent_type of a new manifest (default `"a2a"`).
+    pub fn agent_type(mut self, agent_type: impl Into<String>) -> Self {
+        self.request.agent_type = agent_type.into();
+        self
+    }
+
+    /// Check and map the card only; nothing is written.
+    pub fn validate_only(mut self) -> Self {
+        self.request.validate_only = true;
+        self
+    }
+}
+
+/// Builds a [`pb::ImportMcpServerRequest`] for
+/// [`Client::import_mcp_server`](crate::Client::import_mcp_server).
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+pub struct ImportMcpServer {
+    request: pb::ImportMcpServerRequest,
+}
+
+impl ImportMcpServer {
+    /// An import of the MCP registry's `server.json` document `server_json`.
+    pub fn new(server_json: impl Into<String>) -> Self {
+        ImportMcpServer {
+            request: pb::ImportMcpServerRequest {
+                server_json: server_json.into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// The manifest's agent_id (default: derived from the server's name).
+    pub fn agent_id(mut self, agent_id: impl Into<String>) -> Self {
+        self.request.agent_id = agent_id.into();
+        self
+    }
+
+    /// The agent_type of a new manifest (default `"mcp"`).
+    pub fn agent_type(mut self, agent_type: impl Into<String>) -> Self {
+        self.request.agent_type = agent_type.into();
+        self
+    }
+
+    /// Check and map the document only; nothing is written.
+    pub fn validate_only(mut self) -> Self {
+        self.request.validate_only = true;
         self
     }
 }
@@ -211,6 +382,24 @@ impl UpdateManifest {
         mask(&mut self.paths, "status");
         self
     }
+
+    /// New skills (replacing the old list).
+    pub fn skills<I>(mut self, skills: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<pb::Skill>,
+    {
+        self.manifest.skills = skills.into_iter().map(Into::into).collect();
+        mask(&mut self.paths, "skills");
+        self
+    }
+
+    /// New card fields (replacing the old ones).
+    pub fn card(mut self, card: pb::AgentCardFields) -> Self {
+        self.manifest.card = Some(card);
+        mask(&mut self.paths, "card");
+        self
+    }
 }
 
 impl From<UpdateManifest> for pb::UpdateManifestRequest {
@@ -224,6 +413,8 @@ impl From<UpdateManifest> for pb::UpdateManifestRequest {
 
 into_request!(
     ListManifests => ListManifestsRequest,
+    ImportAgentCard => ImportAgentCardRequest,
+    ImportMcpServer => ImportMcpServerRequest,
 );
 
 #[cfg(test)]

@@ -45,11 +45,13 @@ mod manifests;
 mod registrations;
 mod routing;
 
-pub use admin::{CreateApiKey, ListApiKeys, ListTenants};
+pub use admin::{CreateApiKey, ListApiKeys, ListAuditEvents, ListTenants};
 pub use configurations::{CreateConfiguration, ListConfigurations, UpdateConfiguration};
-pub use manifests::{CreateManifest, ListManifests, UpdateManifest};
+pub use manifests::{
+    CreateManifest, ImportAgentCard, ImportMcpServer, ListManifests, Skill, UpdateManifest,
+};
 pub use registrations::{ListRegistrations, RegisterInstance};
-pub use routing::AgentFilter;
+pub use routing::{AgentFilter, SearchAgents};
 
 /// Adds `path` to a field mask once.
 fn mask(paths: &mut Vec<String>, path: &str) {

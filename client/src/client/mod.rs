@@ -6,11 +6,13 @@
 
 mod auth;
 mod builder;
+mod replicas;
 
-pub use builder::ClientBuilder;
+pub use builder::{ClientBuilder, Compression};
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::service::interceptor::InterceptedService;
@@ -18,26 +20,46 @@ use tonic::transport::{Channel, Uri};
 use tonic::{Code, Request, Response, Status};
 
 use self::auth::Auth;
-use crate::backoff::backoff;
+use self::replicas::Replicas;
 use crate::error::{Error, Result};
 use crate::pb::admin_service_client::AdminServiceClient;
 use crate::pb::configuration_service_client::ConfigurationServiceClient;
 use crate::pb::manifest_service_client::ManifestServiceClient;
 use crate::pb::registration_service_client::RegistrationServiceClient;
 use crate::pb::routing_service_client::RoutingServiceClient;
-
-/// Attempts of a read-only call while the server answers `UNAVAILABLE`.
-const READ_ATTEMPTS: u32 = 3;
-/// Backoff before the second attempt; doubles for each further one.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+use crate::retry::RetryPolicy;
 
 /// What the service stubs send through: the shared channel plus the API key.
 pub(crate) type Authed = InterceptedService<Channel, Auth>;
+
+/// A generated stub over [`Client::authed`], compressing as configured.
+macro_rules! stub {
+    ($client:ident, $stub:ident) => {{
+        let stub = $stub::new($client.authed());
+        match $client.compression {
+            Some(c) => stub.send_compressed(c).accept_compressed(c),
+            None => stub,
+        }
+    }};
+}
 
 /// A request field of type `google.protobuf.Duration`; a `Duration` too large
 /// for it is [`Error::InvalidConfig`] naming `field`.
 pub(crate) fn proto_duration(field: &str, d: Duration) -> Result<prost_types::Duration> {
     prost_types::Duration::try_from(d).map_err(|e| Error::InvalidConfig(format!("{field}: {e}")))
+}
+
+/// A connection that broke under a call is reported by tonic as `UNKNOWN`
+/// ("transport error"); gRPC's other clients call it `UNAVAILABLE`, and so
+/// does this one, so that it is retried like a replica that went away.
+fn lost_connection_is_unavailable(status: Status) -> Status {
+    let transport = std::error::Error::source(&status)
+        .is_some_and(|source| source.is::<tonic::transport::Error>());
+    if status.code() == Code::Unknown && transport {
+        Status::unavailable(format!("the connection broke: {}", status.message()))
+    } else {
+        status
+    }
 }
 
 /// A connection to an Agentry server, authenticated with one API key; made
@@ -52,19 +74,29 @@ pub(crate) fn proto_duration(field: &str, d: Duration) -> Result<prost_types::Du
 /// [routing](#routing-operations) and the [routers](#routers) that hold a
 /// live view and leases, and [tenants and API keys](#admin-operations).
 ///
-/// Every unary call has a deadline ([`ClientBuilder::timeout`]), which
-/// applies to each attempt. Read-only calls (`get_*`, `list_*`) are made up
-/// to three times, with exponential backoff and jitter, while the server
-/// answers `UNAVAILABLE`; calls that change something are never retried,
-/// since a lost reply may hide a change that was applied. Streams
+/// Every unary call has a deadline ([`ClientBuilder::timeout`], or
+/// [`Client::with_timeout`] for some calls), which applies to each attempt.
+/// Calls that are safe to repeat are retried by the [`RetryPolicy`] (by
+/// default three attempts while the server answers `UNAVAILABLE`); the
+/// policy's documentation lists which calls those are and why. Streams
 /// ([`Client::watch_available_agents`], the health stream under
 /// [`AgentSession`](crate::AgentSession)) have no deadline.
+///
+/// Given several replicas ([`ClientBuilder::endpoint`], or a DNS name with
+/// [`ClientBuilder::resolve`]), a client balances its calls over those that
+/// pass their health check.
 #[derive(Clone)]
 pub struct Client {
     channel: Channel,
     auth: Auth,
     uri: Uri,
     timeout: Duration,
+    retry: RetryPolicy,
+    /// Sent and accepted on every call when set.
+    compression: Option<tonic::codec::CompressionEncoding>,
+    /// The replicas balanced over, when there are several (or a name to
+    /// resolve); they are health-checked while any clone of the client lives.
+    replicas: Option<Arc<Replicas>>,
 }
 
 impl fmt::Debug for Client {
@@ -72,15 +104,47 @@ impl fmt::Debug for Client {
         f.debug_struct("Client")
             .field("uri", &self.uri)
             .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .field("replicas", &self.replicas)
+            .field("compression", &self.compression)
             .field("auth", &self.auth)
             .finish_non_exhaustive()
     }
 }
 
 impl Client {
+    /// This client with another deadline for each call attempt, for the calls
+    /// made through the copy; e.g. `client.with_timeout(Duration::from_millis(200)).get_manifest(id)`.
+    /// Shares the connection and everything else with `self`.
+    #[must_use]
+    pub fn with_timeout(&self, timeout: Duration) -> Client {
+        Client {
+            timeout,
+            ..self.clone()
+        }
+    }
+
+    /// This client with another [`RetryPolicy`], for the calls made through
+    /// the copy (e.g. [`RetryPolicy::never`] where a caller retries by itself).
+    #[must_use]
+    pub fn with_retry_policy(&self, retry: RetryPolicy) -> Client {
+        Client {
+            retry,
+            ..self.clone()
+        }
+    }
+
     /// The per-call timeout.
     pub(crate) fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// Tells the replica health checks that a call found a replica gone, so
+    /// that they look again now rather than at their next interval.
+    pub(crate) fn suspect_replicas(&self) {
+        if let Some(replicas) = &self.replicas {
+            replicas.check_now();
+        }
     }
 
     /// The channel with the API key added to every request, as the generated
@@ -90,27 +154,27 @@ impl Client {
     }
 
     pub(crate) fn manifest_service(&self) -> ManifestServiceClient<Authed> {
-        ManifestServiceClient::new(self.authed())
+        stub!(self, ManifestServiceClient)
     }
 
     pub(crate) fn configuration_service(&self) -> ConfigurationServiceClient<Authed> {
-        ConfigurationServiceClient::new(self.authed())
+        stub!(self, ConfigurationServiceClient)
     }
 
     pub(crate) fn registration_service(&self) -> RegistrationServiceClient<Authed> {
-        RegistrationServiceClient::new(self.authed())
+        stub!(self, RegistrationServiceClient)
     }
 
     pub(crate) fn routing_service(&self) -> RoutingServiceClient<Authed> {
-        RoutingServiceClient::new(self.authed())
+        stub!(self, RoutingServiceClient)
     }
 
     pub(crate) fn admin_service(&self) -> AdminServiceClient<Authed> {
-        AdminServiceClient::new(self.authed())
+        stub!(self, AdminServiceClient)
     }
 
-    /// Makes a read-only call, retrying while the server is `UNAVAILABLE`.
-    pub(crate) async fn read<Req, Resp, Fut>(
+    /// Makes a call that is safe to repeat, retrying as the policy says.
+    pub(crate) async fn retried<Req, Resp, Fut>(
         &self,
         request: Req,
         call: impl Fn(Request<Req>) -> Fut,
@@ -122,11 +186,14 @@ impl Client {
         let mut attempt = 1;
         loop {
             match self.once(request.clone(), &call).await {
-                Err(Error::Unavailable { .. }) if attempt < READ_ATTEMPTS => {
-                    tokio::time::sleep(backoff(FIRST_BACKOFF, Duration::MAX, attempt - 1)).await;
-                    attempt += 1;
-                }
-                result => return result,
+                Err(e) => match self.retry.pause(attempt, &e) {
+                    Some(pause) => {
+                        tokio::time::sleep(pause).await;
+                        attempt += 1;
+                    }
+                    None => return Err(e),
+                },
+                ok => return ok,
             }
         }
     }
@@ -164,7 +231,13 @@ impl Client {
             {
                 Err(Error::deadline_exceeded(status, self.timeout))
             }
-            Err(status) => Err(status.into()),
+            Err(status) => {
+                let e = Error::from(lost_connection_is_unavailable(status));
+                if matches!(e, Error::Unavailable { .. }) {
+                    self.suspect_replicas();
+                }
+                Err(e)
+            }
         }
     }
 }
@@ -193,11 +266,11 @@ mod tests {
         let started = std::time::Instant::now();
         let e = client.update_workload("x", 1).await.expect_err("silent");
         println!("{e:?} after {:?}", started.elapsed());
-        assert_eq!(e.code(), Some(Code::DeadlineExceeded), "{e:?}");
+        assert_eq!(e.code(), Some(crate::Code::DeadlineExceeded), "{e:?}");
     }
 
     #[tokio::test]
-    async fn reads_are_retried_on_unavailable_and_writes_are_not() {
+    async fn repeatable_calls_are_retried_on_unavailable_and_writes_are_not() {
         use std::sync::atomic::{AtomicU32, Ordering};
         let client = Client::builder("http://127.0.0.1:1")
             .connect_lazy()
@@ -211,13 +284,17 @@ mod tests {
             }
         };
         let e = client
-            .read((), failing(Code::Unavailable))
+            .retried((), failing(Code::Unavailable))
             .await
             .expect_err("read");
         assert!(matches!(e, Error::Unavailable { .. }), "{e:?}");
-        assert_eq!(calls.swap(0, Ordering::SeqCst), READ_ATTEMPTS);
+        assert_eq!(
+            calls.swap(0, Ordering::SeqCst),
+            3,
+            "the default policy's attempts"
+        );
         client
-            .read((), failing(Code::Internal))
+            .retried((), failing(Code::Internal))
             .await
             .expect_err("read");
         assert_eq!(
@@ -244,7 +321,15 @@ mod tests {
                 Ok(Response::new(7))
             })
         };
-        assert_eq!(client.read((), flaky).await.expect("second attempt"), 7);
+        assert_eq!(client.retried((), flaky).await.expect("second attempt"), 7);
+
+        // A client's retry policy can be changed for some calls.
+        calls.store(0, Ordering::SeqCst);
+        let once = client.with_retry_policy(RetryPolicy::never());
+        once.retried((), failing(Code::Unavailable))
+            .await
+            .expect_err("never retried");
+        assert_eq!(calls.swap(0, Ordering::SeqCst), 1);
     }
 
     #[test]

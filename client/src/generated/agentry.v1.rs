@@ -186,6 +186,155 @@ pub struct Manifest {
     /// When the manifest last changed.
     #[prost(message, optional, tag = "12")]
     pub update_time: ::core::option::Option<::prost_types::Timestamp>,
+    /// What the agent can do, in the A2A AgentSkill shape (at most 64, unique
+    /// ids). A skill id counts as a capability for routing filters, and
+    /// RoutingService.SearchAgents searches their text.
+    #[prost(message, repeated, tag = "13")]
+    pub skills: ::prost::alloc::vec::Vec<Skill>,
+    /// The rest of an A2A AgentCard that describes the agent kind; unset for
+    /// manifests that never had a card.
+    #[prost(message, optional, tag = "14")]
+    pub card: ::core::option::Option<AgentCardFields>,
+}
+/// One skill of an agent (A2A AgentSkill).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Skill {
+    /// Unique within the manifest; 1..128 characters, no whitespace.
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    /// Human-readable name (1..200 characters).
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    /// What the skill does (up to 4,096 characters).
+    #[prost(string, tag = "3")]
+    pub description: ::prost::alloc::string::String,
+    /// Keywords (at most 32, each 1..64 characters).
+    #[prost(string, repeated, tag = "4")]
+    pub tags: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Example prompts (at most 32, each up to 1,000 characters).
+    #[prost(string, repeated, tag = "5")]
+    pub examples: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Media types the skill accepts, when they differ from the card's defaults.
+    #[prost(string, repeated, tag = "6")]
+    pub input_modes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Media types the skill produces, when they differ from the card's defaults.
+    #[prost(string, repeated, tag = "7")]
+    pub output_modes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// The organisation that publishes an agent (A2A AgentProvider).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AgentProvider {
+    /// The organisation's name.
+    #[prost(string, tag = "1")]
+    pub organization: ::prost::alloc::string::String,
+    /// Its website.
+    #[prost(string, tag = "2")]
+    pub url: ::prost::alloc::string::String,
+}
+/// Where and how the agent is reached (A2A AgentInterface, without its
+/// tenant: an exported card sets that to the configuration's tenant).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AgentInterface {
+    /// Absolute URL (http or https).
+    #[prost(string, tag = "1")]
+    pub url: ::prost::alloc::string::String,
+    /// The protocol binding: JSONRPC, GRPC, HTTP+JSON, or another name.
+    #[prost(string, tag = "2")]
+    pub protocol_binding: ::prost::alloc::string::String,
+    /// The A2A protocol version at that URL, e.g. "1.0".
+    #[prost(string, tag = "3")]
+    pub protocol_version: ::prost::alloc::string::String,
+}
+/// The fields of an A2A AgentCard that a manifest keeps besides its name,
+/// description, version and skills.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct AgentCardFields {
+    /// Who publishes the agent.
+    #[prost(message, optional, tag = "1")]
+    pub provider: ::core::option::Option<AgentProvider>,
+    /// Documentation of the agent (absolute URL).
+    #[prost(string, tag = "2")]
+    pub documentation_url: ::prost::alloc::string::String,
+    /// An icon (absolute URL).
+    #[prost(string, tag = "3")]
+    pub icon_url: ::prost::alloc::string::String,
+    /// Its interfaces, preferred first.
+    #[prost(message, repeated, tag = "4")]
+    pub interfaces: ::prost::alloc::vec::Vec<AgentInterface>,
+    /// capabilities.streaming of the card.
+    #[prost(bool, tag = "5")]
+    pub streaming: bool,
+    /// capabilities.pushNotifications of the card.
+    #[prost(bool, tag = "6")]
+    pub push_notifications: bool,
+    /// capabilities.extendedAgentCard of the card.
+    #[prost(bool, tag = "7")]
+    pub extended_agent_card: bool,
+    /// defaultInputModes of the card (media types).
+    #[prost(string, repeated, tag = "8")]
+    pub default_input_modes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// defaultOutputModes of the card (media types).
+    #[prost(string, repeated, tag = "9")]
+    pub default_output_modes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// securitySchemes of the card, kept as the card wrote them.
+    #[prost(message, optional, tag = "10")]
+    pub security_schemes: ::core::option::Option<::prost_types::Struct>,
+    /// securityRequirements of the card, kept as the card wrote them.
+    #[prost(message, optional, tag = "11")]
+    pub security_requirements: ::core::option::Option<::prost_types::ListValue>,
+    /// capabilities.extensions of the card, kept as the card wrote them.
+    #[prost(message, optional, tag = "12")]
+    pub extensions: ::core::option::Option<::prost_types::ListValue>,
+}
+/// Request of ManifestService.ImportAgentCard.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ImportAgentCardRequest {
+    /// The AgentCard as JSON (at most 256 KiB).
+    #[prost(string, tag = "1")]
+    pub card_json: ::prost::alloc::string::String,
+    /// The manifest's agent_id; derived from the card's name when empty
+    /// (lowercased, other characters as "-").
+    #[prost(string, tag = "2")]
+    pub agent_id: ::prost::alloc::string::String,
+    /// The manifest's agent_type when it is created; "a2a" when empty.
+    #[prost(string, tag = "3")]
+    pub agent_type: ::prost::alloc::string::String,
+    /// Check and map only: nothing is written.
+    #[prost(bool, tag = "4")]
+    pub validate_only: bool,
+}
+/// Request of ManifestService.ImportMcpServer.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ImportMcpServerRequest {
+    /// The MCP registry's server.json (at most 256 KiB).
+    #[prost(string, tag = "1")]
+    pub server_json: ::prost::alloc::string::String,
+    /// The manifest's agent_id; derived from the server's name when empty.
+    #[prost(string, tag = "2")]
+    pub agent_id: ::prost::alloc::string::String,
+    /// The manifest's agent_type when it is created; "mcp" when empty.
+    #[prost(string, tag = "3")]
+    pub agent_type: ::prost::alloc::string::String,
+    /// Check and map only: nothing is written.
+    #[prost(bool, tag = "4")]
+    pub validate_only: bool,
+}
+/// Response of ManifestService.ImportAgentCard and ImportMcpServer.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ImportResponse {
+    /// The manifest as stored (as it would be, for validate_only).
+    #[prost(message, optional, tag = "1")]
+    pub manifest: ::core::option::Option<Manifest>,
+    /// What happened.
+    #[prost(enumeration = "ImportOutcome", tag = "2")]
+    pub outcome: i32,
+    /// The JSON paths of the document that were mapped, e.g. "$.skills\[0\].tags".
+    #[prost(string, repeated, tag = "3")]
+    pub mapped: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The JSON paths that were ignored (no manifest field holds them), e.g.
+    /// "$.signatures".
+    #[prost(string, repeated, tag = "4")]
+    pub ignored: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// Request of ManifestService.CreateManifest.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -251,7 +400,7 @@ pub struct UpdateManifestRequest {
     #[prost(message, optional, tag = "1")]
     pub manifest: ::core::option::Option<Manifest>,
     /// Fields to change: agent_type, name, description, version, capabilities,
-    /// requirements, metadata, status.
+    /// requirements, metadata, status, skills, card.
     #[prost(message, optional, tag = "2")]
     pub update_mask: ::core::option::Option<::prost_types::FieldMask>,
 }
@@ -265,6 +414,47 @@ pub struct DeleteManifestRequest {
 /// Response of ManifestService.DeleteManifest.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DeleteManifestResponse {}
+/// What an import did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum ImportOutcome {
+    /// Not used.
+    Unspecified = 0,
+    /// A new manifest.
+    Created = 1,
+    /// The manifest took the card's higher version.
+    Updated = 2,
+    /// The manifest already held this version with this content.
+    Unchanged = 3,
+    /// validate_only: the card is valid; nothing was written.
+    Validated = 4,
+}
+impl ImportOutcome {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "IMPORT_OUTCOME_UNSPECIFIED",
+            Self::Created => "IMPORT_OUTCOME_CREATED",
+            Self::Updated => "IMPORT_OUTCOME_UPDATED",
+            Self::Unchanged => "IMPORT_OUTCOME_UNCHANGED",
+            Self::Validated => "IMPORT_OUTCOME_VALIDATED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "IMPORT_OUTCOME_UNSPECIFIED" => Some(Self::Unspecified),
+            "IMPORT_OUTCOME_CREATED" => Some(Self::Created),
+            "IMPORT_OUTCOME_UPDATED" => Some(Self::Updated),
+            "IMPORT_OUTCOME_UNCHANGED" => Some(Self::Unchanged),
+            "IMPORT_OUTCOME_VALIDATED" => Some(Self::Validated),
+            _ => None,
+        }
+    }
+}
 /// Generated client implementations.
 pub mod manifest_service_client {
     #![allow(
@@ -463,7 +653,81 @@ pub mod manifest_service_client {
                 .insert(GrpcMethod::new("agentry.v1.ManifestService", "DeleteManifest"));
             self.inner.unary(req, path, codec).await
         }
+        /// Creates or updates a manifest from an A2A AgentCard (JSON, protocol
+        /// 1.0 field names). Admin only. The card is checked against the
+        /// specification's rules (required fields, types, sizes, semver version);
+        /// a bad card answers INVALID_ARGUMENT whose BadRequest names the JSON path
+        /// (`$.skills[2].id`). The manifest with the same agent_id is updated when
+        /// the card's version is higher than the stored one; the same version with
+        /// the same content answers UNCHANGED; the same version with other content,
+        /// or a lower one, answers FAILED_PRECONDITION: no history is kept, so a
+        /// version once imported is immutable and a change must raise it.
+        /// The README maps every card field to a manifest field.
+        pub async fn import_agent_card(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ImportAgentCardRequest>,
+        ) -> std::result::Result<tonic::Response<super::ImportResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/agentry.v1.ManifestService/ImportAgentCard",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new("agentry.v1.ManifestService", "ImportAgentCard"),
+                );
+            self.inner.unary(req, path, codec).await
+        }
+        /// The same for an MCP registry `server.json` (schema 2025-09-29): name,
+        /// description, version, website, repository and remotes map; packages
+        /// are listed as ignored. Tools are not in server.json, so the manifest
+        /// has no skills until its card or an UpdateManifest gives them.
+        pub async fn import_mcp_server(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ImportMcpServerRequest>,
+        ) -> std::result::Result<tonic::Response<super::ImportResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/agentry.v1.ManifestService/ImportMcpServer",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new("agentry.v1.ManifestService", "ImportMcpServer"),
+                );
+            self.inner.unary(req, path, codec).await
+        }
     }
+}
+/// Request of ConfigurationService.GetAgentCard.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetAgentCardRequest {
+    /// UUID of the configuration.
+    #[prost(string, tag = "1")]
+    pub configuration_id: ::prost::alloc::string::String,
+}
+/// An exported A2A AgentCard.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AgentCard {
+    /// The card as JSON, ready to serve to A2A clients.
+    #[prost(string, tag = "1")]
+    pub card_json: ::prost::alloc::string::String,
 }
 /// How one tenant uses one manifest.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -504,7 +768,8 @@ pub struct Configuration {
     /// Maximum concurrent units of work (1..=100000, default 10).
     #[prost(int32, tag = "12")]
     pub max_workload: i32,
-    /// Units of work currently reserved (read-only; see UpdateWorkload).
+    /// Units of work currently reserved (read-only): manual_workload plus the
+    /// units of open leases. Both count against max_workload.
     #[prost(int32, tag = "13")]
     pub current_workload: i32,
     /// When the configuration was created.
@@ -513,6 +778,10 @@ pub struct Configuration {
     /// When the configuration last changed.
     #[prost(message, optional, tag = "15")]
     pub update_time: ::core::option::Option<::prost_types::Timestamp>,
+    /// The part of current_workload set by UpdateWorkload (read-only); never
+    /// below zero, and never able to free units that leases hold.
+    #[prost(int32, tag = "16")]
+    pub manual_workload: i32,
 }
 /// Request of ConfigurationService.CreateConfiguration.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -839,9 +1108,13 @@ pub mod configuration_service_client {
                 );
             self.inner.unary(req, path, codec).await
         }
-        /// Atomically adds delta to current_workload. RESOURCE_EXHAUSTED when an
-        /// increase would pass max_workload, FAILED_PRECONDITION when a decrease
-        /// would go below zero; in both cases nothing changes.
+        /// Atomically adds delta to the manual part of the workload (see
+        /// Configuration.manual_workload): current_workload is that part plus the
+        /// units of open leases, and this call never touches the leased part.
+        /// RESOURCE_EXHAUSTED when an increase would pass max_workload,
+        /// FAILED_PRECONDITION when a decrease would take the manual part below
+        /// zero (leased units come back only by ReleaseLease or expiry); in both
+        /// cases nothing changes.
         pub async fn update_workload(
             &mut self,
             request: impl tonic::IntoRequest<super::UpdateWorkloadRequest>,
@@ -862,6 +1135,35 @@ pub mod configuration_service_client {
             req.extensions_mut()
                 .insert(
                     GrpcMethod::new("agentry.v1.ConfigurationService", "UpdateWorkload"),
+                );
+            self.inner.unary(req, path, codec).await
+        }
+        /// The A2A AgentCard (protocol 1.0 JSON) of a configuration as its tenant
+        /// sees it: the configuration's name, the manifest's description, version,
+        /// skills and card fields, and every interface with `tenant` set to the
+        /// configuration's tenant. The same card is served over HTTP at
+        /// `/configurations/{id}/.well-known/agent-card.json` on the
+        /// --metrics-addr listener, with the same `authorization` header.
+        pub async fn get_agent_card(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetAgentCardRequest>,
+        ) -> std::result::Result<tonic::Response<super::AgentCard>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/agentry.v1.ConfigurationService/GetAgentCard",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new("agentry.v1.ConfigurationService", "GetAgentCard"),
                 );
             self.inner.unary(req, path, codec).await
         }
@@ -934,6 +1236,32 @@ pub struct Registration {
     /// The operator's reason for the drain.
     #[prost(string, tag = "21")]
     pub drain_reason: ::prost::alloc::string::String,
+    /// The instance's last load report, if it sent one (see Heartbeat.load).
+    #[prost(message, optional, tag = "22")]
+    pub load: ::core::option::Option<LoadReport>,
+    /// When that report reached the database; routing uses it only while it is
+    /// younger than the server's --load-report-ttl.
+    #[prost(message, optional, tag = "23")]
+    pub load_report_time: ::core::option::Option<::prost_types::Timestamp>,
+}
+/// How busy an agent instance says it is, sent in its heartbeats. Routing
+/// ranks the instances of a configuration by it (see RoutingService).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct LoadReport {
+    /// Tasks the instance is working on now (0..=1,000,000).
+    #[prost(uint32, tag = "1")]
+    pub in_flight: u32,
+    /// Tasks waiting in the instance's own queue (0..=1,000,000).
+    #[prost(uint32, tag = "2")]
+    pub queue_depth: u32,
+    /// How much of its capacity is in use, 0 (idle) to 1 (full). NaN,
+    /// negative or above 1 is INVALID_ARGUMENT.
+    #[prost(double, tag = "3")]
+    pub utilization: f64,
+    /// Up to 8 named figures of the agent's own (names 1..=64 characters of
+    /// \[A-Za-z0-9_.-\], finite values), kept and shown, not ranked on.
+    #[prost(map = "string, double", tag = "4")]
+    pub metrics: ::std::collections::HashMap<::prost::alloc::string::String, f64>,
 }
 /// Request of RegistrationService.RegisterInstance.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -1132,7 +1460,7 @@ pub struct Hello {
     pub capacity: ::core::option::Option<i32>,
 }
 /// Periodic report of an agent.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Heartbeat {
     /// Increasing sequence number, echoed in the Ack.
     #[prost(uint64, tag = "1")]
@@ -1140,9 +1468,8 @@ pub struct Heartbeat {
     /// HEALTHY or DEGRADED.
     #[prost(enumeration = "HealthStatus", tag = "2")]
     pub health_status: i32,
-    /// Units of work the instance is doing now (not negative). The server that
-    /// holds the stream validates and keeps it; routing does not use it yet and
-    /// ranks an agent's instances by their open leases.
+    /// Units of work the instance is doing now (not negative). Kept for
+    /// compatibility; routing reads `load` instead.
     #[prost(int32, tag = "3")]
     pub current_load: i32,
     /// Optional short status message (at most 256 characters).
@@ -1151,6 +1478,14 @@ pub struct Heartbeat {
     /// The session epoch from Welcome.
     #[prost(int64, tag = "5")]
     pub epoch: i64,
+    /// The instance's load, when it reports one. The server passes a report on
+    /// to routing (on every replica) when it changed meaningfully (utilization
+    /// by 0.05 or more, in_flight or queue_depth by 10 % or at least 1, a named
+    /// metric by 10 %) or a third of the report TTL has passed since the last
+    /// one it passed on; a heartbeat without `load` after one with it clears
+    /// the report.
+    #[prost(message, optional, tag = "6")]
+    pub load: ::core::option::Option<LoadReport>,
 }
 /// Last message of a health stream.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1546,8 +1881,58 @@ pub mod registration_service_client {
         }
     }
 }
-/// Which agents a caller wants.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+/// Which agents a caller wants. Every field that is set must hold (they AND
+/// together); unset fields hold for every manifest.
+///
+/// A manifest's labels are the string values of the object `labels` in its
+/// metadata: `{"labels": {"tier": "experimental"}}` has the label
+/// `tier=experimental`. Other values under `labels` (numbers, booleans,
+/// objects) and the other keys of the metadata are not labels.
+///
+/// Version requirements are read as Cargo reads them: `^1.2` is
+/// `>=1.2.0, <2.0.0`, a bare `1.2` means `^1.2`, `~1.2` is `>=1.2.0, <1.3.0`,
+/// `*` is any, comparators are separated by commas (`>=1.0, <2`), and a
+/// pre-release version such as `2.0.0-rc.1` meets only a requirement that
+/// names a pre-release of `2.0.0`. A manifest whose version is not a semantic
+/// version meets no requirement.
+///
+/// Grammar of `expression` (EBNF; NOT binds tighter than AND, AND tighter
+/// than OR; keywords in any case, term names in lowercase; whitespace
+/// separates tokens):
+///
+/// ```text
+/// expression = or ;
+/// or         = and , { "OR" , and } ;
+/// and        = unary , { "AND" , unary } ;
+/// unary      = "NOT" , unary | "(" , or , ")" | term ;
+/// term       = "capability:" , value   (* lists this capability *)
+///             | "type:" , value         (* agent_type is this *)
+///             | "id:" , value           (* agent_id is this *)
+///             | "label:" , value        (* KEY: has the label; KEY=VALUE: with this value *)
+///             | "version:" , value ;    (* version meets this requirement *)
+/// value      = piece , { piece } ;     (* adjacent pieces are joined *)
+/// piece      = bare | quoted ;
+/// bare       = ? characters other than whitespace, "(", ")" and '"' ? ;
+/// quoted     = '"' , { ? a character but '"' and backslash ?
+///                    | ? a backslash before '"' or backslash ? } , '"' ;
+/// ```
+///
+/// For example:
+///
+/// ```text
+/// capability:code_editing AND (capability:terminal OR type:ide)
+///    AND NOT label:tier=experimental AND version:^1.2
+/// ```
+///
+/// and `capability:"code review"`, `label:team="core platform"`,
+/// `version:">=1.0, <2"`. `type:` and `id:` take lowercase slugs, as manifests
+/// hold them. A `label:` value is split at its first `=`. At most
+/// 4096 characters and 32 levels of parentheses and NOTs. A malformed
+/// expression is INVALID_ARGUMENT naming the field `filter.expression`, with
+/// a message that gives the position of the first offending character,
+/// counted in characters from 1 ("at character 17: expected a term such as
+/// capability:NAME, found the end").
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct AgentFilter {
     /// Only this agent_id, when set.
     #[prost(string, tag = "1")]
@@ -1564,9 +1949,35 @@ pub struct AgentFilter {
     /// Also consider deprecated manifests.
     #[prost(bool, tag = "5")]
     pub include_deprecated: bool,
+    /// At least one of these capabilities must be present, when any are given.
+    #[prost(string, repeated, tag = "6")]
+    pub any_capabilities: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// None of these capabilities may be present.
+    #[prost(string, repeated, tag = "7")]
+    pub none_capabilities: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The agent_type must be one of these, when any are given (at most 64).
+    #[prost(string, repeated, tag = "8")]
+    pub agent_types: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// A semver requirement the manifest's version must meet, such as `^1.2`
+    /// or `>=1.0, <2` (see above); at most 256 characters. A malformed one is
+    /// INVALID_ARGUMENT naming `filter.version`.
+    #[prost(string, tag = "9")]
+    pub version: ::prost::alloc::string::String,
+    /// Labels the manifest must carry, each with exactly this value (see above
+    /// for what a manifest's labels are); at most 64, keys non-empty, keys and
+    /// values at most 256 characters.
+    #[prost(map = "string, string", tag = "10")]
+    pub labels: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    /// An expression over the manifest's capabilities, type, id, labels and
+    /// version (grammar above); empty: none.
+    #[prost(string, tag = "11")]
+    pub expression: ::prost::alloc::string::String,
 }
 /// Request of RoutingService.GetAvailableAgents.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct GetAvailableAgentsRequest {
     /// Which agents.
     #[prost(message, optional, tag = "1")]
@@ -1574,6 +1985,10 @@ pub struct GetAvailableAgentsRequest {
     /// Maximum number of results (1..1000, default 100).
     #[prost(int32, tag = "2")]
     pub limit: i32,
+    /// Also answer why: the terms of each answer's score and the
+    /// configurations and instances left out.
+    #[prost(bool, tag = "3")]
+    pub explain: bool,
 }
 /// Response of RoutingService.GetAvailableAgents.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -1581,6 +1996,197 @@ pub struct GetAvailableAgentsResponse {
     /// Available agents, best score first.
     #[prost(message, repeated, tag = "1")]
     pub agents: ::prost::alloc::vec::Vec<AvailableAgent>,
+    /// With `explain`.
+    #[prost(message, optional, tag = "2")]
+    pub explanation: ::core::option::Option<Explanation>,
+}
+/// Request of RoutingService.SearchAgents.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SearchAgentsRequest {
+    /// Words to search for (1..512 characters, at most 16 terms).
+    #[prost(string, tag = "1")]
+    pub query: ::prost::alloc::string::String,
+    /// Which agents, as in GetAvailableAgents.
+    #[prost(message, optional, tag = "2")]
+    pub filter: ::core::option::Option<AgentFilter>,
+    /// Also answer configurations with nothing routable (availability 0, with
+    /// the reason).
+    #[prost(bool, tag = "3")]
+    pub include_unavailable: bool,
+    /// Maximum number of results (1..1000, default 20).
+    #[prost(int32, tag = "4")]
+    pub page_size: i32,
+    /// Token from a previous response's next_page_token; the query, filter and
+    /// include_unavailable must stay the same. Pages are cut from the ranking
+    /// at the time of each call, so a result can move between pages when
+    /// availability changes meanwhile.
+    #[prost(string, tag = "5")]
+    pub page_token: ::prost::alloc::string::String,
+    /// Also answer each result's availability terms and every matched term.
+    #[prost(bool, tag = "6")]
+    pub explain: bool,
+}
+/// Response of RoutingService.SearchAgents.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SearchAgentsResponse {
+    /// Best score first.
+    #[prost(message, repeated, tag = "1")]
+    pub results: ::prost::alloc::vec::Vec<SearchResult>,
+    /// Token for the next page; empty on the last page.
+    #[prost(string, tag = "2")]
+    pub next_page_token: ::prost::alloc::string::String,
+    /// How many configurations matched in all pages.
+    #[prost(int32, tag = "3")]
+    pub total_size: i32,
+}
+/// One configuration that matched a search.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SearchResult {
+    /// The tenant's configuration.
+    #[prost(string, tag = "1")]
+    pub configuration_id: ::prost::alloc::string::String,
+    /// Its name.
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    /// The manifest's agent_id.
+    #[prost(string, tag = "3")]
+    pub agent_id: ::prost::alloc::string::String,
+    /// relevance x (0.5 + 0.5 x availability).
+    #[prost(double, tag = "4")]
+    pub score: f64,
+    /// 0..1, 1 for the best match of the answer.
+    #[prost(double, tag = "5")]
+    pub relevance: f64,
+    /// 0..1, GetAvailableAgents' score; 0 when not available.
+    #[prost(double, tag = "6")]
+    pub availability: f64,
+    /// The skills that matched, best first.
+    #[prost(message, repeated, tag = "7")]
+    pub skills: ::prost::alloc::vec::Vec<SkillMatch>,
+    /// The best instance to send work to, when available.
+    #[prost(message, optional, tag = "8")]
+    pub agent: ::core::option::Option<AvailableAgent>,
+    /// Why it is not available (with include_unavailable).
+    #[prost(enumeration = "ExclusionReason", tag = "9")]
+    pub unavailable_reason: i32,
+    /// The reason in words.
+    #[prost(string, tag = "10")]
+    pub unavailable_detail: ::prost::alloc::string::String,
+    /// With `explain`: the availability terms.
+    #[prost(message, optional, tag = "11")]
+    pub availability_terms: ::core::option::Option<ExplainedCandidate>,
+}
+/// A skill that matched a search.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SkillMatch {
+    /// The skill's id.
+    #[prost(string, tag = "1")]
+    pub skill_id: ::prost::alloc::string::String,
+    /// The skill's name.
+    #[prost(string, tag = "2")]
+    pub skill_name: ::prost::alloc::string::String,
+    /// Its relevance before the answer's normalisation.
+    #[prost(double, tag = "3")]
+    pub relevance: f64,
+    /// With `explain`: each query term that matched, where, and what it added.
+    #[prost(message, repeated, tag = "4")]
+    pub terms: ::prost::alloc::vec::Vec<TermMatch>,
+}
+/// One query term's part in a skill's relevance.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TermMatch {
+    /// The query term.
+    #[prost(string, tag = "1")]
+    pub term: ::prost::alloc::string::String,
+    /// The field it matched best: name, id, tags, description, examples.
+    #[prost(string, tag = "2")]
+    pub field: ::prost::alloc::string::String,
+    /// The word of the field it matched.
+    #[prost(string, tag = "3")]
+    pub word: ::prost::alloc::string::String,
+    /// Field weight x inverse document frequency.
+    #[prost(double, tag = "4")]
+    pub contribution: f64,
+}
+/// Why routing answered what it did.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Explanation {
+    /// Every configuration that was available, best first, with its terms.
+    #[prost(message, repeated, tag = "1")]
+    pub candidates: ::prost::alloc::vec::Vec<ExplainedCandidate>,
+    /// Every configuration or instance of the tenant left out, and why.
+    #[prost(message, repeated, tag = "2")]
+    pub excluded: ::prost::alloc::vec::Vec<Exclusion>,
+}
+/// One available configuration and how its score and instance came about.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ExplainedCandidate {
+    /// UUID of the configuration.
+    #[prost(string, tag = "1")]
+    pub configuration_id: ::prost::alloc::string::String,
+    /// agent_id of its manifest.
+    #[prost(string, tag = "2")]
+    pub agent_id: ::prost::alloc::string::String,
+    /// The score: free_workload_term + healthy_term + instances_term.
+    #[prost(double, tag = "3")]
+    pub score: f64,
+    /// 0.5 x (1 - current_workload / max_workload).
+    #[prost(double, tag = "4")]
+    pub free_workload_term: f64,
+    /// 0.3 x healthy instances / active instances.
+    #[prost(double, tag = "5")]
+    pub healthy_term: f64,
+    /// 0.2 x min(active instances / 3, 1).
+    #[prost(double, tag = "6")]
+    pub instances_term: f64,
+    /// Its routable instances, lowest load first.
+    #[prost(message, repeated, tag = "7")]
+    pub instances: ::prost::alloc::vec::Vec<ExplainedInstance>,
+}
+/// One routable instance and its load.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ExplainedInstance {
+    /// UUID of the registration.
+    #[prost(string, tag = "1")]
+    pub registration_id: ::prost::alloc::string::String,
+    /// The caller's instance id.
+    #[prost(string, tag = "2")]
+    pub instance_id: ::prost::alloc::string::String,
+    /// HEALTHY or DEGRADED.
+    #[prost(enumeration = "HealthStatus", tag = "3")]
+    pub health_status: i32,
+    /// The load it is ranked by (see RoutingService).
+    #[prost(double, tag = "4")]
+    pub load: f64,
+    /// Where the load came from.
+    #[prost(enumeration = "LoadSource", tag = "5")]
+    pub load_source: i32,
+    /// Open leases on it.
+    #[prost(int32, tag = "6")]
+    pub leases: i32,
+    /// The error penalty within `load`.
+    #[prost(double, tag = "7")]
+    pub error_penalty: f64,
+    /// Its weight in AcquireAgent's choice among the four lowest (0 past them).
+    #[prost(double, tag = "8")]
+    pub weight: f64,
+}
+/// A configuration or instance left out of the answer.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Exclusion {
+    /// UUID of the configuration.
+    #[prost(string, tag = "1")]
+    pub configuration_id: ::prost::alloc::string::String,
+    /// UUID of the instance, when one instance was left out (else empty:
+    /// the whole configuration).
+    #[prost(string, tag = "2")]
+    pub registration_id: ::prost::alloc::string::String,
+    /// Why.
+    #[prost(enumeration = "ExclusionReason", tag = "3")]
+    pub reason: i32,
+    /// In words, e.g. "workload 5 of 5".
+    #[prost(string, tag = "4")]
+    pub detail: ::prost::alloc::string::String,
 }
 /// One routable agent.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -1597,7 +2203,8 @@ pub struct AvailableAgent {
     /// The manifest's version.
     #[prost(string, tag = "4")]
     pub version: ::prost::alloc::string::String,
-    /// The manifest's capabilities.
+    /// The manifest's capabilities, then the ids of its skills that are not
+    /// among them (a skill id counts as a capability for filters).
     #[prost(string, repeated, tag = "5")]
     pub capabilities: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     /// The instance to route to.
@@ -1608,7 +2215,7 @@ pub struct AvailableAgent {
     pub score: f64,
 }
 /// Request of RoutingService.AcquireAgent.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct AcquireAgentRequest {
     /// Which agents.
     #[prost(message, optional, tag = "1")]
@@ -1616,6 +2223,20 @@ pub struct AcquireAgentRequest {
     /// How long the lease lasts unless renewed (default 60s, at most 1h).
     #[prost(message, optional, tag = "2")]
     pub ttl: ::core::option::Option<::prost_types::Duration>,
+    /// Optional UUID naming this reservation, as in AIP-155: a call repeated
+    /// with the same request_id (say, after its answer was lost) returns the
+    /// lease the first one granted, as it is now (renewed, released or expired),
+    /// instead of reserving a second unit. The rest of a repeated request is not
+    /// compared with the first. Kept as long as the lease (released leases for
+    /// the server's --event-retention, 7 days by default). Empty: every call
+    /// reserves anew.
+    #[prost(string, tag = "3")]
+    pub request_id: ::prost::alloc::string::String,
+    /// Also answer why (Lease.explanation). A RESOURCE_EXHAUSTED answer
+    /// always carries a summary: its ErrorInfo metadata counts the
+    /// configurations left out per reason ("full": "2", ...).
+    #[prost(bool, tag = "4")]
+    pub explain: bool,
 }
 /// A reservation of one unit of a configuration's workload.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -1635,6 +2256,10 @@ pub struct Lease {
     /// When the lease expires unless renewed.
     #[prost(message, optional, tag = "5")]
     pub expire_time: ::core::option::Option<::prost_types::Timestamp>,
+    /// With AcquireAgentRequest.explain: the candidates and exclusions the
+    /// choice was made from.
+    #[prost(message, optional, tag = "6")]
+    pub explanation: ::core::option::Option<Explanation>,
 }
 /// Request of RoutingService.RenewLease.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1723,20 +2348,61 @@ pub struct AgentMetrics {
     pub failures: i64,
 }
 /// Request of RoutingService.WatchAvailableAgents.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct WatchAvailableAgentsRequest {
     /// Which agents.
     #[prost(message, optional, tag = "1")]
     pub filter: ::core::option::Option<AgentFilter>,
+    /// Resume after this revision: the revision of the last event the caller
+    /// applied, from an earlier watch with the same filter. 0: start with a
+    /// snapshot. Needs stream_id.
+    ///
+    /// When the server still holds every change of stream_id after
+    /// since_revision, the watch starts with a Progress at since_revision and
+    /// goes on with those changes: no snapshot. Otherwise (another replica,
+    /// a restarted server, too far back, a revision this stream never reached)
+    /// it starts with a Resync and a Snapshot. The server holds the latest
+    /// changes of all tenants together, as many as its --watch-buffer says.
+    #[prost(uint64, tag = "2")]
+    pub since_revision: u64,
+    /// The stream_id of the events since_revision comes from.
+    #[prost(string, tag = "3")]
+    pub stream_id: ::prost::alloc::string::String,
 }
 /// One event of WatchAvailableAgents.
+///
+/// Keys: the watcher's set holds at most one entry per configuration, keyed by
+/// the configuration's id (`AvailableAgent.configuration.id`), and that entry
+/// names the instance to route to. A snapshot replaces the whole set;
+/// `upserted` adds or replaces the entry of its configuration (its instance
+/// may differ from the one before); `removed` drops the entry of
+/// `removed.configuration_id`.
+///
+/// Revisions: each replica numbers the changes of each tenant in a stream
+/// named by stream_id, which starts at revision 1 and adds one per change; a
+/// watch sees every change of its tenant from where it starts, once, in
+/// order, whatever its filter:
+/// - a Snapshot (and the Resync before it) carries the revision it is at;
+/// - every later change is one event whose revision is the previous event's
+///    plus one: `upserted` or `removed` when it changes the watcher's set, a
+///    Progress when it does not (a change outside the filter, or one that
+///    leaves the entry as it was);
+/// - a Progress also comes when the watch has been quiet for the server's
+///    --watch-progress-interval, and first on a resumed watch: those repeat
+///    the current revision.
+/// So a change is never sent twice, and the last revision seen (with its
+/// stream_id) is where a new watch resumes.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct AvailabilityEvent {
-    /// Increases with every event of the stream.
+    /// The tenant's revision on this stream after the event.
     #[prost(uint64, tag = "1")]
     pub revision: u64,
+    /// Names the sequence the revisions count in: one per tenant on one replica
+    /// (a restarted or another replica has another). Set on every event.
+    #[prost(string, tag = "8")]
+    pub stream_id: ::prost::alloc::string::String,
     /// What happened.
-    #[prost(oneof = "availability_event::Event", tags = "2, 3, 4, 5")]
+    #[prost(oneof = "availability_event::Event", tags = "2, 3, 5, 6, 7")]
     pub event: ::core::option::Option<availability_event::Event>,
 }
 /// Nested message and enum types in `AvailabilityEvent`.
@@ -1744,18 +2410,23 @@ pub mod availability_event {
     /// What happened.
     #[derive(Clone, PartialEq, ::prost::Oneof)]
     pub enum Event {
-        /// The full set of available agents; replaces the subscriber's view.
+        /// The full set of available agents; replaces the subscriber's set.
         #[prost(message, tag = "2")]
         Snapshot(super::Snapshot),
-        /// An agent became available or its score changed.
+        /// The entry of `upserted.configuration.id`: an agent became available,
+        /// or its instance or score changed.
         #[prost(message, tag = "3")]
         Upserted(super::AvailableAgent),
-        /// An instance is no longer available (its registration id).
-        #[prost(string, tag = "4")]
-        Removed(::prost::alloc::string::String),
-        /// The subscriber fell behind; a fresh snapshot follows.
+        /// The subscriber's set is out of date (it fell behind, or it cannot
+        /// resume); a Snapshot follows.
         #[prost(message, tag = "5")]
         Resync(super::Resync),
+        /// Nothing changed for the subscriber up to `revision`.
+        #[prost(message, tag = "6")]
+        Progress(super::Progress),
+        /// A configuration's entry is no longer available to the subscriber.
+        #[prost(message, tag = "7")]
+        Removed(super::Removed),
     }
 }
 /// The full set of available agents.
@@ -1765,9 +2436,134 @@ pub struct Snapshot {
     #[prost(message, repeated, tag = "1")]
     pub agents: ::prost::alloc::vec::Vec<AvailableAgent>,
 }
-/// The subscriber fell behind; discard the view and wait for the snapshot.
+/// The subscriber's set is out of date: discard it and wait for the snapshot.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Resync {}
+/// Nothing has changed for the subscriber up to the event's revision.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Progress {}
+/// An entry left the subscriber's set.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Removed {
+    /// The configuration whose entry is dropped: the key.
+    #[prost(string, tag = "1")]
+    pub configuration_id: ::prost::alloc::string::String,
+    /// The instance (registration id) that entry last named.
+    #[prost(string, tag = "2")]
+    pub instance_id: ::prost::alloc::string::String,
+}
+/// Where an instance's load came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum LoadSource {
+    /// Not set.
+    Unspecified = 0,
+    /// Its load report, fresh.
+    Report = 1,
+    /// Open leases: it sent no report.
+    LeasesNoReport = 2,
+    /// Open leases: its report is older than --load-report-ttl.
+    LeasesStaleReport = 3,
+    /// Open leases: its reports are new (within --load-report-blackout).
+    LeasesBlackout = 4,
+}
+impl LoadSource {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "LOAD_SOURCE_UNSPECIFIED",
+            Self::Report => "LOAD_SOURCE_REPORT",
+            Self::LeasesNoReport => "LOAD_SOURCE_LEASES_NO_REPORT",
+            Self::LeasesStaleReport => "LOAD_SOURCE_LEASES_STALE_REPORT",
+            Self::LeasesBlackout => "LOAD_SOURCE_LEASES_BLACKOUT",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "LOAD_SOURCE_UNSPECIFIED" => Some(Self::Unspecified),
+            "LOAD_SOURCE_REPORT" => Some(Self::Report),
+            "LOAD_SOURCE_LEASES_NO_REPORT" => Some(Self::LeasesNoReport),
+            "LOAD_SOURCE_LEASES_STALE_REPORT" => Some(Self::LeasesStaleReport),
+            "LOAD_SOURCE_LEASES_BLACKOUT" => Some(Self::LeasesBlackout),
+            _ => None,
+        }
+    }
+}
+/// Why a configuration or an instance was left out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum ExclusionReason {
+    /// Not set.
+    Unspecified = 0,
+    /// The configuration is disabled.
+    Disabled = 1,
+    /// Its manifest is deprecated (and include_deprecated is not set), or
+    /// retired.
+    ManifestDeprecated = 2,
+    /// Its manifest does not match the filter.
+    FilterMismatch = 3,
+    /// current_workload reached max_workload.
+    Full = 4,
+    /// No active instance takes work (none healthy or degraded).
+    NoHealthyInstance = 5,
+    /// Only degraded instances, and a configuration with healthy ones exists.
+    DegradedOnly = 6,
+    /// An instance: drained by an operator.
+    Draining = 7,
+    /// An instance: its health is unknown or unhealthy.
+    Unhealthy = 8,
+    /// An instance: held out for flapping between health states.
+    Flapping = 9,
+    /// An instance: its load report is stale (it is still routable, ranked by
+    /// its leases; listed so that the stale report shows).
+    LoadReportStale = 10,
+    /// Past the answer's limit.
+    Limit = 11,
+}
+impl ExclusionReason {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "EXCLUSION_REASON_UNSPECIFIED",
+            Self::Disabled => "EXCLUSION_REASON_DISABLED",
+            Self::ManifestDeprecated => "EXCLUSION_REASON_MANIFEST_DEPRECATED",
+            Self::FilterMismatch => "EXCLUSION_REASON_FILTER_MISMATCH",
+            Self::Full => "EXCLUSION_REASON_FULL",
+            Self::NoHealthyInstance => "EXCLUSION_REASON_NO_HEALTHY_INSTANCE",
+            Self::DegradedOnly => "EXCLUSION_REASON_DEGRADED_ONLY",
+            Self::Draining => "EXCLUSION_REASON_DRAINING",
+            Self::Unhealthy => "EXCLUSION_REASON_UNHEALTHY",
+            Self::Flapping => "EXCLUSION_REASON_FLAPPING",
+            Self::LoadReportStale => "EXCLUSION_REASON_LOAD_REPORT_STALE",
+            Self::Limit => "EXCLUSION_REASON_LIMIT",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "EXCLUSION_REASON_UNSPECIFIED" => Some(Self::Unspecified),
+            "EXCLUSION_REASON_DISABLED" => Some(Self::Disabled),
+            "EXCLUSION_REASON_MANIFEST_DEPRECATED" => Some(Self::ManifestDeprecated),
+            "EXCLUSION_REASON_FILTER_MISMATCH" => Some(Self::FilterMismatch),
+            "EXCLUSION_REASON_FULL" => Some(Self::Full),
+            "EXCLUSION_REASON_NO_HEALTHY_INSTANCE" => Some(Self::NoHealthyInstance),
+            "EXCLUSION_REASON_DEGRADED_ONLY" => Some(Self::DegradedOnly),
+            "EXCLUSION_REASON_DRAINING" => Some(Self::Draining),
+            "EXCLUSION_REASON_UNHEALTHY" => Some(Self::Unhealthy),
+            "EXCLUSION_REASON_FLAPPING" => Some(Self::Flapping),
+            "EXCLUSION_REASON_LOAD_REPORT_STALE" => Some(Self::LoadReportStale),
+            "EXCLUSION_REASON_LIMIT" => Some(Self::Limit),
+            _ => None,
+        }
+    }
+}
 /// How the work under a lease ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -1892,6 +2688,21 @@ pub mod routing_service_client {
         /// Score of a configuration: 0.5 x (1 - current_workload / max_workload)
         /// + 0.3 x (healthy instances / active instances)
         /// + 0.2 x min(active instances / 3, 1).
+        ///
+        /// Within a configuration, instances are ranked healthy before degraded,
+        /// then by load, lowest first:
+        ///   load = utilization + 0.05 x min(queue_depth, 20)   with a fresh report
+        ///          open leases / max_workload                  without one
+        ///        + 0.1 x min(failure_count, 5)                  (error penalty)
+        /// A report is fresh from --load-report-blackout after the instance's first
+        /// report (a new instance is ranked by its leases until then, so it is not
+        /// flooded before its reports mean anything) until --load-report-ttl after
+        /// the last one. GetAvailableAgents answers the lowest-load instance;
+        /// AcquireAgent picks among the four lowest at random, weighted by
+        /// 1 / (load + 0.05), as gRPC's weighted round robin weights by inverse
+        /// utilization. An instance whose health changed more than --flap-threshold
+        /// times within --flap-window is held out for --flap-hold, doubling while it
+        /// keeps flapping. `explain` shows all of it.
         pub async fn get_available_agents(
             &mut self,
             request: impl tonic::IntoRequest<super::GetAvailableAgentsRequest>,
@@ -1919,7 +2730,8 @@ pub mod routing_service_client {
             self.inner.unary(req, path, codec).await
         }
         /// Picks an instance and reserves one unit of its configuration's workload.
-        /// RESOURCE_EXHAUSTED when nothing fits.
+        /// RESOURCE_EXHAUSTED when nothing fits. Idempotent when `request_id` is set:
+        /// a repeat answers the lease the first call granted.
         pub async fn acquire_agent(
             &mut self,
             request: impl tonic::IntoRequest<super::AcquireAgentRequest>,
@@ -2010,7 +2822,9 @@ pub mod routing_service_client {
                 .insert(GrpcMethod::new("agentry.v1.RoutingService", "GetAgentMetrics"));
             self.inner.unary(req, path, codec).await
         }
-        /// A snapshot of available agents, then changes as they happen.
+        /// A snapshot of available agents, then changes as they happen; or, given
+        /// the position of an earlier watch, the changes since then without a
+        /// snapshot. See AvailabilityEvent for how events are numbered and keyed.
         pub async fn watch_available_agents(
             &mut self,
             request: impl tonic::IntoRequest<super::WatchAvailableAgentsRequest>,
@@ -2036,6 +2850,50 @@ pub mod routing_service_client {
                     GrpcMethod::new("agentry.v1.RoutingService", "WatchAvailableAgents"),
                 );
             self.inner.server_streaming(req, path, codec).await
+        }
+        /// Searches the skills of the tenant's configurations' manifests (skill
+        /// names, ids, tags, descriptions, examples; a manifest without skills is
+        /// searched by its capability names) and ranks the matches by relevance
+        /// and availability together:
+        ///
+        ///   score = relevance x (0.5 + 0.5 x availability)
+        ///
+        /// relevance: each query term's best field in a skill, weighted name and
+        /// id 4, tags 3, description 2, examples 1, times the term's inverse
+        /// document frequency ln(1 + skills / skills with the term), over the
+        /// skills of all manifests; a skill's relevance is the sum over the terms
+        /// times the share of the query's terms it matched, and a configuration's
+        /// is its best skill's, divided by the best of the answer (so the first
+        /// is 1.0). A term matches a word it equals, or begins (3 characters or
+        /// more). `name:`, `id:`, `tag:`, `description:`, `example:` before a term
+        /// restrict it to that field.
+        /// availability: the configuration's score as GetAvailableAgents defines
+        /// it, 0 when nothing is routable.
+        /// Only configurations with a routable instance are answered unless
+        /// include_unavailable is set; the filter applies as in GetAvailableAgents.
+        pub async fn search_agents(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SearchAgentsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SearchAgentsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/agentry.v1.RoutingService/SearchAgents",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("agentry.v1.RoutingService", "SearchAgents"));
+            self.inner.unary(req, path, codec).await
         }
     }
 }
@@ -2157,6 +3015,79 @@ pub struct RevokeApiKeyRequest {
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
 }
+/// One change recorded in the audit log, written in the same transaction as
+/// the change itself.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct AuditEvent {
+    /// Server-assigned UUID.
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    /// When the change was made.
+    #[prost(message, optional, tag = "2")]
+    pub time: ::core::option::Option<::prost_types::Timestamp>,
+    /// UUID of the API key that made it; empty for the server's command line.
+    #[prost(string, tag = "3")]
+    pub key_id: ::prost::alloc::string::String,
+    /// The key's role; ROLE_UNSPECIFIED for the server's command line.
+    #[prost(enumeration = "Role", tag = "4")]
+    pub role: i32,
+    /// The key's tenant; empty for admin keys and the command line.
+    #[prost(string, tag = "5")]
+    pub tenant_id: ::prost::alloc::string::String,
+    /// What was done, "<kind>.<verb>", e.g. "manifest.create", "api_key.revoke",
+    /// "configuration.update_workload", "registration.cleanup".
+    #[prost(string, tag = "6")]
+    pub action: ::prost::alloc::string::String,
+    /// The kind of the changed object: "tenant", "api_key", "manifest",
+    /// "configuration", "registration", or "registrations" for a cleanup.
+    #[prost(string, tag = "7")]
+    pub target_kind: ::prost::alloc::string::String,
+    /// UUID of the changed object; empty when the action has no single target.
+    #[prost(string, tag = "8")]
+    pub target_id: ::prost::alloc::string::String,
+    /// The tenant the changed object belongs to; empty for system-wide objects.
+    #[prost(string, tag = "9")]
+    pub target_tenant_id: ::prost::alloc::string::String,
+    /// A few non-secret facts of the change, e.g. the fields an update changed.
+    /// Never key secrets or system prompt texts.
+    #[prost(message, optional, tag = "10")]
+    pub details: ::core::option::Option<::prost_types::Struct>,
+}
+/// Request of AdminService.ListAuditEvents. Every filter set must match.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListAuditEventsRequest {
+    /// Only events of this action, e.g. "manifest.update".
+    #[prost(string, tag = "1")]
+    pub action: ::prost::alloc::string::String,
+    /// Only events about the object with this UUID.
+    #[prost(string, tag = "2")]
+    pub target_id: ::prost::alloc::string::String,
+    /// Only events made with the API key of this UUID.
+    #[prost(string, tag = "3")]
+    pub key_id: ::prost::alloc::string::String,
+    /// Only events at or after this time.
+    #[prost(message, optional, tag = "4")]
+    pub start_time: ::core::option::Option<::prost_types::Timestamp>,
+    /// Only events before this time.
+    #[prost(message, optional, tag = "5")]
+    pub end_time: ::core::option::Option<::prost_types::Timestamp>,
+    /// Maximum number of results (1..1000, default 100).
+    #[prost(int32, tag = "6")]
+    pub page_size: i32,
+    /// Token from a previous response's next_page_token; the filters must stay the same.
+    #[prost(string, tag = "7")]
+    pub page_token: ::prost::alloc::string::String,
+}
+/// Response of AdminService.ListAuditEvents.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListAuditEventsResponse {
+    /// One page of events, newest first.
+    #[prost(message, repeated, tag = "1")]
+    pub audit_events: ::prost::alloc::vec::Vec<AuditEvent>,
+    /// Token for the next page; empty on the last page.
+    #[prost(string, tag = "2")]
+    pub next_page_token: ::prost::alloc::string::String,
+}
 /// Generated client implementations.
 pub mod admin_service_client {
     #![allow(
@@ -2168,7 +3099,8 @@ pub mod admin_service_client {
     )]
     use tonic::codegen::*;
     use tonic::codegen::http::Uri;
-    /// Tenants and API keys. Admin keys only.
+    /// Tenants, API keys and the audit log. Admin keys only, except
+    /// ListAuditEvents, which tenant keys may call for their own tenant.
     #[derive(Debug, Clone)]
     pub struct AdminServiceClient<T> {
         inner: tonic::client::Grpc<T>,
@@ -2355,6 +3287,34 @@ pub mod admin_service_client {
             let mut req = request.into_request();
             req.extensions_mut()
                 .insert(GrpcMethod::new("agentry.v1.AdminService", "RevokeApiKey"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Lists the audit log, newest first, paginated: every change made with an
+        /// admin or tenant key (and by the server's command line). Admin keys see
+        /// every event; tenant keys see the events of their tenant's keys and those
+        /// about their tenant's data.
+        pub async fn list_audit_events(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListAuditEventsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListAuditEventsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/agentry.v1.AdminService/ListAuditEvents",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("agentry.v1.AdminService", "ListAuditEvents"));
             self.inner.unary(req, path, codec).await
         }
     }

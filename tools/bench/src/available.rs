@@ -2,84 +2,200 @@
 //! instances of `--configurations` configurations, through the SDK (answers
 //! decoded and checked) or with `--raw` (pre-encoded requests over bare
 //! HTTP/2, answers' bytes counted), driven by the shared load driver.
+//!
+//! With `--fleet` the instances are health streams that heartbeat
+//! throughout (see [`fleet`](crate::fleet)), and the calls are measured
+//! twice in one run: while the streams send no load reports, then while
+//! they send moving ones.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agentry_client::{AgentFilter, Client, CreateConfiguration, RegisterInstance};
 
 use crate::Error;
 use crate::cli::{Args, Load, Shape};
+use crate::fleet::{self, Pace};
 use crate::raw;
-use crate::setup::{agent_id, setup, spawn_bounded, wait_for_view};
-use crate::stats::{Done, report_latencies, report_rate};
+use crate::setup::{Setup, agent_id, setup, spawn_bounded, wait_for_view};
+use crate::stats::{Done, Run, report_latencies, report_rate};
+use crate::stream::{goodbye_all, open_spread};
+
+/// How long the fleet heartbeats in a phase before the calls are measured.
+const WARM_UP: Duration = Duration::from_secs(2);
 
 pub(crate) async fn run(args: &Args, shape: Shape, load: Load) -> Result<(), Error> {
-    let Shape {
-        registrations,
-        configurations,
-        limit,
-        raw,
-    } = shape;
-    let s = setup(args, configurations).await?;
-    for i in 0..configurations {
-        s.tenant
-            .create_configuration(CreateConfiguration::for_agent(agent_id(i)).max_workload(1000))
-            .await?;
-    }
-    spawn_bounded(registrations, 64, |i| {
+    let s = configured(args, shape).await?;
+    spawn_bounded(shape.registrations, 64, |i| {
         let agent = s.agent.clone();
         async move {
             agent
                 .register_instance(RegisterInstance::new(
                     format!("bench-{i}"),
-                    agent_id(i % configurations),
+                    agent_id(i % shape.configurations),
                 ))
                 .await
         }
     })
     .await?;
-    println!("registrations: {registrations} over {configurations} configurations");
-    // Let the view catch up with the registrations.
-    wait_for_view(&s.tenant, 1000, configurations, Duration::from_millis(100)).await?;
-    let expected = s
-        .tenant
-        .get_available_agents(AgentFilter::new(), limit)
-        .await?
-        .len();
-    let run = if raw {
-        let connections = load.connections(args).await?;
-        let request = raw::request(&args.url, &s.tenant_key, limit)?;
-        load.run(&connections, move |connection| {
-            let request = request.clone();
-            async move {
-                let bytes = raw::get_available_agents(connection, request).await?;
-                if expected > 0 && bytes == 0 {
-                    return Err("an empty answer where agents were available".into());
-                }
-                Ok(Done::Ok)
-            }
-        })
-        .await?
-    } else {
-        let clients = load.clients(args, &s.tenant_key).await?;
-        load.run(&clients, move |client: Client| async move {
-            let agents = client
-                .get_available_agents(AgentFilter::new(), limit)
-                .await?;
-            if agents.len() != expected {
-                return Err(
-                    format!("{} agents answered, {expected} expected", agents.len()).into(),
-                );
-            }
-            Ok(Done::Ok)
-        })
-        .await?
-    };
     println!(
-        "available_agents_per_answer: {expected} (limit {limit}, decoded: {})",
-        !raw
+        "registrations: {} over {} configurations",
+        shape.registrations, shape.configurations
     );
-    report_rate("available_calls", run.latencies.len(), run.elapsed);
-    report_latencies("available_latency", run.latencies);
+    let calls = Calls::new(args, &s, shape, load).await?;
+    calls.report("available", calls.measure(load).await?);
     Ok(())
+}
+
+/// `available --fleet`: the same calls next to a fleet of streams, without
+/// load reports and then with them.
+pub(crate) async fn run_with_fleet(
+    args: &Args,
+    shape: Shape,
+    load: Load,
+    pace: Pace,
+) -> Result<(), Error> {
+    let s = configured(args, shape).await?;
+    let mut streams = open_spread(
+        args,
+        &s.agent_key,
+        shape.registrations,
+        shape.configurations,
+    )
+    .await?;
+    println!(
+        "streams: {} over {} configurations",
+        streams.len(),
+        shape.configurations
+    );
+    let calls = Calls::new(args, &s, shape, load).await?;
+    for (phase, reports) in [("without_reports", false), ("with_reports", true)] {
+        let until = Instant::now() + WARM_UP + Duration::from_secs(load.seconds);
+        let heartbeating = fleet::drive(streams, until, pace, reports);
+        tokio::time::sleep(WARM_UP).await;
+        let run = calls.measure(load).await?;
+        let (acks, back) = fleet::join(heartbeating).await?;
+        streams = back;
+        report_rate(
+            &format!("{phase}_heartbeats_acked"),
+            acks.len(),
+            (WARM_UP + Duration::from_secs(load.seconds)).as_secs_f64(),
+        );
+        calls.report(&format!("{phase}_available"), run);
+    }
+    goodbye_all(&streams, "bench done").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(())
+}
+
+/// A fresh tenant with one configuration per manifest.
+async fn configured(args: &Args, shape: Shape) -> Result<Setup, Error> {
+    let s = setup(args, shape.configurations).await?;
+    for i in 0..shape.configurations {
+        s.tenant
+            .create_configuration(CreateConfiguration::for_agent(agent_id(i)).max_workload(1000))
+            .await?;
+    }
+    Ok(s)
+}
+
+/// The callers and what they expect, once the view holds the registrations.
+struct Calls {
+    via: Via,
+    limit: i32,
+    /// Agents in every answer.
+    expected: usize,
+}
+
+/// How the calls are sent.
+enum Via {
+    Raw {
+        connections: Vec<raw::Connection>,
+        request: raw::Prepared,
+    },
+    Sdk {
+        clients: Vec<Client>,
+    },
+}
+
+impl Calls {
+    async fn new(args: &Args, s: &Setup, shape: Shape, load: Load) -> Result<Calls, Error> {
+        // Let the view catch up with the registrations.
+        wait_for_view(
+            &s.tenant,
+            1000,
+            shape.configurations,
+            Duration::from_millis(100),
+        )
+        .await?;
+        let expected = s
+            .tenant
+            .get_available_agents(AgentFilter::new(), shape.limit)
+            .await?
+            .len();
+        let via = if shape.raw {
+            Via::Raw {
+                connections: load.connections(args).await?,
+                request: raw::request(&args.url, &s.tenant_key, shape.limit)?,
+            }
+        } else {
+            Via::Sdk {
+                clients: load.clients(args, &s.tenant_key).await?,
+            }
+        };
+        Ok(Calls {
+            via,
+            limit: shape.limit,
+            expected,
+        })
+    }
+
+    async fn measure(&self, load: Load) -> Result<Run, Error> {
+        let (limit, expected) = (self.limit, self.expected);
+        match &self.via {
+            Via::Raw {
+                connections,
+                request,
+            } => {
+                let request = request.clone();
+                load.run(connections, move |connection| {
+                    let request = request.clone();
+                    async move {
+                        let bytes = raw::get_available_agents(connection, request).await?;
+                        if expected > 0 && bytes == 0 {
+                            return Err("an empty answer where agents were available".into());
+                        }
+                        Ok(Done::Ok)
+                    }
+                })
+                .await
+            }
+            Via::Sdk { clients } => {
+                load.run(clients, move |client: Client| async move {
+                    let agents = client
+                        .get_available_agents(AgentFilter::new(), limit)
+                        .await?;
+                    if agents.len() != expected {
+                        return Err(format!(
+                            "{} agents answered, {expected} expected",
+                            agents.len()
+                        )
+                        .into());
+                    }
+                    Ok(Done::Ok)
+                })
+                .await
+            }
+        }
+    }
+
+    fn report(&self, name: &str, run: Run) {
+        println!(
+            "available_agents_per_answer: {} (limit {}, decoded: {})",
+            self.expected,
+            self.limit,
+            matches!(self.via, Via::Sdk { .. })
+        );
+        report_rate(&format!("{name}_calls"), run.latencies.len(), run.elapsed);
+        report_latencies(&format!("{name}_latency"), run.latencies);
+    }
 }

@@ -1,9 +1,11 @@
-//! The command line: global options ([`Args`]), the four modes ([`Mode`]),
+//! The command line: global options ([`Args`]), the modes ([`Mode`]),
 //! what `available` sets up ([`Shape`]) and the unary load shared by
 //! `available` and `acquire` ([`Load`]). Kept apart from the modes so that
 //! every flag BENCHMARKS.md uses is declared in one place.
 
 use clap::{Parser, Subcommand};
+
+use crate::fleet::Pace;
 
 #[derive(Parser)]
 #[command(name = "agentry-bench")]
@@ -11,7 +13,7 @@ pub(crate) struct Args {
     /// Server URL.
     #[arg(long, env = "AGENTRY_URL", default_value = "http://127.0.0.1:50051")]
     pub(crate) url: String,
-    /// An admin API key.
+    /// An admin API key (any value for `bare-server` and `storm --bare`).
     #[arg(long, env = "AGENTRY_API_KEY")]
     pub(crate) admin_key: String,
     /// The server's database, read for transaction counts.
@@ -40,9 +42,44 @@ pub(crate) enum Mode {
         agents: usize,
         #[arg(long, default_value_t = 20)]
         seconds: u64,
-        /// Heartbeats in flight per stream.
-        #[arg(long, default_value_t = 8)]
-        window: usize,
+        #[command(flatten)]
+        pace: Pace,
+        /// Heartbeats carry a load report; each agent's utilization moves by
+        /// 0.1 every --move-every heartbeats (and by less than the server
+        /// passes on in between), as a busy fleet's would.
+        #[arg(long)]
+        load_reports: bool,
+    },
+    /// How long a load report takes to reach routing on another replica:
+    /// a fleet streams reports to this server (--url) while a probe agent
+    /// there changes its load and a caller on --replica-url polls
+    /// GetAvailableAgents with explain until routing ranks the probe by
+    /// the new load.
+    Propagation {
+        /// The other replica (same database).
+        #[arg(long)]
+        replica_url: String,
+        /// Streams of the fleet (agent bench-agent-000).
+        #[arg(long, default_value_t = 10_000)]
+        agents: usize,
+        #[command(flatten)]
+        pace: Pace,
+        /// How long the probe changes its load, after the blackout (and 10 s
+        /// for the blackout to start late).
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// The server's heartbeat flush interval (--heartbeat-flush-interval,
+        /// 1 s by default), in ms: only printed, with the bound it sets.
+        #[arg(long, default_value_t = 1000)]
+        flush_ms: u64,
+        /// Pause of the poller between calls, in ms.
+        #[arg(long, default_value_t = 5)]
+        poll_ms: u64,
+        /// How long the server ranks by leases after an instance's first
+        /// report (the server's --load-report-blackout): the probe reports
+        /// this long before the first sample.
+        #[arg(long, default_value_t = 11)]
+        blackout_seconds: u64,
     },
     /// A fleet that connects at once, then leaves at once: time until all
     /// are welcomed and routable, until all are inactive, and ends lost.
@@ -53,6 +90,15 @@ pub(crate) enum Mode {
         /// separate agent processes connect).
         #[arg(long, default_value_t = 100)]
         per_connection: usize,
+        /// Against `bare-server`: time the welcomes only (no keys, no
+        /// database), the baseline of the same storm.
+        #[arg(long)]
+        bare: bool,
+    },
+    /// The baseline server for `storm --bare`: tonic alone, no database.
+    BareServer {
+        #[arg(long, default_value = "127.0.0.1:50099")]
+        listen: std::net::SocketAddr,
     },
     /// Open streams that only say hello; reports server RSS per stream.
     Idle {
@@ -65,6 +111,23 @@ pub(crate) enum Mode {
     Available {
         #[command(flatten)]
         shape: Shape,
+        #[command(flatten)]
+        load: Load,
+        /// The registrations are health streams that heartbeat as --pace
+        /// says throughout, first without load reports, then with them: the
+        /// calls are measured in both phases, one after the other.
+        #[arg(long)]
+        fleet: bool,
+        #[command(flatten)]
+        pace: Pace,
+    },
+    /// SearchAgents over manifests with skills, beside the same query as
+    /// SQL ILIKE, in one run.
+    Search {
+        #[arg(long, default_value_t = 1000)]
+        manifests: usize,
+        #[arg(long, default_value_t = 10_000)]
+        registrations: usize,
         #[command(flatten)]
         load: Load,
     },

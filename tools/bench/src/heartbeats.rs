@@ -1,20 +1,16 @@
-//! `heartbeats`: raw health streams, each keeping `--window` heartbeats in
-//! flight, every ack checked against the heartbeat it answers. Reports acks
-//! per second, ack latency, the database's transactions over the window and
-//! the server's RSS at the end.
+//! `heartbeats`: raw health streams heartbeating as [`fleet`](crate::fleet)
+//! drives them. Reports acks per second, ack latency, the database's
+//! transactions over the window and the server's RSS at the end.
 
 use std::time::{Duration, Instant};
 
-use agentry_client::pb;
-use pb::health_stream_request::Message as Out;
-use pb::health_stream_response::Message as In;
-
 use crate::Error;
 use crate::cli::Args;
+use crate::fleet::{self, Pace};
 use crate::pg::{COUNTERS_SETTLE, transactions};
 use crate::rss::server_rss_kib;
 use crate::setup::setup;
-use crate::stats::{micros, report_latencies, report_rate};
+use crate::stats::{report_latencies, report_rate};
 use crate::stream::{goodbye_all, open_many};
 
 pub(crate) async fn run(
@@ -22,7 +18,8 @@ pub(crate) async fn run(
     db: &sqlx::PgPool,
     agents: usize,
     seconds: u64,
-    window: usize,
+    pace: Pace,
+    load_reports: bool,
 ) -> Result<(), Error> {
     let s = setup(args, 1).await?;
     let streams = open_many(args, &s.agent_key, agents).await?;
@@ -33,60 +30,7 @@ pub(crate) async fn run(
     let tx0 = transactions(db).await?;
     let started = Instant::now();
     let until = started + Duration::from_secs(seconds);
-    let mut tasks = tokio::task::JoinSet::new();
-    for mut stream in streams {
-        tasks.spawn(async move {
-            let mut latencies = Vec::new();
-            let mut sent: std::collections::VecDeque<(u64, Instant)> =
-                std::collections::VecDeque::new();
-            let mut sequence = 0u64;
-            loop {
-                while sent.len() < window && Instant::now() < until {
-                    sequence += 1;
-                    let hb = pb::Heartbeat {
-                        sequence,
-                        health_status: pb::HealthStatus::Healthy.into(),
-                        epoch: stream.epoch,
-                        ..Default::default()
-                    };
-                    if stream
-                        .tx
-                        .send(pb::HealthStreamRequest {
-                            message: Some(Out::Heartbeat(hb)),
-                        })
-                        .await
-                        .is_err()
-                    {
-                        return (latencies, stream);
-                    }
-                    sent.push_back((sequence, Instant::now()));
-                }
-                if sent.is_empty() {
-                    return (latencies, stream);
-                }
-                match stream.rx.message().await {
-                    Ok(Some(pb::HealthStreamResponse {
-                        message: Some(In::Ack(ack)),
-                    })) => match sent.pop_front() {
-                        // Acks come in order: each answers the oldest heartbeat in flight.
-                        Some((seq, at)) if seq == ack.sequence => {
-                            latencies.push(micros(at.elapsed()));
-                        }
-                        _ => return (latencies, stream),
-                    },
-                    Ok(Some(_)) => {}
-                    _ => return (latencies, stream),
-                }
-            }
-        });
-    }
-    let mut all = Vec::new();
-    let mut done = Vec::new();
-    while let Some(r) = tasks.join_next().await {
-        let (latencies, stream) = r?;
-        all.extend(latencies);
-        done.push(stream);
-    }
+    let (all, done) = fleet::join(fleet::drive(streams, until, pace, load_reports)).await?;
     let elapsed = started.elapsed().as_secs_f64();
     let rss = server_rss_kib(args.server_pid).unwrap_or(0);
     // The streams stay open (and quiet) while the window's counters arrive.
@@ -102,6 +46,7 @@ pub(crate) async fn run(
         (tx1 - tx0) as f64 / counted
     );
     println!("server_rss_kib: {rss}");
+
     goodbye_all(&done, "bench done").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     Ok(())

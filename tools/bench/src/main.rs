@@ -5,22 +5,28 @@
 //! file descriptors on each side.
 //!
 //! This file parses the command line and dispatches to the mode's module
-//! (`heartbeats`, `idle`, `storm`, `available`, `acquire`); `available` and `acquire`
-//! share the unary load driver in `driver`. The rest are the parts the modes
-//! share: `cli` (flags), `setup` (tenant, keys, manifests), `stream` (raw
-//! health streams), `raw` (GetAvailableAgents over bare HTTP/2), `stats`
+//! (`heartbeats`, `propagation`, `idle`, `storm`, `available`, `search`,
+//! `acquire`); `available`, `search` and `acquire` share the unary load
+//! driver in `driver`. The rest are the parts the modes share: `cli`
+//! (flags), `setup` (tenant, keys, manifests), `stream` (raw health
+//! streams), `fleet` (streams heartbeating with or without load reports),
+//! `raw` (GetAvailableAgents over bare HTTP/2), `stats`
 //! (latencies, percentiles), `pg` (database connection and counters) and
-//! `rss` (server memory).
+//! `rss` (server memory and CPU).
 
 mod acquire;
 mod available;
+mod bare;
 mod cli;
 mod driver;
+mod fleet;
 mod heartbeats;
 mod idle;
 mod pg;
+mod propagation;
 mod raw;
 mod rss;
+mod search;
 mod setup;
 mod stats;
 mod storm;
@@ -44,19 +50,63 @@ fn main() -> Result<(), Error> {
 }
 
 async fn run(args: Args) -> Result<(), Error> {
-    let db = pg::connect(&args.database_url).await?;
+    // The baseline modes have no database.
+    let db = || pg::connect(&args.database_url);
     match args.mode {
         Mode::Heartbeats {
             agents,
             seconds,
-            window,
-        } => heartbeats::run(&args, &db, agents, seconds, window).await,
+            pace,
+            load_reports,
+        } => heartbeats::run(&args, &db().await?, agents, seconds, pace, load_reports).await,
+        Mode::Propagation {
+            ref replica_url,
+            agents,
+            pace,
+            seconds,
+            flush_ms,
+            poll_ms,
+            blackout_seconds,
+        } => {
+            let probe = propagation::Probe {
+                seconds,
+                flush: std::time::Duration::from_millis(flush_ms),
+                poll: std::time::Duration::from_millis(poll_ms),
+                blackout: std::time::Duration::from_secs(blackout_seconds),
+            };
+            propagation::run(&args, replica_url, agents, pace, probe).await
+        }
         Mode::Idle { streams, seconds } => idle::run(&args, streams, seconds).await,
         Mode::Storm {
             agents,
             per_connection,
-        } => storm::run(&args, &db, agents, per_connection).await,
-        Mode::Available { shape, load } => available::run(&args, shape, load).await,
-        Mode::Acquire { load, max_workload } => acquire::run(&args, &db, load, max_workload).await,
+            bare: false,
+        } => storm::run(&args, &db().await?, agents, per_connection).await,
+        Mode::Storm {
+            agents,
+            per_connection,
+            bare: true,
+        } => storm::run_bare(&args, agents, per_connection).await,
+        Mode::BareServer { listen } => bare::run(listen).await,
+        Mode::Available {
+            shape,
+            load,
+            fleet: false,
+            ..
+        } => available::run(&args, shape, load).await,
+        Mode::Available {
+            shape,
+            load,
+            fleet: true,
+            pace,
+        } => available::run_with_fleet(&args, shape, load, pace).await,
+        Mode::Search {
+            manifests,
+            registrations,
+            load,
+        } => search::run(&args, &args.database_url, manifests, registrations, load).await,
+        Mode::Acquire { load, max_workload } => {
+            acquire::run(&args, &db().await?, load, max_workload).await
+        }
     }
 }

@@ -29,6 +29,7 @@ pub(crate) fn request(url: &str, key: &str, limit: i32) -> Result<Prepared, Erro
     let message = pb::GetAvailableAgentsRequest {
         filter: Some(AgentFilter::new().into()),
         limit,
+        explain: false,
     }
     .encode_to_vec();
     // gRPC's length-prefixed message: uncompressed flag, big-endian length.

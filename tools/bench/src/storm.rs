@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use crate::Error;
 use crate::cli::Args;
 use crate::rss::server_rss_kib;
-use crate::setup::setup;
+use crate::setup::{agent_id, setup};
 use crate::stream::{Stream, channels, goodbye_all, open_stream};
 
 /// How long the database may take to show every end before they count as lost.
@@ -37,46 +37,11 @@ pub(crate) async fn run(
     println!("connections: {}", connections.len());
 
     let started = Instant::now();
-    let mut streams: Vec<Stream> = Vec::with_capacity(agents);
-    let mut waiting: Vec<usize> = (0..agents).collect();
-    let (mut turned_away, mut failed) = (0usize, 0usize);
-    let mut pushback = Duration::ZERO;
-    while !waiting.is_empty() {
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in waiting.drain(..) {
-            let channel = connections[i / per_connection.max(1)].clone();
-            let (key, instance) = (s.agent_key.clone(), format!("{prefix}{i}"));
-            tasks.spawn(async move { (i, open_stream(channel, &key, instance).await) });
-        }
-        while let Some(joined) = tasks.join_next().await {
-            match joined? {
-                (_, Ok(stream)) => streams.push(stream),
-                (i, Err(e)) => {
-                    let status = e.downcast_ref::<tonic::Status>();
-                    if let Some(ms) = status
-                        .and_then(|s| s.metadata().get("grpc-retry-pushback-ms"))
-                        .and_then(|v| v.to_str().ok()?.parse().ok())
-                    {
-                        pushback = pushback.max(Duration::from_millis(ms));
-                    }
-                    if status.is_some_and(|s| s.code() == tonic::Code::Unavailable) {
-                        turned_away += 1;
-                        waiting.push(i);
-                    } else {
-                        failed += 1;
-                        if failed <= 3 {
-                            eprintln!("hello failed: {e}");
-                        }
-                    }
-                }
-            }
-        }
-        if !waiting.is_empty() {
-            // What the server asked for, as the SDK's sessions wait.
-            tokio::time::sleep(pushback.max(Duration::from_millis(50))).await;
-            pushback = Duration::ZERO;
-        }
-    }
+    let Welcomed {
+        streams,
+        turned_away,
+        failed,
+    } = welcome_all(&connections, per_connection, &s.agent_key, &prefix, agents).await?;
     let welcomed = started.elapsed();
     let count = |sql: &'static str| {
         let prefix = format!("{prefix}%");
@@ -133,5 +98,102 @@ pub(crate) async fn run(
     println!("all_inactive_ms: {}", leaving.elapsed().as_millis());
     println!("ends_lost: {active}");
     drop(streams);
+    Ok(())
+}
+
+/// What a storm of hellos came to.
+struct Welcomed {
+    streams: Vec<Stream>,
+    turned_away: usize,
+    failed: usize,
+}
+
+/// Sends `agents` hellos at once on `connections`, `per_connection` each;
+/// the turned-away retry after the server's pushback, as the SDK does.
+async fn welcome_all(
+    connections: &[tonic::transport::Channel],
+    per_connection: usize,
+    key: &str,
+    prefix: &str,
+    agents: usize,
+) -> Result<Welcomed, Error> {
+    let mut streams: Vec<Stream> = Vec::with_capacity(agents);
+    let mut waiting: Vec<usize> = (0..agents).collect();
+    let (mut turned_away, mut failed) = (0usize, 0usize);
+    let mut pushback = Duration::ZERO;
+    while !waiting.is_empty() {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in waiting.drain(..) {
+            let channel = connections[i / per_connection.max(1)].clone();
+            let (key, instance) = (key.to_owned(), format!("{prefix}{i}"));
+            tasks
+                .spawn(async move { (i, open_stream(channel, &key, agent_id(0), instance).await) });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            match joined? {
+                (_, Ok(stream)) => streams.push(stream),
+                (i, Err(e)) => {
+                    let status = e.downcast_ref::<tonic::Status>();
+                    if let Some(ms) = status
+                        .and_then(|s| s.metadata().get("grpc-retry-pushback-ms"))
+                        .and_then(|v| v.to_str().ok()?.parse().ok())
+                    {
+                        pushback = pushback.max(Duration::from_millis(ms));
+                    }
+                    if status.is_some_and(|s| s.code() == tonic::Code::Unavailable) {
+                        turned_away += 1;
+                        waiting.push(i);
+                    } else {
+                        failed += 1;
+                        if failed <= 3 {
+                            eprintln!("hello failed: {e}");
+                        }
+                    }
+                }
+            }
+        }
+        if !waiting.is_empty() {
+            // What the server asked for, as the SDK's sessions wait.
+            tokio::time::sleep(pushback.max(Duration::from_millis(50))).await;
+            pushback = Duration::ZERO;
+        }
+    }
+    Ok(Welcomed {
+        streams,
+        turned_away,
+        failed,
+    })
+}
+
+/// The same storm against `bare-server`: the time tonic and HTTP/2 alone
+/// take to open and welcome as many streams, and their memory.
+pub(crate) async fn run_bare(
+    args: &Args,
+    agents: usize,
+    per_connection: usize,
+) -> Result<(), Error> {
+    let rss_before = server_rss_kib(args.server_pid);
+    let connections = channels(&args.url, agents, per_connection).await?;
+    println!("agents: {agents} (bare tonic baseline)");
+    println!("connections: {}", connections.len());
+    let started = Instant::now();
+    let welcomed = welcome_all(&connections, per_connection, "bare", "bare-", agents).await?;
+    let elapsed = started.elapsed();
+    if let (Some(before), Some(after)) = (rss_before, server_rss_kib(args.server_pid)) {
+        println!(
+            "server_rss_per_agent_kib: {:.2} (connections and streams, {before} -> {after} KiB)",
+            after.saturating_sub(before) as f64 / welcomed.streams.len().max(1) as f64
+        );
+    }
+    println!("welcomed: {}", welcomed.streams.len());
+    println!("hellos_failed: {}", welcomed.failed);
+    println!("all_welcomed_ms: {}", elapsed.as_millis());
+    println!(
+        "welcomes_per_sec: {:.0}",
+        welcomed.streams.len() as f64 / elapsed.as_secs_f64()
+    );
+    let leaving = Instant::now();
+    goodbye_all(&welcomed.streams, "storm over").await;
+    println!("goodbyes_sent_ms: {}", leaving.elapsed().as_millis());
     Ok(())
 }

@@ -20,18 +20,24 @@ pub(crate) struct Stream {
     pub(crate) tx: mpsc::Sender<pb::HealthStreamRequest>,
     pub(crate) rx: tonic::Streaming<pb::HealthStreamResponse>,
     pub(crate) epoch: i64,
+    /// The last heartbeat's sequence number.
+    pub(crate) sequence: u64,
+    /// How often the server wants heartbeats (its Welcome says).
+    pub(crate) interval: std::time::Duration,
 }
 
+/// A welcomed stream of instance `instance` of agent `agent`.
 pub(crate) async fn open_stream(
     channel: Channel,
     key: &str,
+    agent: String,
     instance: String,
 ) -> Result<Stream, Error> {
     let mut client = pb::registration_service_client::RegistrationServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(64);
     let hello = pb::Hello {
         instance_id: instance,
-        agent_id: agent_id(0),
+        agent_id: agent,
         ..Default::default()
     };
     tx.send(pb::HealthStreamRequest {
@@ -48,6 +54,11 @@ pub(crate) async fn open_stream(
             tx,
             rx,
             epoch: w.epoch,
+            sequence: 0,
+            interval: w
+                .heartbeat_interval
+                .and_then(|d| std::time::Duration::try_from(d).ok())
+                .unwrap_or_default(),
         }),
         other => Err(format!("expected welcome, got {other:?}").into()),
     }
@@ -80,10 +91,31 @@ pub(crate) async fn channels(
 
 /// `count` welcomed streams of agent `bench-agent-000`, instances `bench-<i>`.
 pub(crate) async fn open_many(args: &Args, key: &str, count: usize) -> Result<Vec<Stream>, Error> {
+    open_spread(args, key, count, 1).await
+}
+
+/// `count` welcomed streams, instances `bench-<i>`, of agents
+/// `bench-agent-<i % agents>` (one configuration each), in instance order.
+pub(crate) async fn open_spread(
+    args: &Args,
+    key: &str,
+    count: usize,
+    agents: usize,
+) -> Result<Vec<Stream>, Error> {
     let channels = channels(&args.url, count, 100).await?;
-    spawn_bounded(count, 200, |i| {
+    let mut opened = spawn_bounded(count, 200, |i| {
         let (channel, key) = (channels[i / 100].clone(), key.to_owned());
-        async move { open_stream(channel, &key, format!("bench-{i}")).await }
+        async move {
+            let stream = open_stream(
+                channel,
+                &key,
+                agent_id(i % agents.max(1)),
+                format!("bench-{i}"),
+            );
+            stream.await.map(|s| (i, s))
+        }
     })
-    .await
+    .await?;
+    opened.sort_by_key(|(i, _)| *i);
+    Ok(opened.into_iter().map(|(_, s)| s).collect())
 }
