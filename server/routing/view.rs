@@ -459,8 +459,9 @@ impl View {
         }
     }
 
-    /// Applies one change; a load report's (tenant, configuration) is added
-    /// to `loaded` for [`View::apply`] to publish.
+    /// Applies one change; a load report that changes its configuration's
+    /// entry adds its (tenant, configuration) to `loaded` for [`View::apply`]
+    /// to publish.
     fn apply_one(&self, state: &mut State, update: &Update, loaded: &mut Vec<(Uuid, Uuid)>) {
         match update {
             Update::Load(note) => {
@@ -610,6 +611,10 @@ impl View {
         if instance.registration.epoch != note.epoch || instance.updated_at > note.updated_at {
             return false;
         }
+        // Only the best instance is in the configuration's entry: a report
+        // that neither makes nor unmakes it leaves the entry as it is, and
+        // need not be published (most reports of a large fleet are such).
+        let was_best = c.ranked.first().is_some_and(|r| r.id == note.id);
         let load = note.columns();
         instance.reported = reported(&load);
         instance.updated_at = note.updated_at;
@@ -620,7 +625,7 @@ impl View {
         r.last_health_check = Some(pb::timestamp(note.last_health_check));
         r.update_time = Some(pb::timestamp(note.updated_at));
         c.rerank(note.id, &ctx);
-        true
+        was_best || c.ranked.first().is_some_and(|r| r.id == note.id)
     }
 
     /// The tenant's available agents, best score first, at most `limit`.
@@ -1410,7 +1415,16 @@ mod tests {
     /// The instance a configuration ranks first.
     fn best(view: &View, tenant: Uuid, configuration: Uuid) -> Option<Uuid> {
         let state = view.read();
-        Some(state.tenants.get(&tenant)?.configs.get(&configuration)?.ranked.first()?.id)
+        Some(
+            state
+                .tenants
+                .get(&tenant)?
+                .configs
+                .get(&configuration)?
+                .ranked
+                .first()?
+                .id,
+        )
     }
 
     fn ids(f: &Fleet, filter: &Filter) -> Vec<Uuid> {
@@ -1565,9 +1579,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn open_leases_survive_a_reload_of_their_instance_and_rank_it() {
-        let (f, _) = fleet();
+    /// Loads `f`'s view with one configuration (max_workload 10) of two
+    /// healthy instances, the first holding 3 open leases.
+    fn busy_and_idle(f: &Fleet) -> (ConfigurationRow, RegistrationRow, RegistrationRow) {
         let c = configuration(Uuid::new_v4(), f.tenant, f.manifest, 0, 10);
         let (busy, idle) = (instance(&c, "healthy", 0), instance(&c, "healthy", 0));
         f.view.load(&Snapshot {
@@ -1580,6 +1594,13 @@ mod tests {
                 count: 3,
             }],
         });
+        (c, busy, idle)
+    }
+
+    #[test]
+    fn open_leases_survive_a_reload_of_their_instance_and_rank_it() {
+        let (f, _) = fleet();
+        let (c, busy, idle) = busy_and_idle(&f);
         // Ranked first; the pick itself is weighted among the lowest few,
         // so the busy one may still be drawn now and then.
         assert_eq!(best(&f.view, f.tenant, c.id), Some(idle.id));
@@ -1676,6 +1697,47 @@ mod tests {
             load_of(a.id).map(|l| l.1),
             Some(pb::LoadSource::Report as i32)
         );
+    }
+
+    #[test]
+    fn only_a_report_that_moves_the_best_instance_is_published() {
+        let (f, _) = fleet();
+        let (c, busy, idle) = busy_and_idle(&f);
+        let offered = || {
+            let (agents, _) = f.view.available(f.tenant, &Filter::default(), 10);
+            let entry = agents.into_iter().find(|a| {
+                a.configuration
+                    .as_ref()
+                    .is_some_and(|x| x.id == c.id.to_string())
+            });
+            entry.and_then(|a| a.instance).map(|i| i.id)
+        };
+        let body = || {
+            let entries = f.view.available_encoded(f.tenant, &Filter::default(), 10);
+            entries.into_iter().map(|e| e.body).collect::<Vec<_>>()
+        };
+        assert_eq!(offered(), Some(idle.id.to_string()));
+        let (before, bodies) = (f.view.revision(), body());
+        // The busy one (0.3 by its leases) reports more load: the idle one
+        // stays first, and nothing the entry holds changed.
+        f.view.apply(&[note(&c, &busy, 0.9, 10)]);
+        assert_eq!(f.view.revision(), before, "not published");
+        assert!(body().iter().zip(&bodies).all(|(a, b)| Arc::ptr_eq(a, b)));
+        assert_eq!(best(&f.view, f.tenant, c.id), Some(idle.id));
+        // The idle one reports more than it: the busy one is best now.
+        f.view.apply(&[note(&c, &idle, 0.95, 5)]);
+        assert_eq!(f.view.revision(), before + 1);
+        assert_eq!(offered(), Some(busy.id.to_string()));
+        // The best one's own report is in its entry: published.
+        f.view.apply(&[note(&c, &busy, 0.5, 0)]);
+        assert_eq!(f.view.revision(), before + 2);
+        let (agents, _) = f.view.available(f.tenant, &Filter::default(), 10);
+        let load = agents
+            .iter()
+            .find_map(|a| a.instance.as_ref().filter(|i| i.id == busy.id.to_string()))
+            .and_then(|i| i.load.as_ref())
+            .map(|l| l.utilization);
+        assert_eq!(load, Some(0.5));
     }
 
     #[test]
