@@ -320,6 +320,12 @@ impl RegistrationWriter {
 /// One statement for the whole batch: each change applies only to its
 /// registration at its epoch while active; events are recorded for ends and
 /// for reports that changed the health. Returns the ids that changed.
+///
+/// `r.id = ANY($1)` is implied by the join but gives the planner the batch's
+/// ids: from the join alone it scanned every active registration through
+/// the heartbeat-time index, which a fleet's flushes bloat between vacuums.
+/// Measured with EXPLAIN ANALYZE, 1,150 reports over 10,000 rows: 82 to 75
+/// ms on a bloated table, 35 to 32 ms after VACUUM.
 async fn write(pool: &PgPool, batch: &[Item]) -> Result<Vec<Uuid>> {
     let ids: Vec<Uuid> = batch.iter().map(|i| i.id).collect();
     let epochs: Vec<i64> = batch.iter().map(|i| i.epoch).collect();
@@ -368,7 +374,7 @@ async fn write(pool: &PgPool, batch: &[Item]) -> Result<Vec<Uuid>> {
                                          $5::boolean[], $6::int[], $7::int[], $8::float8[], $9::jsonb[]) \
                       AS v(id, epoch, kind, health, load, in_flight, queue_depth, utilization, metrics)), \
          old AS (SELECT r.id, r.health_status FROM agent_registrations r JOIN v ON v.id = r.id \
-                 WHERE r.epoch = v.epoch AND r.registration_status = 'active' \
+                 WHERE r.id = ANY($1) AND r.epoch = v.epoch AND r.registration_status = 'active' \
                  ORDER BY r.id FOR UPDATE OF r), \
          upd AS (UPDATE agent_registrations r SET \
              registration_status = CASE WHEN v.kind = 'goodbye' THEN 'inactive' ELSE 'active' END, \

@@ -32,7 +32,7 @@ for rep in $(seq 1 "$reps"); do
     out=$("$bench" --url http://127.0.0.1:$port --admin-key "$key" --database-url "$url" --server-pid $pid "$@" "${extra[@]}" 2>&1)
     after=$(cpu $pid)
     echo "=== rep $rep $side $(basename "$bin")${extra[*]:+ ${extra[*]}}: server CPU $(( (after - before) ))0 ms"
-    echo "$out" | grep -vE '^\s*$' | tail -n 16
+    echo "$out" | grep -vE '^\s*$' | tail -n 20
     kill -TERM $pid; wait $pid 2>/dev/null || true
   done
 done

@@ -6,7 +6,7 @@
 //! With `--fleet` the instances are health streams that heartbeat
 //! throughout (see [`fleet`](crate::fleet)), and the calls are measured
 //! twice in one run: while the streams send no load reports, then while
-//! they send moving ones.
+//! they send moving ones, each phase after a VACUUM of the registrations.
 
 use std::time::{Duration, Instant};
 
@@ -15,10 +15,10 @@ use agentry_client::{AgentFilter, Client, CreateConfiguration, RegisterInstance}
 use crate::Error;
 use crate::cli::{Args, Load, Shape};
 use crate::fleet::{self, Pace};
-use crate::raw;
 use crate::setup::{Setup, agent_id, setup, spawn_bounded, wait_for_view};
 use crate::stats::{Done, Run, report_latencies, report_rate};
 use crate::stream::{goodbye_all, open_spread};
+use crate::{pg, raw, rss};
 
 /// How long the fleet heartbeats in a phase before the calls are measured.
 const WARM_UP: Duration = Duration::from_secs(2);
@@ -68,11 +68,15 @@ pub(crate) async fn run_with_fleet(
         shape.configurations
     );
     let calls = Calls::new(args, &s, shape, load).await?;
+    let db = pg::connect(&args.database_url).await?;
     for (phase, reports) in [("without_reports", false), ("with_reports", true)] {
+        pg::vacuum_registrations(&db).await?;
         let until = Instant::now() + WARM_UP + Duration::from_secs(load.seconds);
         let heartbeating = fleet::drive(streams, until, pace, reports);
         tokio::time::sleep(WARM_UP).await;
+        let before = Cpu::now(args);
         let run = calls.measure(load).await?;
+        let spent = Cpu::now(args).since(&before);
         let (acks, back) = fleet::join(heartbeating).await?;
         streams = back;
         report_rate(
@@ -80,11 +84,58 @@ pub(crate) async fn run_with_fleet(
             acks.len(),
             (WARM_UP + Duration::from_secs(load.seconds)).as_secs_f64(),
         );
+        spent.report(phase, run.latencies.len());
         calls.report(&format!("{phase}_available"), run);
     }
     goodbye_all(&streams, "bench done").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     Ok(())
+}
+
+/// CPU time so far of the server, PostgreSQL and this bench, in ms: on a
+/// machine that runs all three, a phase's calls/s depend on what the other
+/// two take, so the fleet mode says where each phase's CPU went.
+struct Cpu {
+    server: Option<u64>,
+    postgres: u64,
+    bench: Option<u64>,
+}
+
+impl Cpu {
+    fn now(args: &Args) -> Self {
+        Cpu {
+            server: rss::server_cpu_ms(args.server_pid),
+            postgres: rss::postgres_cpu_ms(),
+            bench: rss::own_cpu_ms(),
+        }
+    }
+
+    fn since(&self, before: &Cpu) -> Cpu {
+        let minus = |a: Option<u64>, b: Option<u64>| Some(a?.saturating_sub(b?));
+        Cpu {
+            server: minus(self.server, before.server),
+            postgres: self.postgres.saturating_sub(before.postgres),
+            bench: minus(self.bench, before.bench),
+        }
+    }
+
+    /// Prints the CPU each part took over a phase of `calls` calls, and the
+    /// server's per call (the fleet's own share included).
+    fn report(&self, phase: &str, calls: usize) {
+        let show = |v: Option<u64>| v.map_or("unknown".to_string(), |v| v.to_string());
+        println!(
+            "{phase}_cpu_ms: server {} postgres {} bench {}",
+            show(self.server),
+            self.postgres,
+            show(self.bench)
+        );
+        if let Some(server) = self.server.filter(|_| calls > 0) {
+            println!(
+                "{phase}_server_cpu_us_per_call: {:.1}",
+                server as f64 * 1000.0 / calls as f64
+            );
+        }
+    }
 }
 
 /// A fresh tenant with one configuration per manifest.
