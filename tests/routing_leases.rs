@@ -443,13 +443,22 @@ async fn concurrent_acquires_cost_postgresql_one_statement_per_batch() {
         proxy.statements(),
         s.leases.stats.batches.load(Ordering::SeqCst),
     );
-    let calls: Vec<_> = (0..CALLS)
-        .map(|_| {
-            let client = t.client.clone();
-            tokio::spawn(async move { client.acquire_agent(AgentFilter::new(), None).await })
-        })
-        .collect();
+    let acquire = || {
+        let client = t.client.clone();
+        tokio::spawn(async move { client.acquire_agent(AgentFilter::new(), None).await })
+    };
+    // One call makes the held batch; the others queue behind it, and the
+    // lock goes only once all of them have reached the writer.
+    let mut calls = vec![acquire()];
     common::wait_for_lock_waits(&db.pool, "agentry_lease_batch", 1).await;
+    calls.extend((1..CALLS).map(|_| acquire()));
+    let leases = &s.leases;
+    eventually(
+        DEADLINE,
+        "every call queued behind the held batch",
+        || async { leases.queued() == CALLS - 1 },
+    )
+    .await;
     lock.commit().await.expect("unlock");
     for call in calls {
         call.await.expect("join").expect("acquire");
@@ -464,10 +473,9 @@ async fn concurrent_acquires_cost_postgresql_one_statement_per_batch() {
         lease_batches as u64, batches,
         "one statement per batch the writer counts: {ran:#?}"
     );
-    // The held batch, then everything queued behind it (under 512): two
-    // statements when every call has arrived before the lock is released.
-    // Calls that arrive later make batches of their own; the bound leaves
-    // room for a slow machine, and is still far from one per call.
+    // The held batch, then everything queued behind it (under 512).
+    assert_eq!(lease_batches, 2, "{ran:#?}");
+    // Besides them, only what the feed reads for the changes they made.
     assert!(
         ran.len() <= CALLS / 16,
         "{} statements for {CALLS} acquires: {ran:#?}",

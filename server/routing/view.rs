@@ -43,6 +43,9 @@ struct ManifestInfo {
     status: String,
 }
 
+/// How many load reports one write lock applies (see [`View::apply`]).
+const LOAD_CHUNK: usize = 64;
+
 /// Ranks routable instances inside a configuration: healthy before degraded,
 /// then by load (see `ranking`), open leases, recent failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -438,15 +441,34 @@ impl View {
         self.ready.send_replace(true);
     }
 
-    /// Applies a burst of changes under one write lock.
+    /// Applies a burst of changes: the other changes of a run under one
+    /// write lock, so that readers never see half a transaction; a run of
+    /// load reports [`LOAD_CHUNK`] at a time, each chunk under its own lock,
+    /// since reports need no atomicity with each other and a fleet's burst
+    /// of a thousand of them under one lock would hold every read back for
+    /// its whole length.
     ///
     /// Load reports only re-rank their instance; the configurations they
-    /// touched are published once, after the whole burst, instead of once
-    /// per report: 10,000 agents whose load moves send thousands a second,
-    /// mostly to few configurations, and each publish resets the
-    /// configuration's pre-encoded answer (encoded again on the next read)
-    /// and records a change for its watchers.
+    /// touched are published once per chunk, instead of once per report:
+    /// 10,000 agents whose load moves send thousands a second, mostly to
+    /// few configurations, and each publish resets the configuration's
+    /// pre-encoded answer (encoded again on the next read) and records a
+    /// change for its watchers.
     pub fn apply(&self, updates: &[Update]) {
+        let is_load = |u: &Update| matches!(u, Update::Load(_));
+        for run in updates.chunk_by(|a, b| is_load(a) == is_load(b)) {
+            let size = if is_load(&run[0]) {
+                LOAD_CHUNK
+            } else {
+                run.len()
+            };
+            for chunk in run.chunks(size) {
+                self.apply_locked(chunk);
+            }
+        }
+    }
+
+    fn apply_locked(&self, updates: &[Update]) {
         let mut state = self.write();
         let mut loaded = Vec::new();
         for update in updates {
@@ -1697,6 +1719,36 @@ mod tests {
             load_of(a.id).map(|l| l.1),
             Some(pb::LoadSource::Report as i32)
         );
+    }
+
+    #[test]
+    fn a_long_run_of_reports_is_applied_in_chunks_and_the_rest_of_the_burst_with_it() {
+        let (f, instances) = fleet();
+        let a = &instances[0];
+        let before = f.view.revision();
+        // 150 reports of a's only instance, the last the highest, then a
+        // departure from b, all in one burst.
+        let mut burst: Vec<Update> = (0..150)
+            .map(|i| note(&f.a, a, f64::from(i) / 200.0, 150 - i64::from(i)))
+            .collect();
+        burst.push(Update::Registration {
+            tenant: f.tenant,
+            id: instances[1].id,
+            row: None,
+        });
+        f.view.apply(&burst);
+        // Three chunks of reports (64, 64, 22), each published once, and the
+        // departure.
+        assert_eq!(f.view.revision(), before + 4);
+        let explanation = f.view.explain(f.tenant, &everything(), 10);
+        let load = explanation
+            .candidates
+            .iter()
+            .flat_map(|c| &c.instances)
+            .find(|i| i.registration_id == a.id.to_string())
+            .map(|i| i.load);
+        assert_eq!(load, Some(149.0 / 200.0));
+        assert!(f.view.leased(f.tenant, f.b.id, instances[1].id).is_none());
     }
 
     #[test]
