@@ -132,10 +132,12 @@ async fn calls_carry_on_when_one_of_three_replicas_is_killed_and_held_leases_kee
         .api_key(&t.tenant_key)
         .health_check_interval(Duration::from_millis(100))
         .timeout(Duration::from_secs(5))
+        // Retries outlast the health check that drops the killed replica
+        // by far: the balancer may pick it for every attempt until then.
         .retry_policy(
             RetryPolicy::new()
-                .attempts(5)
-                .backoff(Duration::from_millis(20), Duration::from_millis(200)),
+                .attempts(8)
+                .backoff(Duration::from_millis(20), Duration::from_millis(500)),
         )
         .connect()
         .await
