@@ -388,6 +388,14 @@ async fn a_flapping_instance_is_held_out_then_readmitted_on_both_replicas() {
                 .any(|e| e.registration_id == id && e.reason == Why::Flapping as i32)
         }
     };
+    // Both replicas hold both instances before the first change: a replica
+    // whose first snapshot came after a change would never count it.
+    for client in [&t.client, &on_replica] {
+        eventually(DEADLINE, "both instances routed", || async {
+            explained(client).await.len() == 2
+        })
+        .await;
+    }
     // Four changes within the window: one past the threshold. Each is seen
     // by both replicas before the next, so that no feed reads two at once.
     let changes = [

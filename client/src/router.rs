@@ -380,7 +380,8 @@ mod tests {
         ))))
     }
 
-    #[tokio::test]
+    // Paused time: the schedule is checked exactly, however slow the machine.
+    #[tokio::test(start_paused = true)]
     async fn renews_at_a_third_and_retries_failures_before_expiry() {
         let ttl = Duration::from_millis(900);
         let calls = renewals(ttl, |n| match n {
@@ -398,7 +399,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_hanging_renewal_leaves_time_for_another() {
         let ttl = Duration::from_millis(900);
         let calls = renewals(ttl, |n| match n {
