@@ -562,6 +562,10 @@ async fn search_ranks_name_matches_first_and_answers_only_live_agents_of_the_ten
         a.len() == 3
     })
     .await;
+    routing::wait_available(&other.client, AgentFilter::new(), "theirs routable", |a| {
+        a.len() == 1
+    })
+    .await;
 
     let found = search(&t.client, SearchAgents::new("translate")).await;
     let agents: Vec<&str> = found.iter().map(|(a, _)| a.as_str()).collect();
