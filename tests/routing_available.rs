@@ -140,10 +140,28 @@ async fn unavailable_agents_never_appear_and_filters_apply() {
         .deactivate_registration("gone-agent-1", 0)
         .await
         .expect("deactivate");
-    sqlx::query("UPDATE agent_registrations SET health_status = 'unknown' WHERE instance_id = 'sick-agent-1'")
-        .execute(&s.pool)
-        .await
-        .expect("unknown");
+    let sick: uuid::Uuid = sqlx::query_scalar(
+        "UPDATE agent_registrations SET health_status = 'unknown' WHERE instance_id = 'sick-agent-1' RETURNING id",
+    )
+    .fetch_one(&s.pool)
+    .await
+    .expect("unknown");
+    // The feed applies changes in commit order: once the view has the last
+    // write, it has every one before it.
+    eventually(DEADLINE, "the last write routed", || async {
+        let why = t
+            .client
+            .explain_available_agents(AgentFilter::new(), 0)
+            .await
+            .expect("explain")
+            .explanation
+            .expect("explanation");
+        why.excluded.iter().any(|e| {
+            e.registration_id == sick.to_string()
+                && e.reason == pb::ExclusionReason::Unhealthy as i32
+        })
+    })
+    .await;
 
     let names = |agents: &[(String, String, f64)]| {
         let mut names: Vec<String> = agents.iter().map(|a| a.0.clone()).collect();

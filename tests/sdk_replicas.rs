@@ -12,7 +12,7 @@ use agentry_client::{
     AgentFilter, Client, Code, ListManifests, Outcome, RetryPolicy, SessionEvent, pb,
 };
 use common::front::Front;
-use common::routing::{configure, manifest, register, wait_available, workload};
+use common::routing::{DEADLINE, configure, manifest, register, wait_available, workload};
 use common::{TestServer, eventually};
 
 async fn open_leases(s: &TestServer) -> i64 {
@@ -278,12 +278,19 @@ async fn an_agent_session_moves_to_another_replica_when_its_replica_shuts_down()
     )
     .await;
     let router = common::client(servers[0].addr, &t.tenant_key).await;
-    wait_available(
-        &router,
-        AgentFilter::new(),
-        "the agent is routable again",
-        |a| a.len() == 1 && a[0].1 == "i1",
-    )
+    // At the reconnect's epoch: the view's copy from before the stop would
+    // show i1 too.
+    eventually(DEADLINE, "the agent is routable again", || async {
+        let agents = router
+            .get_available_agents(AgentFilter::new(), 0)
+            .await
+            .expect("available");
+        agents.len() == 1
+            && agents[0]
+                .instance
+                .as_ref()
+                .is_some_and(|i| i.instance_id == "i1" && i.epoch == reconnected)
+    })
     .await;
     session.close().await.expect("close");
 }
