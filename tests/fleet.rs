@@ -675,6 +675,21 @@ async fn a_mass_departure_is_deactivated_after_the_guard_window_and_an_outage_de
     wait_tally(&db.pool, "twelve healthy", healthy.clone()).await;
     outage(&proxy, &db.pool, STALE * 3, async {}).await;
     wait_tally(&db.pool, "twelve healthy again", healthy.clone()).await;
+    // The heartbeats acknowledged during the outage have landed (a sweep
+    // run before that would see rows silent for the whole outage, and the
+    // guard, rightly, would hold them).
+    eventually(DEADLINE, "the fleet's heartbeats written again", || async {
+        sqlx::query_scalar::<_, Option<bool>>(
+            "SELECT bool_and(last_health_check > now() - $1 * interval '1 second') \
+             FROM agent_registrations WHERE registration_status = 'active'",
+        )
+        .bind(STALE.as_secs_f64())
+        .fetch_one(&db.pool)
+        .await
+        .expect("fresh")
+        .unwrap_or(false)
+    })
+    .await;
     let report = tokio::time::timeout(DEADLINE, async {
         loop {
             if let Ok(report) = s.admin.cleanup(None, false).await {
