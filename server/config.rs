@@ -92,6 +92,42 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub routing: RoutingConfig,
+
+    #[command(flatten)]
+    pub connections: ConnectionsConfig,
+}
+
+/// What a TCP connection to the gRPC listener may take before and after it
+/// speaks. Zero turns a cap off.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct ConnectionsConfig {
+    /// How long a new connection may take to finish its TLS handshake (with
+    /// TLS on) and send the HTTP/2 preface and SETTINGS; past it, it is closed.
+    #[arg(long, env = "AGENTRY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Connections open at once on this server; the next is closed at
+    /// accept. Kept below the process's limit of open files (raised to its
+    /// hard limit at start-up), which the database pool and the metrics
+    /// listener share.
+    #[arg(long, env = "AGENTRY_MAX_CONNECTIONS", default_value_t = 50_000)]
+    pub max_connections: usize,
+
+    /// Connections open at once from one peer address (agents behind one
+    /// NAT share theirs: 100 streams per connection make 10,000 connections
+    /// a million agents).
+    #[arg(long, env = "AGENTRY_MAX_CONNECTIONS_PER_PEER", default_value_t = 10_000)]
+    pub max_connections_per_peer: usize,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        ConnectionsConfig {
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 50_000,
+            max_connections_per_peer: 10_000,
+        }
+    }
 }
 
 /// How routing ranks instances: load reports and flap damping (the formula
@@ -272,6 +308,23 @@ pub struct RegistryConfig {
     #[arg(long, env = "AGENTRY_WATCH_BUFFER", default_value_t = 16_384)]
     pub watch_buffer: usize,
 
+    /// Bytes of those held changes, all tenants together: the oldest leave
+    /// first when their entries together pass it.
+    #[arg(long, env = "AGENTRY_WATCH_BUFFER_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub watch_buffer_bytes: usize,
+
+    /// Bytes of events one watch may leave unread; past it, the watch waits
+    /// without holding more, and is resynced if the changes it missed have
+    /// left the buffer when it reads again.
+    #[arg(long, env = "AGENTRY_WATCH_OUTBOX_BYTES", default_value_t = 1024 * 1024)]
+    pub watch_outbox_bytes: usize,
+
+    /// Bytes of responses (acks, pushed configurations) an agent may leave
+    /// unread on its health stream; past it, the stream ends with
+    /// `RESOURCE_EXHAUSTED`.
+    #[arg(long, env = "AGENTRY_STREAM_OUTBOX_BYTES", default_value_t = 256 * 1024)]
+    pub stream_outbox_bytes: usize,
+
     /// How long a watch may go without an event before the server sends it
     /// a progress event with the current revision (zero: never).
     #[arg(long, env = "AGENTRY_WATCH_PROGRESS_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -301,6 +354,9 @@ impl Default for RegistryConfig {
             event_retention: Duration::from_secs(7 * 24 * 3600),
             audit_retention: Duration::from_secs(90 * 24 * 3600),
             watch_buffer: 16_384,
+            watch_buffer_bytes: 4 * 1024 * 1024,
+            watch_outbox_bytes: 1024 * 1024,
+            stream_outbox_bytes: 256 * 1024,
             watch_progress_interval: Duration::from_secs(10),
             create_unknown_manifests: false,
         }
@@ -318,6 +374,7 @@ impl Default for ServeConfig {
             routing: RoutingConfig::default(),
             limits: LimitsConfig::default(),
             tls: TlsConfig::default(),
+            connections: ConnectionsConfig::default(),
         }
     }
 }

@@ -12,19 +12,23 @@
 //! `audit` (the log of admin and tenant changes, written by the stores in the
 //! change's transaction), `telemetry` (metrics, request ids, access lines), `error` (the one mapping to `tonic::Status`, and of
 //! database errors to domain errors), `validate`, `pagination`, `pb` (wire
-//! types), and `server` (wiring, health, shutdown).
+//! types), `connections` (the listener's caps, handshake timeout and TLS),
+//! `outbox` (the byte-bounded queue of every server stream), and `server`
+//! (wiring, health, shutdown).
 
 pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod configurations;
+pub mod connections;
 pub mod db;
 pub mod deadline;
 pub mod error;
 pub mod feed;
 pub mod limits;
 pub mod manifests;
+pub mod outbox;
 pub mod pagination;
 pub mod pb;
 pub mod periodic;

@@ -69,12 +69,14 @@ async fn run(config: Config) -> Result<(), String> {
     };
     match config.command {
         None => {
+            let mut serve = config.serve.clone();
+            agentry_server::connections::fit_open_files(&mut serve.connections);
             let connected = database(config.migrate).await?;
             let addr = config.serve.listen_addr;
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("cannot listen on {addr}: {e}. Choose another --listen-addr / AGENTRY_LISTEN_ADDR"))?;
-            agentry_server::Server::new(connected.pool, config.serve.clone())
+            agentry_server::Server::new(connected.pool, serve)
                 .with_feed_pool(connected.direct)
                 .run(listener, shutdown_signal())
                 .await

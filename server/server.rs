@@ -10,8 +10,7 @@ use tokio::sync::watch;
 use tonic::Status;
 use tonic::codec::CompressionEncoding;
 use tonic::server::NamedService;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server as TonicServer, ServerTlsConfig};
+use tonic::transport::Server as TonicServer;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -19,6 +18,7 @@ use crate::admin::AdminApi;
 use crate::auth::Authenticator;
 use crate::config::ServeConfig;
 use crate::configurations::ConfigurationApi;
+use crate::connections::{self, ConnectionLimits, Connections};
 use crate::deadline::Deadlines;
 use crate::error::{Error, Result};
 use crate::feed::Feed;
@@ -39,7 +39,7 @@ use crate::registrations::sessions::Sessions;
 use crate::registrations::stream::{HealthStreams, StreamTiming};
 use crate::registrations::sweeper::{SweepSettings, Sweeper};
 use crate::registrations::writer::RegistrationWriter;
-use crate::routing::RoutingApi;
+use crate::routing::{RoutingApi, WatchSettings};
 use crate::routing::expiry::Expiry;
 use crate::routing::view::View;
 use crate::routing::writer::LeaseWriter;
@@ -47,8 +47,6 @@ use crate::telemetry::{self, access::Telemetry};
 
 /// How long shutdown tries to write the streams' last state changes.
 const FINAL_WRITE: Duration = Duration::from_secs(5);
-/// Idle time before TCP keepalive probes a silent peer.
-const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// How often the view ranks again what time changed (reports gone stale,
 /// blackouts and flap holds over).
@@ -95,6 +93,7 @@ pub struct Server {
     writer: Arc<RegistrationWriter>,
     hellos: Arc<HelloWriter>,
     sweeper: Arc<Sweeper>,
+    connections: Arc<Connections>,
     /// A direct pool for the change feed's LISTEN (behind a pooler).
     feed_pool: Option<PgPool>,
 }
@@ -103,7 +102,13 @@ impl Server {
     /// A server over `pool`.
     pub fn new(pool: PgPool, config: ServeConfig) -> Self {
         let sessions = Arc::new(Sessions::default());
-        let view = Arc::new(View::new(config.registry.watch_buffer).with_routing(config.routing));
+        let view = Arc::new(
+            View::new(
+                config.registry.watch_buffer,
+                config.registry.watch_buffer_bytes,
+            )
+            .with_routing(config.routing),
+        );
         let heartbeats = HeartbeatWriter::new(pool.clone(), sessions.clone());
         let sweeper = Sweeper::new(
             pool.clone(),
@@ -119,6 +124,11 @@ impl Server {
             leases: Arc::default(),
             heartbeats,
             sweeper: Arc::new(sweeper),
+            connections: Connections::new(ConnectionLimits {
+                handshake_timeout: config.connections.handshake_timeout,
+                max_connections: config.connections.max_connections,
+                max_per_peer: config.connections.max_connections_per_peer,
+            }),
             sessions,
             pool,
             config,
@@ -153,6 +163,11 @@ impl Server {
         self.leases.clone()
     }
 
+    /// The connections of this server's listener, and their counters.
+    pub fn connections(&self) -> Arc<Connections> {
+        self.connections.clone()
+    }
+
     /// Serves the API on `listener` until `shutdown` resolves, then drains:
     /// health turns NOT_SERVING, health streams are told to drain and closed,
     /// heartbeat times are flushed, new connections are refused, and in-flight
@@ -173,6 +188,7 @@ impl Server {
             writer,
             hellos,
             sweeper,
+            connections,
             feed_pool,
         } = self;
         let registry = &config.registry;
@@ -274,6 +290,7 @@ impl Server {
                 heartbeat_interval: registry.heartbeat_interval,
                 stale_timeout: registry.stale_timeout,
                 load_refresh: config.routing.load_report_ttl / 3,
+                outbox_bytes: registry.stream_outbox_bytes,
             },
         );
         let registrations = RegistrationApi::new(
@@ -315,7 +332,8 @@ impl Server {
                     .max_encoding_message_size(max_response)
             };
         }
-        let router = tls_builder(&config.tls)?
+        let tls = connections::tls_acceptor(&config.tls)?;
+        let router = TonicServer::builder()
             .max_concurrent_streams(
                 (config.limits.connection_streams > 0).then_some(config.limits.connection_streams),
             )
@@ -338,7 +356,10 @@ impl Server {
                 view.clone(),
                 leases.clone(),
                 stopping.clone(),
-                registry.watch_progress_interval,
+                WatchSettings {
+                    progress: registry.watch_progress_interval,
+                    outbox_bytes: registry.watch_outbox_bytes,
+                },
             ))))
             .add_service(limited!(AdminServiceServer::new(AdminApi::new(
                 auth,
@@ -374,11 +395,7 @@ impl Server {
             Ok(addr) => tracing::info!(%addr, "serving gRPC"),
             Err(e) => tracing::info!(error = %e, "serving gRPC (address unknown)"),
         }
-        // Small request/response frames must not wait for Nagle's algorithm
-        // (40 ms stalls against delayed ACKs); keepalive finds dead peers.
-        let incoming = TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(TCP_KEEPALIVE));
+        let incoming = connections::incoming(listener, tls, connections, stopping.clone());
         let server = router.serve_with_incoming_shutdown(incoming, signal);
         let grace = {
             let mut stopping = stopping.clone();
@@ -466,23 +483,4 @@ async fn watch_database(
             set_health(&reporter, status).await;
         }
     }
-}
-
-/// The transport builder: plaintext, or TLS (and mutual TLS) as configured.
-/// The files are read once at start-up; renewed certificates take a restart.
-fn tls_builder(tls: &crate::config::TlsConfig) -> Result<TonicServer> {
-    let (Some(cert), Some(key)) = (&tls.tls_cert, &tls.tls_key) else {
-        return Ok(TonicServer::builder());
-    };
-    let read = |path: &std::path::Path| {
-        std::fs::read(path)
-            .map_err(|e| Error::Internal(format!("TLS: cannot read {}: {e}", path.display())))
-    };
-    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
-    if let Some(ca) = &tls.tls_client_ca {
-        config = config.client_ca_root(Certificate::from_pem(read(ca)?));
-    }
-    TonicServer::builder()
-        .tls_config(config)
-        .map_err(|e| Error::Internal(format!("TLS: {e}")))
 }

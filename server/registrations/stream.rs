@@ -9,9 +9,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use prost::Message as _;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
 use tonic::{Status, Streaming};
 use tracing::Instrument;
 use uuid::Uuid;
@@ -23,6 +23,7 @@ use super::sessions::{Control, Session, Sessions};
 use super::writer::{RegistrationWriter, StreamChange};
 use crate::auth::{Held, Revocation};
 use crate::error::Error;
+use crate::outbox::{self, Outbox, Refused};
 use crate::pb::health_stream_request::Message as In;
 use crate::pb::health_stream_response::Message as Out;
 use crate::pb::{self, HealthStatus};
@@ -33,17 +34,38 @@ use crate::telemetry::metrics as telemetry;
 pub type ResponseStream =
     Pin<Box<dyn Stream<Item = Result<pb::HealthStreamResponse, Status>> + Send + 'static>>;
 
-/// Responses a slow agent may leave unread before the server stops reading its heartbeats.
-const OUTBOX: usize = 16;
+/// What a session's task queues for its stream.
+type Outgoing = Result<pb::HealthStreamResponse, Status>;
 
-/// What a session's task queues for its stream. Boxed: the channel allocates
-/// its slots up front, 32 at a time, and an unboxed response is 700 bytes.
-type Outgoing = Result<Box<pb::HealthStreamResponse>, Status>;
-
-fn out(message: Out) -> Outgoing {
-    Ok(Box::new(pb::HealthStreamResponse {
+fn out(message: Out) -> pb::HealthStreamResponse {
+    pb::HealthStreamResponse {
         message: Some(message),
-    }))
+    }
+}
+
+/// Queues `response` for the agent. An agent that leaves its stream's
+/// budget unread (it reads neither acks nor pushed configurations) is cut
+/// off: what waits for it is dropped and the stream ends with
+/// `RESOURCE_EXHAUSTED`, so that it never holds more than the budget;
+/// false then, and when the agent is gone.
+fn push(tx: &Outbox<Outgoing>, response: pb::HealthStreamResponse) -> bool {
+    let bytes = response.encoded_len();
+    match tx.try_send(Ok(response), bytes) {
+        Ok(()) => true,
+        Err(Refused::Closed(_)) => false,
+        Err(Refused::Full(_)) => {
+            tracing::warn!(
+                budget = tx.budget(),
+                "the agent does not read its health stream; ending it"
+            );
+            tx.cut(Err(Error::ResourceExhausted(format!(
+                "the agent left more than --stream-outbox-bytes ({} bytes) of this health stream's responses unread; reconnect and read them",
+                tx.budget()
+            ))
+            .into()));
+            false
+        }
+    }
 }
 
 fn duration(d: std::time::Duration) -> prost_types::Duration {
@@ -62,6 +84,8 @@ pub struct StreamTiming {
     /// How old a passed-on load report may get before an unchanged one is
     /// passed on again (a third of routing's report TTL).
     pub load_refresh: Duration,
+    /// Bytes of responses an agent may leave unread before it is cut off.
+    pub outbox_bytes: usize,
 }
 
 /// Opens health streams and runs their tasks.
@@ -123,7 +147,7 @@ impl HealthStreams {
         let (session, control) = Session::new(tenant, row.id, row.configuration_id, row.epoch);
         self.sessions.attach(session.clone());
         let drain = row.drain_time.map(|_| row.drain_reason.clone());
-        let (tx, rx) = mpsc::channel(OUTBOX);
+        let (tx, rx) = outbox::outbox::<Outgoing>(self.timing.outbox_bytes);
         let welcome = pb::Welcome {
             epoch: row.epoch,
             heartbeat_interval: Some(duration(self.timing.heartbeat_interval)),
@@ -131,8 +155,8 @@ impl HealthStreams {
             configuration: Some(configuration.into()),
             registration: Some(row.into()),
         };
-        // The channel is new and empty: this cannot fail for lack of room.
-        let _ = tx.try_send(out(Out::Welcome(welcome)));
+        // The outbox is new and empty: this cannot fail for lack of room.
+        push(&tx, out(Out::Welcome(welcome)));
         // A drained instance that reconnects is still drained: it hears so first.
         if let Some(reason) = drain {
             self.sessions
@@ -140,8 +164,7 @@ impl HealthStreams {
         }
         let span = tracing::Span::current();
         tokio::spawn(run(self.clone(), session, inbound, control, held, tx).instrument(span));
-        let responses = ReceiverStream::new(rx).map(|m: Outgoing| m.map(|boxed| *boxed));
-        Ok(Box::pin(responses))
+        Ok(Box::pin(rx))
     }
 }
 
@@ -165,7 +188,7 @@ async fn run(
     mut inbound: Streaming<pb::HealthStreamRequest>,
     mut control: mpsc::UnboundedReceiver<Control>,
     mut held: Held,
-    tx: mpsc::Sender<Outgoing>,
+    tx: Outbox<Outgoing>,
 ) {
     // What the agent last said; a heartbeat without a health repeats it.
     let mut reported = HealthStatus::Healthy;
@@ -177,12 +200,12 @@ async fn run(
                 Ok(Some(pb::HealthStreamRequest { message: Some(In::Heartbeat(hb)) })) => {
                     match heartbeat(&streams, &session, &mut reported, &mut passing, hb) {
                         Ok(ack) => {
-                            if tx.send(out(Out::Ack(ack))).await.is_err() {
+                            if !push(&tx, out(Out::Ack(ack))) {
                                 break End::Broken;
                             }
                         }
                         Err(status) => {
-                            let _ = tx.send(Err(status)).await;
+                            tx.finish(Err(status));
                             break End::Broken;
                         }
                     }
@@ -193,13 +216,13 @@ async fn run(
                 }
                 Ok(Some(_)) => {
                     let status = Status::from(Error::invalid("message", "expected heartbeat or goodbye after hello"));
-                    let _ = tx.send(Err(status)).await;
+                    tx.finish(Err(status));
                     break End::Broken;
                 }
                 Ok(None) => break End::Broken,
                 // A message our codec could not decode: tell the agent why.
                 Err(status) if status.code() == tonic::Code::InvalidArgument => {
-                    let _ = tx.send(Err(status)).await;
+                    tx.finish(Err(status));
                     break End::Broken;
                 }
                 Err(status) => {
@@ -209,28 +232,30 @@ async fn run(
             },
             command = control.recv() => match command {
                 Some(Control::Superseded(epoch)) => {
-                    let _ = tx.send(out(Out::Superseded(pb::Superseded { new_epoch: epoch }))).await;
-                    let _ = tx.send(Err(Status::aborted(format!("superseded by a newer connection (epoch {epoch})")))).await;
+                    push(&tx, out(Out::Superseded(pb::Superseded { new_epoch: epoch })));
+                    tx.finish(Err(Status::aborted(format!("superseded by a newer connection (epoch {epoch})"))));
                     break End::Superseded;
                 }
                 Some(Control::Drain(reason)) => {
-                    let _ = tx.send(out(Out::Drain(pb::Drain { reason }))).await;
+                    if !push(&tx, out(Out::Drain(pb::Drain { reason }))) {
+                        break End::Broken;
+                    }
                 }
                 Some(Control::ConfigurationChanged(configuration)) => {
                     let message = Out::ConfigurationChanged(pb::ConfigurationChanged { configuration: Some(*configuration) });
-                    if tx.send(out(message)).await.is_err() {
+                    if !push(&tx, out(message)) {
                         break End::Broken;
                     }
                 }
                 Some(Control::Close(status)) => {
-                    let _ = tx.send(Err(status)).await;
+                    tx.finish(Err(status));
                     break End::Released;
                 }
                 None => break End::Released,
             },
             () = held.revocation.revoked() => {
                 tracing::info!("the stream's API key was revoked; ending it");
-                let _ = tx.send(Err(Revocation::status())).await;
+                tx.finish(Err(Revocation::status()));
                 break End::Released;
             }
             () = tx.closed() => break End::Broken,

@@ -18,6 +18,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use prost::Message as _;
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -55,6 +56,14 @@ impl Record {
                 labels: &self.labels,
             })
     }
+
+    /// About what the record takes in memory: its entry's encoded size and
+    /// labels, and what every allocation of it costs beyond its bytes.
+    fn bytes(&self) -> usize {
+        const OVERHEAD: usize = 256;
+        let labels: usize = self.labels.iter().map(|(k, v)| k.len() + v.len() + 48).sum();
+        self.agent.encoded_len() + labels + OVERHEAD
+    }
 }
 
 /// One change of a tenant's entries.
@@ -68,6 +77,9 @@ pub struct Change {
     pub before: Option<Arc<Record>>,
     /// The entry after; `None`: not available.
     pub after: Option<Arc<Record>>,
+    /// What holding it costs: the record it brought (the one it removed,
+    /// for a removal; the entry before is the change before's entry after).
+    bytes: usize,
 }
 
 /// What [`History::since`] found.
@@ -106,16 +118,22 @@ struct TenantStream {
 pub struct History {
     /// Changes held, all tenants together.
     capacity: usize,
+    /// Bytes of the changes held, all tenants together, and their bound.
+    bytes: usize,
+    max_bytes: usize,
     tenants: HashMap<Uuid, TenantStream>,
     /// The tenant of each held change, oldest first: which one to drop next.
     order: VecDeque<Uuid>,
 }
 
 impl History {
-    /// A history that holds the latest `capacity` changes (at least one).
-    pub fn new(capacity: usize) -> Self {
+    /// A history that holds the latest `capacity` changes, and of them no
+    /// more than `max_bytes` (but always the latest one).
+    pub fn new(capacity: usize, max_bytes: usize) -> Self {
         History {
             capacity: capacity.max(1),
+            bytes: 0,
+            max_bytes,
             tenants: HashMap::new(),
             order: VecDeque::new(),
         }
@@ -171,21 +189,36 @@ impl History {
             None => t.current.remove(&configuration),
         };
         t.revision += 1;
+        let bytes = after.as_ref().or(before.as_ref()).map_or(0, |r| r.bytes());
         t.held.push_back(Arc::new(Change {
             revision: t.revision,
             configuration,
             before,
             after,
+            bytes,
         }));
         t.revisions.send_replace(t.revision);
         self.order.push_back(tenant);
-        while self.order.len() > self.capacity {
-            if let Some(oldest) = self.order.pop_front()
-                && let Some(t) = self.tenants.get_mut(&oldest)
+        self.bytes += bytes;
+        while self.order.len() > self.capacity
+            || (self.bytes > self.max_bytes && self.order.len() > 1)
+        {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(dropped) = self
+                .tenants
+                .get_mut(&oldest)
+                .and_then(|t| t.held.pop_front())
             {
-                t.held.pop_front();
+                self.bytes -= dropped.bytes;
             }
         }
+    }
+
+    /// Bytes of the changes held now.
+    pub fn held_bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Records that `tenant`'s entries are now `records`, all others
@@ -272,7 +305,7 @@ mod tests {
     #[test]
     fn only_watched_tenants_and_real_changes_are_numbered() {
         let (tenant, other, a) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let mut h = History::new(16);
+        let mut h = History::new(16, usize::MAX);
         h.update(tenant, a, Some(record("x", 0.5)));
         assert!(!h.watches(tenant), "nothing recorded before a watch");
         let s = h.subscribe(tenant, || vec![(a, record("x", 0.5))]);
@@ -300,7 +333,7 @@ mod tests {
     #[test]
     fn the_buffer_is_bounded_over_all_tenants_and_drops_the_oldest() {
         let (t1, t2, a) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let mut h = History::new(3);
+        let mut h = History::new(3, usize::MAX);
         let s1 = h.subscribe(t1, Vec::new);
         let s2 = h.subscribe(t2, Vec::new);
         for i in 1..=3 {
@@ -324,7 +357,7 @@ mod tests {
             Uuid::new_v4(),
             Uuid::new_v4(),
         );
-        let mut h = History::new(16);
+        let mut h = History::new(16, usize::MAX);
         let s = h.subscribe(tenant, || {
             vec![(a, record("x", 0.5)), (b, record("y", 0.5))]
         });
@@ -349,5 +382,32 @@ mod tests {
             ..Filter::default()
         };
         assert!(h.snapshot(tenant, &only_y).0.is_empty());
+    }
+
+    #[test]
+    fn the_buffer_is_bounded_in_bytes_and_keeps_the_latest() {
+        let (tenant, a) = (Uuid::new_v4(), Uuid::new_v4());
+        let big = |i: u32| Record {
+            agent: pb::AvailableAgent {
+                agent_id: format!("{i:0>10000}"),
+                ..Default::default()
+            },
+            ..record("x", 0.5)
+        };
+        let one = big(0).bytes();
+        let mut h = History::new(1_000, one * 10);
+        let s = h.subscribe(tenant, Vec::new);
+        for i in 1..=100 {
+            h.update(tenant, a, Some(big(i)));
+            assert!(h.held_bytes() <= one * 10, "held {} bytes", h.held_bytes());
+        }
+        // The latest ten changes are held (revisions 92..=101), no older.
+        assert_eq!(revisions(h.since(tenant, &s.stream, 91, 100)).len(), 10);
+        assert!(matches!(h.since(tenant, &s.stream, 90, 100), Since::Gone));
+        // A change larger than the bound alone is still held.
+        let mut h = History::new(1_000, 1);
+        let s = h.subscribe(tenant, Vec::new);
+        h.update(tenant, a, Some(big(1)));
+        assert_eq!(revisions(h.since(tenant, &s.stream, 1, 10)), [2]);
     }
 }

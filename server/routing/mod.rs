@@ -19,4 +19,4 @@ pub mod view;
 mod watch;
 pub mod writer;
 
-pub use service::RoutingApi;
+pub use service::{RoutingApi, WatchSettings};

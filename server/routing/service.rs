@@ -38,21 +38,29 @@ pub struct RoutingApi {
     leases: Arc<LeaseWriter>,
     /// Turns true when the server shuts down: watches end at once.
     stopping: watch::Receiver<bool>,
-    /// How long a watch may stay quiet before it is sent a progress event.
-    progress: Duration,
+    watches: WatchSettings,
+}
+
+/// How watches run.
+#[derive(Debug, Clone, Copy)]
+pub struct WatchSettings {
+    /// How long a watch may stay quiet before it is sent a progress event
+    /// (zero: never).
+    pub progress: Duration,
+    /// Bytes of events one watch may leave unread (`--watch-outbox-bytes`).
+    pub outbox_bytes: usize,
 }
 
 impl RoutingApi {
     /// The service: reads from `view`, leases through `leases`, lease and
-    /// metrics reads from `pool`; quiet watches get a progress event every
-    /// `progress` (zero: never).
+    /// metrics reads from `pool`; watches run as `watches` says.
     pub fn new(
         auth: Authenticator,
         pool: PgPool,
         view: Arc<View>,
         leases: Arc<LeaseWriter>,
         stopping: watch::Receiver<bool>,
-        progress: Duration,
+        watches: WatchSettings,
     ) -> Self {
         RoutingApi {
             auth,
@@ -60,7 +68,7 @@ impl RoutingApi {
             view,
             leases,
             stopping,
-            progress,
+            watches,
         }
     }
 
@@ -285,7 +293,8 @@ impl RoutingService for RoutingApi {
             self.view.clone(),
             tenant,
             q,
-            self.progress,
+            self.watches.progress,
+            self.watches.outbox_bytes,
             held,
             self.stopping.clone(),
         )))

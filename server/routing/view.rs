@@ -252,11 +252,12 @@ pub struct View {
 
 impl View {
     /// An empty view that holds the latest `buffer` changes of watched
-    /// tenants (all together) for watches to resume from.
-    pub fn new(buffer: usize) -> Self {
+    /// tenants (all together, and of them no more than `buffer_bytes`) for
+    /// watches to resume from.
+    pub fn new(buffer: usize, buffer_bytes: usize) -> Self {
         View {
             state: RwLock::default(),
-            history: Mutex::new(History::new(buffer)),
+            history: Mutex::new(History::new(buffer, buffer_bytes)),
             ready: watch::channel(false).0,
             routing: RoutingConfig::default(),
         }
@@ -1413,7 +1414,7 @@ mod tests {
             instance(&b, "healthy", 2),
             instance(&b, "degraded", 0),
         ];
-        let view = View::new(16);
+        let view = View::new(16, usize::MAX);
         view.load(&Snapshot {
             manifests: vec![manifest_row(manifest, "active")],
             configurations: vec![a.clone(), b.clone()],

@@ -3,24 +3,28 @@
 //!
 //! Each subscriber has a task that reads its tenant's changes from the
 //! history and turns each into one event of its filter. A slow subscriber
-//! never slows the server: the history is a bounded buffer that never waits,
-//! and a subscriber whose next change has already left it gets a `Resync`
-//! marker followed by a fresh snapshot.
+//! never slows the server nor grows its memory: the history is a buffer
+//! bounded in changes and bytes that never waits; each subscriber's events
+//! wait in an outbox bounded in bytes (`--watch-outbox-bytes`), and its task
+//! waits for room there, holding one change at a time; a subscriber whose
+//! next change has left the history meanwhile gets a `Resync` marker
+//! followed by a fresh snapshot when it reads again.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use prost::Message as _;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::history::{Change, Record, Since};
 use super::request::{Resume, WatchQuery};
 use super::view::{Filter, View};
 use crate::auth::{Held, Revocation};
+use crate::outbox::{self, Outbox};
 use crate::pb::availability_event::Event;
 use crate::pb::{self, AvailabilityEvent};
 use crate::telemetry::metrics as telemetry;
@@ -30,25 +34,28 @@ use uuid::Uuid;
 pub(super) type EventStream =
     Pin<Box<dyn Stream<Item = Result<AvailabilityEvent, Status>> + Send + 'static>>;
 
-/// Events queued for one subscriber beyond what HTTP/2 flow control holds.
-const OUTBOX: usize = 64;
-/// Changes taken from the history at once.
-const BATCH: usize = 64;
+/// Changes taken from the history at once: their entries stay alive while
+/// the task waits for room, even if the history has dropped them.
+const BATCH: usize = 16;
+
+type Sent = Result<AvailabilityEvent, Status>;
 
 /// Watches `tenant`'s agents as `query` asks until the caller goes away,
 /// `held`'s revocation fires (then `UNAUTHENTICATED`) or the server stops
 /// (then `UNAVAILABLE` at once: a watch never holds up a shutdown, and the
 /// caller resumes on another replica). A quiet watch gets a progress event
-/// every `progress` (zero: never).
+/// every `progress` (zero: never). At most `outbox` bytes of events wait
+/// for the caller to read them.
 pub(super) fn start(
     view: Arc<View>,
     tenant: Uuid,
     query: WatchQuery,
     progress: Duration,
+    outbox: usize,
     mut held: Held,
     mut stopping: watch::Receiver<bool>,
 ) -> EventStream {
-    let (tx, rx) = mpsc::channel(OUTBOX);
+    let (tx, rx) = outbox::outbox::<Sent>(outbox);
     let events = tx.clone();
     let watch = async move {
         let _ = Watcher::new(view, tenant, query.filter, progress, tx)
@@ -60,18 +67,16 @@ pub(super) fn start(
             () = watch => {}
             () = held.revocation.revoked() => {
                 tracing::info!("the watch's API key was revoked; ending it");
-                let _ = events.send(Err(Revocation::status())).await;
+                events.finish(Err(Revocation::status()));
             }
             () = async { let _ = stopping.wait_for(|s| *s).await; } => {
-                let _ = events
-                    .send(Err(Status::unavailable(
-                        "server shutting down; watch again (another replica answers)",
-                    )))
-                    .await;
+                events.finish(Err(Status::unavailable(
+                    "server shutting down; watch again (another replica answers)",
+                )));
             }
         }
     });
-    Box::pin(ReceiverStream::new(rx))
+    Box::pin(rx)
 }
 
 /// The subscriber went away.
@@ -82,7 +87,7 @@ struct Watcher {
     tenant: Uuid,
     filter: Filter,
     progress: Duration,
-    tx: mpsc::Sender<Result<AvailabilityEvent, Status>>,
+    tx: Outbox<Sent>,
     /// The revision of the last event sent.
     revision: u64,
     /// When the last event was sent.
@@ -95,7 +100,7 @@ impl Watcher {
         tenant: Uuid,
         filter: Filter,
         progress: Duration,
-        tx: mpsc::Sender<Result<AvailabilityEvent, Status>>,
+        tx: Outbox<Sent>,
     ) -> Self {
         Watcher {
             view,
@@ -205,7 +210,8 @@ impl Watcher {
             event: Some(event),
             stream_id: stream.to_owned(),
         };
-        self.tx.send(Ok(event)).await.map_err(|_| Gone)?;
+        let bytes = event.encoded_len();
+        self.tx.send(Ok(event), bytes).await.map_err(|_| Gone)?;
         self.revision = revision;
         self.sent = Instant::now();
         Ok(())

@@ -75,6 +75,14 @@ pub const VIEW_HELD_OUT: &str = "agentry_view_instances_held_out";
 pub const LOAD_REPORTS: &str = "agentry_load_reports_total";
 /// `WatchAvailableAgents` snapshots and resumptions, by `start`.
 pub const WATCH_STARTS: &str = "agentry_watch_starts_total";
+/// Connections of the gRPC listener admitted and not yet closed.
+pub const CONNECTIONS_OPEN: &str = "agentry_connections_open";
+/// Connections closed at accept, by `reason` (`max_connections`,
+/// `max_connections_per_peer`).
+pub const CONNECTIONS_REFUSED: &str = "agentry_connections_refused_total";
+/// Connections closed for not finishing TLS and the HTTP/2 preface and
+/// SETTINGS within the handshake timeout.
+pub const HANDSHAKE_TIMEOUTS: &str = "agentry_connections_handshake_timeouts_total";
 
 /// Histogram buckets of latencies: 0.1 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -110,6 +118,15 @@ pub fn recorder() -> &'static PrometheusHandle {
 }
 
 fn describe() {
+    describe_gauge!(CONNECTIONS_OPEN, "connections of the gRPC listener open now");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "connections closed at accept by a connection cap, by reason"
+    );
+    describe_counter!(
+        HANDSHAKE_TIMEOUTS,
+        "connections closed for not finishing TLS and the HTTP/2 preface in time"
+    );
     describe_counter!(RPC_REQUESTS, "gRPC calls by method and status code");
     describe_histogram!(
         RPC_DURATION,
