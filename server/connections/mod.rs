@@ -130,6 +130,12 @@ impl Connections {
         self.limits
     }
 
+    /// Connections open from `peer`.
+    pub fn open_from(&self, peer: IpAddr) -> usize {
+        let per_peer = self.per_peer.lock().unwrap_or_else(|e| e.into_inner());
+        per_peer.get(&peer).copied().unwrap_or(0)
+    }
+
     /// A place for a connection from `peer`, unless a cap is reached.
     fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<Admitted> {
         let mut per_peer = self.per_peer.lock().unwrap_or_else(|e| e.into_inner());

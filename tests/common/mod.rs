@@ -151,6 +151,8 @@ pub struct TestServer {
     pub sessions: std::sync::Arc<agentry_server::registrations::sessions::Sessions>,
     pub leases: std::sync::Arc<agentry_server::routing::writer::LeaseWriter>,
     pub hellos: std::sync::Arc<agentry_server::registrations::hellos::HelloWriter>,
+    /// The listener's connections and their counters.
+    pub connections: std::sync::Arc<agentry_server::connections::Connections>,
     pub config: agentry_server::ServeConfig,
 }
 
@@ -236,6 +238,7 @@ impl TestServer {
         let sessions = server.sessions();
         let leases = server.leases();
         let hellos = server.hellos();
+        let connections = server.connections();
         let task = tokio::spawn(server.run(listener, async {
             let _ = stopped.await;
         }));
@@ -254,6 +257,7 @@ impl TestServer {
             sessions,
             leases,
             hellos,
+            connections,
             config,
         }
     }
