@@ -395,7 +395,7 @@ impl Server {
             Ok(addr) => tracing::info!(%addr, "serving gRPC"),
             Err(e) => tracing::info!(error = %e, "serving gRPC (address unknown)"),
         }
-        let incoming = connections::incoming(listener, tls, connections, stopping.clone());
+        let incoming = connections::incoming(listener, tls, connections);
         let server = router.serve_with_incoming_shutdown(incoming, signal);
         let grace = {
             let mut stopping = stopping.clone();

@@ -598,3 +598,50 @@ async fn a_handlers_log_lines_carry_the_request_id_of_their_call() {
         drained[0]
     );
 }
+
+#[tokio::test]
+async fn connections_refused_and_timed_out_are_counted_and_open_ones_gauged() {
+    let _serial = SERIAL.lock().await;
+    let metrics = free_addr();
+    let s = TestServer::start_with(|c| {
+        c.metrics_addr = Some(metrics);
+        c.connections.max_connections_per_peer = 4;
+        c.connections.handshake_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let before = Scrape::of(metrics).await;
+    // Connections that never speak, from one address, past its cap.
+    let mut silent = Vec::new();
+    for _ in 0..6 {
+        silent.push(
+            tokio::net::TcpStream::connect(s.addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    eventually(DEADLINE, "the silent connections time out", || async {
+        s.connections.stats.handshake_timeouts.load(std::sync::atomic::Ordering::Relaxed)
+            + s.connections.stats.refused_peer.load(std::sync::atomic::Ordering::Relaxed)
+            >= 6
+    })
+    .await;
+    let after = Scrape::of(metrics).await;
+    let moved = |name: &str, labels: &[(&str, &str)]| {
+        after.value(name, labels) - before.value(name, labels)
+    };
+    let refused = s.connections.stats.refused_peer.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(refused >= 2, "at least the two past the cap: {refused}");
+    assert_eq!(
+        moved(
+            "agentry_connections_refused_total",
+            &[("reason", "max_connections_per_peer")]
+        ),
+        refused as f64
+    );
+    assert_eq!(
+        moved("agentry_connections_handshake_timeouts_total", &[]),
+        (6 - refused) as f64
+    );
+    // The harness's own client holds at least one connection open.
+    assert!(after.value("agentry_connections_open", &[]) >= 1.0);
+}

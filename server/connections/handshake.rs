@@ -20,7 +20,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use super::Admitted;
+use super::admission::Admitted;
 use super::tls::Acceptor;
 use crate::telemetry::metrics as telemetry;
 
