@@ -5,10 +5,13 @@
 //! so a test can count the statements PostgreSQL was asked to run, see their
 //! text, and hold back what PostgreSQL sends to a connection that ran
 //! `LISTEN` (a change feed running late).
+//!
+//! It can also stand for a load balancer whose backend is gone: it accepts
+//! new connections and resets them ([`Proxy::reset_new`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,8 +30,24 @@ pub struct Proxy {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// What the proxy does with a connection it accepts while it resets them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reset {
+    /// Reads the client's first packet (its SSLRequest, or its startup
+    /// message), then closes: the client reads end of file where the answer
+    /// should be.
+    AfterFirstPacket,
+    /// Reads the first packet, then aborts the connection (a TCP RST).
+    Abort,
+}
+
+/// [`Shared::reset`]: accepted connections are relayed.
+const RELAY: u8 = 0;
+
 struct Shared {
     up: AtomicBool,
+    /// [`RELAY`], or a [`Reset`] as `1 + its index`.
+    reset: AtomicU8,
     generation: watch::Sender<u64>,
     /// While true, nothing PostgreSQL sends reaches a connection that ran LISTEN.
     hold: watch::Sender<bool>,
@@ -47,6 +66,7 @@ impl Proxy {
         let addr = listener.local_addr().expect("addr");
         let shared = Arc::new(Shared {
             up: AtomicBool::new(true),
+            reset: AtomicU8::new(RELAY),
             generation: watch::channel(0).0,
             hold: watch::channel(false).0,
             open: AtomicUsize::new(0),
@@ -59,6 +79,15 @@ impl Proxy {
                 while let Ok((inbound, _)) = listener.accept().await {
                     if !shared.up.load(Ordering::SeqCst) {
                         drop(inbound);
+                        continue;
+                    }
+                    let reset = match shared.reset.load(Ordering::SeqCst) {
+                        RELAY => None,
+                        1 => Some(Reset::AfterFirstPacket),
+                        _ => Some(Reset::Abort),
+                    };
+                    if let Some(reset) = reset {
+                        tokio::spawn(turn_away(inbound, reset));
                         continue;
                     }
                     let mut cut = shared.generation.subscribe();
@@ -89,9 +118,22 @@ impl Proxy {
         self.shared.generation.send_modify(|g| *g += 1);
     }
 
-    /// Accepts connections again.
+    /// Accepts connections again, and relays them.
     pub fn restore(&self) {
+        self.shared.reset.store(RELAY, Ordering::SeqCst);
         self.shared.up.store(true, Ordering::SeqCst);
+    }
+
+    /// Drops every open connection; new ones are accepted and then reset as
+    /// `how` says, until [`Proxy::restore`].
+    pub fn reset_new(&self, how: Reset) {
+        let code = match how {
+            Reset::AfterFirstPacket => 1,
+            Reset::Abort => 2,
+        };
+        self.shared.reset.store(code, Ordering::SeqCst);
+        self.shared.up.store(true, Ordering::SeqCst);
+        self.shared.generation.send_modify(|g| *g += 1);
     }
 
     /// Connections open through the proxy now.
@@ -138,6 +180,26 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Reads the first packet of a connection the proxy turns away, then
+/// closes or aborts it as `how` says.
+async fn turn_away(mut inbound: TcpStream, how: Reset) {
+    let mut header = [0u8; 8];
+    if inbound.read_exact(&mut header).await.is_err() {
+        return;
+    }
+    let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let mut rest = vec![0u8; length.saturating_sub(8).min(64 * 1024)];
+    let _ = inbound.read_exact(&mut rest).await;
+    match how {
+        Reset::AfterFirstPacket => {
+            let _ = inbound.shutdown().await;
+        }
+        Reset::Abort => {
+            let _ = inbound.set_zero_linger();
+        }
     }
 }
 
