@@ -1,15 +1,23 @@
-//! Database outages as callers meet them: every failure to reach,
-//! handshake with or keep a connection to PostgreSQL is UNAVAILABLE with
-//! `DATABASE_UNAVAILABLE` and RetryInfo, never INTERNAL.
+//! Database outages as callers and probes meet them: every failure to
+//! reach, handshake with or keep a connection to PostgreSQL is UNAVAILABLE
+//! with `DATABASE_UNAVAILABLE` and RetryInfo, never INTERNAL; readiness
+//! (`""`) follows what a replica can serve from memory while the names of
+//! the services that need the database follow it.
 
 mod common;
 
 use std::time::Duration;
 
-use agentry_client::{AgentFilter, Client, Code, ListRegistrations, RegisterInstance, RetryPolicy};
+use agentry_client::{
+    AgentFilter, Client, Code, ListRegistrations, RegisterInstance, RetryPolicy, pb,
+};
 use common::proxy::Reset;
+use common::stream::{heartbeat, hello, raw_stream, welcome};
 use common::{TestDb, TestServer, eventually, routing};
+use pb::health_stream_response::Message as In;
 use sqlx::postgres::{PgPoolOptions, PgSslMode};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -117,4 +125,114 @@ async fn a_database_that_accepts_and_resets_connections_is_unavailable_never_int
         })
         .await;
     }
+}
+
+async fn health(s: &TestServer, service: &str) -> ServingStatus {
+    let channel = tonic::transport::Endpoint::from_shared(s.url())
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .expect("check")
+        .into_inner()
+        .status()
+}
+
+/// The service names whose status follows the database.
+const SERVICES: [&str; 5] = [
+    "agentry.v1.ManifestService",
+    "agentry.v1.ConfigurationService",
+    "agentry.v1.RegistrationService",
+    "agentry.v1.RoutingService",
+    "agentry.v1.AdminService",
+];
+
+async fn services_are(s: &TestServer, status: ServingStatus) -> bool {
+    for name in SERVICES {
+        if health(s, name).await != status {
+            return false;
+        }
+    }
+    true
+}
+
+/// Waits for the next `Ack` on `stream`.
+async fn ack(stream: &mut tonic::Streaming<pb::HealthStreamResponse>) -> pb::Ack {
+    loop {
+        let message = tokio::time::timeout(DEADLINE, stream.message())
+            .await
+            .expect("a message in time")
+            .expect("stream open")
+            .expect("a message");
+        if let Some(In::Ack(ack)) = message.message {
+            return ack;
+        }
+    }
+}
+
+/// Through a cut of the database, the replica keeps routing from its view
+/// and acknowledging heartbeats from memory: readiness (`""`, what a load
+/// balancer probes) stays SERVING, and the services whose calls need the
+/// database say NOT_SERVING under their own names until it is back.
+#[tokio::test]
+async fn readiness_stays_serving_through_a_database_cut_and_the_services_that_need_it_do_not() {
+    let db = TestDb::new().await;
+    let (proxy, pool) = db.through_proxy().await;
+    let s = TestServer::with_pool(pool).await;
+    s.manifest("ide-agent").await;
+    let t = s.tenant("acme").await;
+    routing::configure(&t, "ide-agent", 10).await;
+    let (tx, stream) = raw_stream(&s, &t.agent_key, vec![hello("inst-1", "ide-agent")]).await;
+    let mut stream = stream.expect("stream");
+    let epoch = welcome(&mut stream).await.epoch;
+    routing::wait_available(&t.client, AgentFilter::new(), "inst-1 routable", |a| {
+        a.len() == 1
+    })
+    .await;
+    assert_eq!(health(&s, "").await, ServingStatus::Serving);
+    assert!(services_are(&s, ServingStatus::Serving).await);
+
+    proxy.cut();
+    eventually(
+        DEADLINE,
+        "the services that need the database NOT_SERVING",
+        || services_are(&s, ServingStatus::NotServing),
+    )
+    .await;
+    assert_eq!(
+        health(&s, "").await,
+        ServingStatus::Serving,
+        "readiness stays SERVING: the view and the streams work from memory"
+    );
+    assert_eq!(
+        health(&s, agentry_server::server::LIVENESS).await,
+        ServingStatus::Serving
+    );
+    // What it says it serves, it serves: routing from the view, heartbeats
+    // acknowledged on the stream.
+    let available = routing::available(&t.client, AgentFilter::new()).await;
+    assert_eq!(
+        available
+            .iter()
+            .map(|(_, instance, _)| instance.as_str())
+            .collect::<Vec<_>>(),
+        ["inst-1"]
+    );
+    tx.send(heartbeat(1, pb::HealthStatus::Healthy, epoch))
+        .await
+        .expect("send");
+    ack(&mut stream).await;
+
+    proxy.restore();
+    eventually(DEADLINE, "the services SERVING again", || {
+        services_are(&s, ServingStatus::Serving)
+    })
+    .await;
+    assert_eq!(health(&s, "").await, ServingStatus::Serving);
+    drop(db);
 }
