@@ -4,7 +4,8 @@
 //! It also reads what clients send (the frontend half of the wire protocol),
 //! so a test can count the statements PostgreSQL was asked to run, see their
 //! text, and hold back what PostgreSQL sends to a connection that ran
-//! `LISTEN` (a change feed running late).
+//! `LISTEN` (a change feed running late), or a statement on its way to
+//! PostgreSQL (a write in flight while the network is slow).
 //!
 //! It can also stand for a load balancer whose backend is gone: it accepts
 //! new connections and resets them ([`Proxy::reset_new`]).
@@ -48,6 +49,11 @@ struct Shared {
     up: AtomicBool,
     /// [`RELAY`], or a [`Reset`] as `1 + its index`.
     reset: AtomicU8,
+    /// While non-empty, a client's bytes that complete a statement whose
+    /// text contains one of these wait before they go on to PostgreSQL.
+    held: watch::Sender<Vec<String>>,
+    /// Statements waiting in the proxy now because of `held`.
+    holding: AtomicUsize,
     generation: watch::Sender<u64>,
     /// While true, nothing PostgreSQL sends reaches a connection that ran LISTEN.
     hold: watch::Sender<bool>,
@@ -67,6 +73,8 @@ impl Proxy {
         let shared = Arc::new(Shared {
             up: AtomicBool::new(true),
             reset: AtomicU8::new(RELAY),
+            held: watch::channel(Vec::new()).0,
+            holding: AtomicUsize::new(0),
             generation: watch::channel(0).0,
             hold: watch::channel(false).0,
             open: AtomicUsize::new(0),
@@ -134,6 +142,23 @@ impl Proxy {
         self.shared.reset.store(code, Ordering::SeqCst);
         self.shared.up.store(true, Ordering::SeqCst);
         self.shared.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Holds back, before they reach PostgreSQL, the statements whose text
+    /// contains `like` (and whatever their clients send after them), until
+    /// [`Proxy::release_statements`].
+    pub fn hold_statements(&self, like: &str) {
+        self.shared.held.send_modify(|h| h.push(like.to_owned()));
+    }
+
+    /// Passes the held statements on, and what follows them.
+    pub fn release_statements(&self) {
+        self.shared.held.send_replace(Vec::new());
+    }
+
+    /// Statements held back in the proxy now (see [`Proxy::hold_statements`]).
+    pub fn holding(&self) -> usize {
+        self.shared.holding.load(Ordering::SeqCst)
     }
 
     /// Connections open through the proxy now.
@@ -262,8 +287,9 @@ impl Connection {
         }
     }
 
-    /// Client to PostgreSQL: forwards at once, and reads the typed messages
-    /// (1 type byte, then a 4-byte big-endian length that counts itself).
+    /// Client to PostgreSQL: reads the typed messages (1 type byte, then a
+    /// 4-byte big-endian length that counts itself) and forwards at once,
+    /// unless they complete a statement the proxy holds.
     async fn upstream(
         &self,
         mut from_client: OwnedReadHalf,
@@ -271,17 +297,31 @@ impl Connection {
         opaque: bool,
     ) -> std::io::Result<()> {
         let mut parser = Frontend::default();
+        let mut held = self.shared.held.subscribe();
         let mut buffer = vec![0u8; 64 * 1024];
         loop {
             let n = from_client.read(&mut buffer).await?;
             if n == 0 {
                 return Ok(());
             }
+            let statements = if opaque {
+                Vec::new()
+            } else {
+                parser.feed(&buffer[..n])
+            };
+            let holds = |likes: &Vec<String>| {
+                statements
+                    .iter()
+                    .any(|s| likes.iter().any(|like| s.contains(like.as_str())))
+            };
+            if holds(&held.borrow_and_update()) {
+                self.shared.holding.fetch_add(1, Ordering::SeqCst);
+                let _ = held.wait_for(|likes| !holds(likes)).await;
+                self.shared.holding.fetch_sub(1, Ordering::SeqCst);
+            }
             to_server.write_all(&buffer[..n]).await?;
-            if !opaque {
-                for statement in parser.feed(&buffer[..n]) {
-                    self.ran(statement);
-                }
+            for statement in statements {
+                self.ran(statement);
             }
         }
     }
