@@ -10,7 +10,8 @@
 //! sessions. Cross-cutting: `auth` (API keys, roles, tenant scope, the opening
 //! of every handler), `limits` (rates and budgets per key, tenant and peer),
 //! `audit` (the log of admin and tenant changes, written by the stores in the
-//! change's transaction), `telemetry` (metrics, request ids, access lines), `error` (the one mapping to `tonic::Status`, and of
+//! change's transaction), `pooler` (the start-up check for a transaction
+//! pooler that loses prepared statements), `telemetry` (metrics, request ids, access lines), `error` (the one mapping to `tonic::Status`, and of
 //! database errors to domain errors), `validate`, `pagination`, `pb` (wire
 //! types), and `server` (wiring, health, shutdown).
 
@@ -28,6 +29,7 @@ pub mod manifests;
 pub mod pagination;
 pub mod pb;
 pub mod periodic;
+pub mod pooler;
 pub mod registrations;
 pub mod request;
 pub mod routing;
