@@ -278,8 +278,11 @@ async fn a_sweep_waits_for_the_heartbeat_flush_in_flight_and_judges_what_it_wrot
         .await
         .expect("send");
     let first = ack(&mut stream).await.server_time.expect("server time");
+    let first = chrono::DateTime::from_timestamp(first.seconds, first.nanos as u32)
+        .expect("time")
+        .timestamp_micros();
     eventually(DEADLINE, "the first heartbeat written", || async {
-        last_seen().await.timestamp() >= first.seconds
+        last_seen().await.timestamp_micros() >= first
     })
     .await;
 
