@@ -9,6 +9,7 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres};
 
 use crate::config::MigrateMode;
 use crate::error::{Error, sqlstate};
+use crate::pooler::{Pooling, Refusal};
 
 /// The schema, embedded in the binary.
 ///
@@ -104,6 +105,12 @@ pub enum StartupError {
         version: i64,
         reason: String,
     },
+    /// The pooler hands one connection's statements to different sessions
+    /// and loses their prepared statements (`crate::pooler`).
+    #[error(
+        "the pooler at {url} runs one connection's statements in different PostgreSQL sessions (transaction pooling) and loses prepared statements between them ({reason}), as PgBouncer before 1.21 does, or 1.21+ with max_prepared_statements = 0: calls would fail. Set pool_mode = session, or run PgBouncer 1.21+ with max_prepared_statements > 0 (e.g. 200), or point --database-url / DATABASE_URL at PostgreSQL itself; keep --direct-database-url for the change feed"
+    )]
+    TransactionPooler { url: String, reason: String },
     /// Anything else PostgreSQL said.
     #[error("PostgreSQL at {url} failed while {doing}: {reason}")]
     Database {
@@ -235,16 +242,49 @@ pub async fn connect(
 /// the pooled one.
 pub async fn connect_to(target: &Target<'_>, mode: MigrateMode) -> Result<Connected, StartupError> {
     let Some(direct_url) = target.direct_url else {
-        return connect_one(target.url, target.pool_size, mode).await;
+        let connected = connect_one(target.url, target.pool_size, mode).await?;
+        refuse_lost_statements(&connected.pool, target.url).await?;
+        return Ok(connected);
     };
     // Session work first, on a pool of one direct connection kept for LISTEN.
     let direct = connect_one(direct_url, 1, mode).await?;
     let pooled = connect_one(target.url, target.pool_size, MigrateMode::Off).await?;
+    refuse_lost_statements(&pooled.pool, target.url).await?;
     Ok(Connected {
         pool: pooled.pool,
         direct: Some(direct.pool),
         applied: direct.applied,
     })
+}
+
+/// Refuses a pooler at `url` that would lose prepared statements between
+/// the sessions it hands one connection's statements to (`crate::pooler`);
+/// accepts PostgreSQL itself and session pooling at the cost of a few
+/// round trips and one connection.
+async fn refuse_lost_statements(pool: &PgPool, url: &str) -> Result<(), StartupError> {
+    const DOING: &str = "checking for a transaction pooler";
+    match crate::pooler::check(pool).await {
+        Ok(Pooling::Session) => Ok(()),
+        Ok(Pooling::TransactionKeepingStatements) => {
+            tracing::info!(
+                url = %redact(url),
+                "transaction pooling that keeps prepared statements (PgBouncer 1.21+ with max_prepared_statements): accepted"
+            );
+            Ok(())
+        }
+        Ok(Pooling::Undecided) => {
+            tracing::warn!(
+                url = %redact(url),
+                "a pooler with a single server connection that pools transactions: cannot tell whether it keeps prepared statements; give it more connections, or use session mode"
+            );
+            Ok(())
+        }
+        Err(Refusal::LosesStatements(reason)) => Err(StartupError::TransactionPooler {
+            url: redact(url),
+            reason,
+        }),
+        Err(Refusal::Failed(e)) => Err(StartupError::from_sqlx(url, DOING, e)),
+    }
 }
 
 async fn connect_one(

@@ -150,16 +150,28 @@ impl Error {
         }
     }
 
-    /// Whether the database could not be reached (as opposed to refusing a statement).
+    /// Whether the database could not be reached, handshaken with or kept
+    /// (as opposed to refusing a statement): the caller may retry.
     pub(crate) fn is_unavailable(err: &sqlx::Error) -> bool {
-        matches!(
-            err,
+        match err {
+            // sqlx reports a conversation that broke off or went out of step
+            // as a protocol error: most often a fresh connection that a proxy
+            // or load balancer accepted and then closed (the missing answer
+            // to the SSLRequest reads as the byte 0x00). The connection's
+            // fault, not the statement's: this server's statements bind few
+            // parameters (arrays for batches) and decode their own answers'
+            // faults as `Decode`, so no statement fails this way every time.
             sqlx::Error::Io(_)
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::WorkerCrashed
-        )
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|code| sqlstate::is_connection_lost(&code)),
+            _ => false,
+        }
     }
 }
 
@@ -227,6 +239,15 @@ pub mod sqlstate {
     pub const DEADLOCK_DETECTED: &str = "40P01";
     /// `serialization_failure`.
     pub const SERIALIZATION_FAILURE: &str = "40001";
+
+    /// Whether `code` says the session was lost or could not be had:
+    /// class 08 (connection exception, also what poolers send when they
+    /// lose their server), the server shutting down or starting
+    /// (`admin_shutdown`, `crash_shutdown`, `cannot_connect_now`), or no
+    /// connection slot left (`too_many_connections`).
+    pub(crate) fn is_connection_lost(code: &str) -> bool {
+        code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
+    }
 }
 
 /// Every database error becomes a domain error here, so that no call site
@@ -423,8 +444,17 @@ mod tests {
 
     #[test]
     fn an_unreachable_database_asks_for_a_retry() {
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
         for err in [
             Error::Database(sqlx::Error::PoolTimedOut),
+            Error::Database(sqlx::Error::PoolClosed),
+            Error::Database(sqlx::Error::WorkerCrashed),
+            Error::Database(sqlx::Error::Io(reset)),
+            Error::Database(sqlx::Error::Tls("handshake eof".into())),
+            // What sqlx says of a fresh connection reset after its SSLRequest.
+            Error::Database(sqlx::Error::Protocol(
+                "unexpected response from SSLRequest: 0x00".into(),
+            )),
             Error::DatabaseUnavailable,
         ] {
             let (status, d) = details(err);
@@ -445,11 +475,33 @@ mod tests {
         assert_eq!(status.message(), "internal error");
         assert_eq!(info(&d).reason, "INTERNAL");
         assert!(info(&d).metadata.is_empty());
-        let (status, d) = details(Error::Database(sqlx::Error::RowNotFound));
-        assert_eq!(
-            (status.code(), status.message(), info(&d).reason.as_str()),
-            (Code::Internal, "internal error", "INTERNAL")
-        );
+        for err in [
+            sqlx::Error::RowNotFound,
+            sqlx::Error::Decode("lease batch: no kind".into()),
+        ] {
+            let (status, d) = details(Error::Database(err));
+            assert_eq!(
+                (status.code(), status.message(), info(&d).reason.as_str()),
+                (Code::Internal, "internal error", "INTERNAL")
+            );
+        }
+    }
+
+    #[test]
+    fn lost_sessions_are_told_apart_by_sqlstate() {
+        // connection_failure, protocol_violation (PgBouncer's "server conn
+        // crashed?"), admin_shutdown, cannot_connect_now, too_many_connections.
+        for code in ["08006", "08P01", "57P01", "57P03", "53300"] {
+            assert!(sqlstate::is_connection_lost(code), "{code}");
+        }
+        for code in [
+            sqlstate::UNIQUE_VIOLATION,
+            sqlstate::DEADLOCK_DETECTED,
+            "57014", // query_canceled: a statement timeout, not a lost session
+            "42P05", // duplicate_prepared_statement
+        ] {
+            assert!(!sqlstate::is_connection_lost(code), "{code}");
+        }
     }
 
     #[test]

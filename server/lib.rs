@@ -10,7 +10,8 @@
 //! sessions. Cross-cutting: `auth` (API keys, roles, tenant scope, the opening
 //! of every handler), `limits` (rates and budgets per key, tenant and peer),
 //! `audit` (the log of admin and tenant changes, written by the stores in the
-//! change's transaction), `telemetry` (metrics, request ids, access lines), `error` (the one mapping to `tonic::Status`, and of
+//! change's transaction), `pooler` (the start-up check for a transaction
+//! pooler that loses prepared statements), `telemetry` (metrics, request ids, access lines), `error` (the one mapping to `tonic::Status`, and of
 //! database errors to domain errors), `validate`, `pagination`, `pb` (wire
 //! types), `connections` (the listener's caps, handshake timeout and TLS),
 //! `outbox` (the byte-bounded queue of every server stream), and `server`
@@ -32,6 +33,7 @@ pub mod outbox;
 pub mod pagination;
 pub mod pb;
 pub mod periodic;
+pub mod pooler;
 pub mod registrations;
 pub mod request;
 pub mod routing;

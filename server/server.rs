@@ -52,17 +52,23 @@ const FINAL_WRITE: Duration = Duration::from_secs(5);
 /// blackouts and flap holds over).
 const VIEW_TICK: Duration = Duration::from_millis(200);
 
-/// The names whose `grpc.health.v1` status follows the database: the whole
-/// server ("") and each of its services.
 /// The `grpc.health.v1` name of the process alone: SERVING from start-up
 /// until the process exits, whatever the database does, so that a liveness
 /// probe restarts only a server that no longer answers.
 pub const LIVENESS: &str = "liveness";
 
-/// The readiness names: `""` and every API service, SERVING exactly while
-/// the database answers and the server is not shutting down.
-const HEALTH_NAMES: &[&str] = &[
-    "",
+/// The readiness name of the whole server, the one a load balancer probes:
+/// SERVING from the availability view's first load until shutdown, whatever
+/// the database does. A replica whose database is away still routes from
+/// its view and holds its health streams, and the database is every
+/// replica's: following it here would take every replica out at once and
+/// turn a database blip into a routing outage.
+pub const READINESS: &str = "";
+
+/// The readiness names of the services whose calls need the database
+/// (every one has some: routing's leases, registration's hellos), SERVING
+/// exactly while the database answers and the server is not shutting down.
+pub const DATABASE_NAMES: &[&str] = &[
     <ManifestServiceServer<ManifestApi> as NamedService>::NAME,
     <ConfigurationServiceServer<ConfigurationApi> as NamedService>::NAME,
     <RegistrationServiceServer<RegistrationApi> as NamedService>::NAME,
@@ -193,9 +199,14 @@ impl Server {
         } = self;
         let registry = &config.registry;
         let (reporter, health_service) = tonic_health::server::health_reporter();
-        set_health(&reporter, ServingStatus::Serving).await;
+        for name in DATABASE_NAMES.iter().chain([&LIVENESS]) {
+            reporter
+                .set_service_status(*name, ServingStatus::Serving)
+                .await;
+        }
+        // Until the view has loaded, routing would answer from an empty one.
         reporter
-            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .set_service_status(READINESS, ServingStatus::NotServing)
             .await;
         let (stopping_tx, stopping) = watch::channel(false);
         // Before the parts start, so that the recorder sees their first counts.
@@ -216,8 +227,9 @@ impl Server {
             .with(Arc::new(auth.clone()))
             .with(sessions.clone());
         let background = [
-            tokio::spawn(watch_database(
+            tokio::spawn(watch_readiness(
                 pool.clone(),
+                view.clone(),
                 reporter.clone(),
                 config.health_check_interval,
                 stopping.clone(),
@@ -276,8 +288,12 @@ impl Server {
             .is_err()
         {
             tracing::warn!(
-                "availability view not loaded yet; routing answers from an empty view until it is"
+                "availability view not loaded yet; routing answers from an empty view, and readiness is NOT_SERVING, until it is"
             );
+        } else {
+            reporter
+                .set_service_status(READINESS, ServingStatus::Serving)
+                .await;
         }
 
         let registrar = Registry::new(pool.clone(), sessions.clone(), hellos.clone());
@@ -443,22 +459,33 @@ impl Server {
     }
 }
 
+/// Sets every readiness name (not [`LIVENESS`]) to `status`.
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
-    for name in HEALTH_NAMES {
+    for name in DATABASE_NAMES.iter().chain([&READINESS]) {
         reporter.set_service_status(*name, status).await;
     }
 }
 
-/// Keeps `grpc.health.v1` SERVING exactly while the database answers.
-async fn watch_database(
+/// Keeps the [`DATABASE_NAMES`] SERVING exactly while the database answers,
+/// and turns [`READINESS`] SERVING once the view has loaded (when it had
+/// not by the time the server began to serve).
+async fn watch_readiness(
     pool: PgPool,
+    view: Arc<View>,
     reporter: HealthReporter,
     interval: Duration,
     stopping: watch::Receiver<bool>,
 ) {
     let mut healthy = true;
+    let mut loaded = false;
     let mut ticker = Ticker::now(interval, stopping);
     while ticker.tick().await {
+        if !loaded && view.is_ready() {
+            loaded = true;
+            reporter
+                .set_service_status(READINESS, ServingStatus::Serving)
+                .await;
+        }
         let probe = tokio::time::timeout(
             interval.max(Duration::from_secs(1)),
             sqlx::query("SELECT 1").execute(&pool),
@@ -471,16 +498,18 @@ async fn watch_database(
         if ok != healthy {
             healthy = ok;
             if ok {
-                tracing::info!("database reachable again: SERVING");
+                tracing::info!("database reachable again: its services SERVING");
             } else {
-                tracing::warn!(error = ?probe.map(|r| r.err()), "database unreachable: NOT_SERVING");
+                tracing::warn!(error = ?probe.map(|r| r.err()), "database unreachable: its services NOT_SERVING; readiness (\"\") stays SERVING");
             }
             let status = if ok {
                 ServingStatus::Serving
             } else {
                 ServingStatus::NotServing
             };
-            set_health(&reporter, status).await;
+            for name in DATABASE_NAMES {
+                reporter.set_service_status(*name, status).await;
+            }
         }
     }
 }

@@ -898,7 +898,16 @@ async fn health_exits_one_for_an_unknown_name_an_absent_server_and_not_serving()
         || {
             let addr = addr.clone();
             async move {
-                let output = run(&["health", "--addr", &addr]).await;
+                // "" stays SERVING through an outage; the services that need
+                // the database do not.
+                let output = run(&[
+                    "health",
+                    "--addr",
+                    &addr,
+                    "--service",
+                    "agentry.v1.ManifestService",
+                ])
+                .await;
                 output.status.code() == Some(1) && stdout_of(&output).trim() == "NOT_SERVING"
             }
         },

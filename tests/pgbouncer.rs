@@ -11,7 +11,8 @@
 //! first run of this test in transaction mode failed with `prepared
 //! statement "sqlx_s_1" already exists`). Transaction mode needs PgBouncer
 //! 1.21+ with `max_prepared_statements`, which follows statements across
-//! server connections; Debian 12 does not package it (README, "Poolers").
+//! server connections; Debian 12 does not package it (README, "Poolers"),
+//! so what is tested of transaction mode is that start-up refuses 1.18's.
 
 mod common;
 
@@ -20,7 +21,9 @@ use std::time::Duration;
 
 use agentry_client::{AgentFilter, ListAuditEvents};
 use agentry_server::config::MigrateMode;
-use agentry_server::db::{Target, connect_to};
+use agentry_server::db::{StartupError, Target, connect_to};
+use agentry_server::pooler::{self, Pooling};
+use common::binary::{run, stderr_of};
 
 /// A PgBouncer in front of `database`, on a free port;
 /// killed when dropped.
@@ -40,7 +43,8 @@ impl Drop for Bouncer {
 const PGBOUNCER: &str = "/usr/sbin/pgbouncer";
 
 impl Bouncer {
-    async fn start(database: &str) -> Bouncer {
+    /// `pool_mode` is PgBouncer's: `session` or `transaction`.
+    async fn start(database: &str, pool_mode: &str) -> Bouncer {
         assert!(
             Path::new(PGBOUNCER).exists(),
             "{PGBOUNCER} is missing: `apt-get install pgbouncer` (.ci/run does)"
@@ -53,6 +57,7 @@ impl Bouncer {
         let dir = tempfile::tempdir().expect("tempdir");
         // Session mode gives each client connection a server of its own:
         // room for the server's pool of 8 and the harness's reads.
+        // Servers are reused last in, first out (PgBouncer's default).
         let ini = format!(
             "[databases]\n\
              {database} = host=127.0.0.1 port=5432 dbname={database} user=postgres\n\
@@ -61,7 +66,7 @@ impl Bouncer {
              listen_port = {port}\n\
              unix_socket_dir =\n\
              auth_type = any\n\
-             pool_mode = session\n\
+             pool_mode = {pool_mode}\n\
              default_pool_size = 20\n\
              max_client_conn = 100\n\
              server_tls_sslmode = disable\n\
@@ -118,7 +123,7 @@ fn running_as_root() -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_core_flows_work_behind_pgbouncer_with_a_direct_url_for_listen_and_migrations() {
     let db = common::TestDb::new().await;
-    let bouncer = Bouncer::start(&db.name).await;
+    let bouncer = Bouncer::start(&db.name, "session").await;
     // The server's own start-up path: the schema checked over the direct
     // URL, queries through the pooler.
     let connected = connect_to(
@@ -189,4 +194,82 @@ async fn the_core_flows_work_behind_pgbouncer_with_a_direct_url_for_listen_and_m
             .any(|e| e.action == "configuration.update_workload")
     );
     drop(sessions);
+}
+
+/// Start-up checks for a pooler that loses prepared statements: PostgreSQL
+/// itself and a session pooler keep a connection's session, every time
+/// (`agentry_server::pooler`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pooler_check_accepts_postgresql_itself_and_session_pooling() {
+    let db = common::TestDb::new().await;
+    assert_eq!(
+        pooler::check(&db.pool).await.map_err(|e| format!("{e:?}")),
+        Ok(Pooling::Session),
+        "PostgreSQL itself"
+    );
+    let bouncer = Bouncer::start(&db.name, "session").await;
+    let pooled = sqlx::PgPool::connect(&bouncer.url(&db.name))
+        .await
+        .expect("connect through pgbouncer");
+    for _ in 0..3 {
+        assert_eq!(
+            pooler::check(&pooled).await.map_err(|e| format!("{e:?}")),
+            Ok(Pooling::Session),
+            "session mode"
+        );
+    }
+}
+
+/// Transaction pooling that loses prepared statements between server
+/// connections (PgBouncer 1.18, Debian 12's) lets the server start and then
+/// fail calls; start-up refuses it instead, in one line that names the
+/// pooler and what to do, through the start-up path and the binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_refuses_transaction_pooling_that_loses_prepared_statements() {
+    let db = common::TestDb::new().await;
+    let bouncer = Bouncer::start(&db.name, "transaction").await;
+    let pooled = bouncer.url(&db.name);
+    let target = Target {
+        url: &pooled,
+        direct_url: Some(&db.url),
+        pool_size: 8,
+    };
+    for _ in 0..3 {
+        let err = connect_to(&target, MigrateMode::Check)
+            .await
+            .expect_err("transaction pooling of PgBouncer 1.18 refused");
+        let message = err.to_string();
+        assert!(
+            matches!(err, StartupError::TransactionPooler { .. }),
+            "{message}"
+        );
+        for part in [
+            pooled.as_str(),
+            "transaction pooling",
+            "PgBouncer before 1.21",
+            "pool_mode = session",
+            "max_prepared_statements > 0",
+        ] {
+            assert!(message.contains(part), "{part:?} in {message}");
+        }
+        assert!(!message.contains('\n'), "one line: {message}");
+    }
+
+    let refused = run(&[
+        "--database-url",
+        &pooled,
+        "--direct-database-url",
+        &db.url,
+        "--migrate",
+        "check",
+    ])
+    .await;
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr_of(&refused));
+    let stderr = stderr_of(&refused);
+    let refusal: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("agentry-server: "))
+        .collect();
+    assert_eq!(refusal.len(), 1, "{stderr}");
+    assert!(refusal[0].contains("PgBouncer before 1.21"), "{stderr}");
 }

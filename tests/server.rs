@@ -106,8 +106,11 @@ async fn descriptor_set_decodes_with_comments() {
     );
 }
 
+/// A database outage turns the services that need it NOT_SERVING and their
+/// calls UNAVAILABLE; readiness ("") and liveness stay SERVING
+/// (`tests/outages.rs` shows what the replica still serves).
 #[tokio::test]
-async fn database_outage_turns_health_not_serving_and_calls_unavailable() {
+async fn database_outage_turns_the_services_not_serving_and_calls_unavailable() {
     let db = TestDb::new().await;
     let (proxy, pool) = db.through_proxy().await;
     let s = TestServer::with_pool(pool).await;
@@ -121,14 +124,23 @@ async fn database_outage_turns_health_not_serving_and_calls_unavailable() {
         ServingStatus::Serving
     );
     proxy.cut();
-    eventually(Duration::from_secs(10), "health NOT_SERVING", || async {
-        health(s.addr, "").await == ServingStatus::NotServing
-    })
+    eventually(
+        Duration::from_secs(10),
+        "ManifestService NOT_SERVING",
+        || async {
+            health(s.addr, "agentry.v1.ManifestService").await == ServingStatus::NotServing
+        },
+    )
     .await;
     assert_eq!(
         health(s.addr, "agentry.v1.RoutingService").await,
         ServingStatus::NotServing,
-        "readiness follows the database for every service"
+        "every service's readiness follows the database: each has calls that need it"
+    );
+    assert_eq!(
+        health(s.addr, "").await,
+        ServingStatus::Serving,
+        "the server's readiness does not: it routes from its view"
     );
     assert_eq!(
         health(s.addr, agentry_server::server::LIVENESS).await,
@@ -144,7 +156,7 @@ async fn database_outage_turns_health_not_serving_and_calls_unavailable() {
 
     proxy.restore();
     eventually(Duration::from_secs(10), "health SERVING again", || async {
-        health(s.addr, "").await == ServingStatus::Serving
+        health(s.addr, "agentry.v1.ManifestService").await == ServingStatus::Serving
     })
     .await;
     s.admin

@@ -3,6 +3,13 @@
 //! of agents. Heartbeats are acknowledged from memory (`sessions`); a write
 //! that fails leaves them dirty for the next interval, and a restart loses at
 //! most one interval of timestamps.
+//!
+//! One flush at a time: a flush takes the dirty set before its statement
+//! lands, so a second flush in between (the sweep's, which must judge
+//! silence only after this replica's heartbeats are written) would find
+//! nothing to write and return while the first is still in flight, as it
+//! may be for long after an outage while the pool reconnects. It waits for
+//! the first instead.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -10,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::sync::watch;
+use tokio::sync::{Mutex, watch};
 use uuid::Uuid;
 
 use super::sessions::Sessions;
@@ -24,18 +31,36 @@ use crate::telemetry::metrics as telemetry;
 pub struct HeartbeatWriter {
     pool: PgPool,
     sessions: Arc<Sessions>,
+    /// Held across a flush, by every clone: one flush at a time.
+    flushing: Arc<Mutex<()>>,
 }
 
 impl HeartbeatWriter {
     /// A writer of `sessions`' heartbeats into `pool`.
     pub fn new(pool: PgPool, sessions: Arc<Sessions>) -> Self {
-        HeartbeatWriter { pool, sessions }
+        HeartbeatWriter {
+            pool,
+            sessions,
+            flushing: Arc::default(),
+        }
     }
 
-    /// Persists the times noted since the previous flush, in one statement.
-    /// Sessions whose row was fenced (a newer epoch elsewhere, or
-    /// deactivated) are closed. Returns the rows written.
+    /// Persists the times noted since the previous flush, in one statement,
+    /// after waiting for a flush in flight: when it returns, every heartbeat
+    /// noted before the call has landed (or the flush failed). Sessions
+    /// whose row was fenced (a newer epoch elsewhere, or deactivated) are
+    /// closed. Returns the rows written.
     pub async fn flush(&self) -> Result<usize> {
+        let _flushing = match self.flushing.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                self.sessions
+                    .stats
+                    .heartbeat_flush_waits
+                    .fetch_add(1, Ordering::Relaxed);
+                self.flushing.lock().await
+            }
+        };
         let dirty = self.sessions.take_dirty();
         if dirty.is_empty() {
             return Ok(0);

@@ -104,6 +104,9 @@ pub struct Stats {
     pub heartbeat_flushes: AtomicU64,
     /// Rows those statements updated.
     pub heartbeat_rows: AtomicU64,
+    /// Flushes that waited for another one in flight (a sweep's, or
+    /// shutdown's, behind the background flush).
+    pub heartbeat_flush_waits: AtomicU64,
 }
 
 /// The sessions of this server, by registration id.

@@ -28,8 +28,9 @@
 //!
 //! Database outages: heartbeats are acknowledged from memory while the
 //! database is away, so after one the sweeper first writes this replica's
-//! heartbeats and gives the other replicas two flush intervals to write
-//! theirs, and only then judges silence.
+//! heartbeats (waiting for a background flush in flight, which took some of
+//! them: `HeartbeatWriter::flush`) and gives the other replicas two flush
+//! intervals to write theirs, and only then judges silence.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

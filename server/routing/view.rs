@@ -360,6 +360,11 @@ impl View {
         self.read().revision
     }
 
+    /// Whether the view has been loaded once.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
     /// Waits until the view has been loaded once.
     pub async fn ready(&self) {
         let mut ready = self.ready.subscribe();

@@ -279,8 +279,11 @@ struct BatchRow {
     drift: Option<i32>,
 }
 
+/// An answer of the batch function this server cannot read: a fault of
+/// ours (`INTERNAL`), not of the connection, so not a protocol error
+/// (`Error::is_unavailable`).
 fn malformed(what: &str) -> sqlx::Error {
-    sqlx::Error::Protocol(format!("lease batch: {what}"))
+    sqlx::Error::Decode(format!("lease batch: {what}").into())
 }
 
 /// Decides and writes one batch: one call of `agentry_lease_batch`

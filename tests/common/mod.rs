@@ -90,11 +90,24 @@ impl TestDb {
         options: sqlx::postgres::PgPoolOptions,
     ) -> (proxy::Proxy, PgPool) {
         // In clear: the proxy reads the wire protocol to count statements.
+        self.through_proxy_ssl(options, sqlx::postgres::PgSslMode::Disable)
+            .await
+    }
+
+    /// A proxy in front of this database, and a pool with `options` through
+    /// it whose connections ask for TLS as `ssl` says. The proxy declines
+    /// TLS, so `Prefer` (the default of a URL) goes on in clear, but only
+    /// after an SSLRequest that a resetting proxy leaves unanswered.
+    pub async fn through_proxy_ssl(
+        &self,
+        options: sqlx::postgres::PgPoolOptions,
+        ssl: sqlx::postgres::PgSslMode,
+    ) -> (proxy::Proxy, PgPool) {
         let connect = self
             .url
             .parse::<sqlx::postgres::PgConnectOptions>()
             .expect("url")
-            .ssl_mode(sqlx::postgres::PgSslMode::Disable);
+            .ssl_mode(ssl);
         let target = format!("{}:{}", connect.get_host(), connect.get_port());
         let target = tokio::net::lookup_host(target)
             .await

@@ -4,11 +4,15 @@
 //! It also reads what clients send (the frontend half of the wire protocol),
 //! so a test can count the statements PostgreSQL was asked to run, see their
 //! text, and hold back what PostgreSQL sends to a connection that ran
-//! `LISTEN` (a change feed running late).
+//! `LISTEN` (a change feed running late), or a statement on its way to
+//! PostgreSQL (a write in flight while the network is slow).
+//!
+//! It can also stand for a load balancer whose backend is gone: it accepts
+//! new connections and resets them ([`Proxy::reset_new`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,8 +31,29 @@ pub struct Proxy {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// What the proxy does with a connection it accepts while it resets them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reset {
+    /// Reads the client's first packet (its SSLRequest, or its startup
+    /// message), then closes: the client reads end of file where the answer
+    /// should be.
+    AfterFirstPacket,
+    /// Reads the first packet, then aborts the connection (a TCP RST).
+    Abort,
+}
+
+/// [`Shared::reset`]: accepted connections are relayed.
+const RELAY: u8 = 0;
+
 struct Shared {
     up: AtomicBool,
+    /// [`RELAY`], or a [`Reset`] as `1 + its index`.
+    reset: AtomicU8,
+    /// While non-empty, a client's bytes that complete a statement whose
+    /// text contains one of these wait before they go on to PostgreSQL.
+    held: watch::Sender<Vec<String>>,
+    /// Statements waiting in the proxy now because of `held`.
+    holding: AtomicUsize,
     generation: watch::Sender<u64>,
     /// While true, nothing PostgreSQL sends reaches a connection that ran LISTEN.
     hold: watch::Sender<bool>,
@@ -47,6 +72,9 @@ impl Proxy {
         let addr = listener.local_addr().expect("addr");
         let shared = Arc::new(Shared {
             up: AtomicBool::new(true),
+            reset: AtomicU8::new(RELAY),
+            held: watch::channel(Vec::new()).0,
+            holding: AtomicUsize::new(0),
             generation: watch::channel(0).0,
             hold: watch::channel(false).0,
             open: AtomicUsize::new(0),
@@ -59,6 +87,15 @@ impl Proxy {
                 while let Ok((inbound, _)) = listener.accept().await {
                     if !shared.up.load(Ordering::SeqCst) {
                         drop(inbound);
+                        continue;
+                    }
+                    let reset = match shared.reset.load(Ordering::SeqCst) {
+                        RELAY => None,
+                        1 => Some(Reset::AfterFirstPacket),
+                        _ => Some(Reset::Abort),
+                    };
+                    if let Some(reset) = reset {
+                        tokio::spawn(turn_away(inbound, reset));
                         continue;
                     }
                     let mut cut = shared.generation.subscribe();
@@ -89,9 +126,39 @@ impl Proxy {
         self.shared.generation.send_modify(|g| *g += 1);
     }
 
-    /// Accepts connections again.
+    /// Accepts connections again, and relays them.
     pub fn restore(&self) {
+        self.shared.reset.store(RELAY, Ordering::SeqCst);
         self.shared.up.store(true, Ordering::SeqCst);
+    }
+
+    /// Drops every open connection; new ones are accepted and then reset as
+    /// `how` says, until [`Proxy::restore`].
+    pub fn reset_new(&self, how: Reset) {
+        let code = match how {
+            Reset::AfterFirstPacket => 1,
+            Reset::Abort => 2,
+        };
+        self.shared.reset.store(code, Ordering::SeqCst);
+        self.shared.up.store(true, Ordering::SeqCst);
+        self.shared.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Holds back, before they reach PostgreSQL, the statements whose text
+    /// contains `like` (and whatever their clients send after them), until
+    /// [`Proxy::release_statements`].
+    pub fn hold_statements(&self, like: &str) {
+        self.shared.held.send_modify(|h| h.push(like.to_owned()));
+    }
+
+    /// Passes the held statements on, and what follows them.
+    pub fn release_statements(&self) {
+        self.shared.held.send_replace(Vec::new());
+    }
+
+    /// Statements held back in the proxy now (see [`Proxy::hold_statements`]).
+    pub fn holding(&self) -> usize {
+        self.shared.holding.load(Ordering::SeqCst)
     }
 
     /// Connections open through the proxy now.
@@ -138,6 +205,26 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Reads the first packet of a connection the proxy turns away, then
+/// closes or aborts it as `how` says.
+async fn turn_away(mut inbound: TcpStream, how: Reset) {
+    let mut header = [0u8; 8];
+    if inbound.read_exact(&mut header).await.is_err() {
+        return;
+    }
+    let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let mut rest = vec![0u8; length.saturating_sub(8).min(64 * 1024)];
+    let _ = inbound.read_exact(&mut rest).await;
+    match how {
+        Reset::AfterFirstPacket => {
+            let _ = inbound.shutdown().await;
+        }
+        Reset::Abort => {
+            let _ = inbound.set_zero_linger();
+        }
     }
 }
 
@@ -200,8 +287,9 @@ impl Connection {
         }
     }
 
-    /// Client to PostgreSQL: forwards at once, and reads the typed messages
-    /// (1 type byte, then a 4-byte big-endian length that counts itself).
+    /// Client to PostgreSQL: reads the typed messages (1 type byte, then a
+    /// 4-byte big-endian length that counts itself) and forwards at once,
+    /// unless they complete a statement the proxy holds.
     async fn upstream(
         &self,
         mut from_client: OwnedReadHalf,
@@ -209,17 +297,31 @@ impl Connection {
         opaque: bool,
     ) -> std::io::Result<()> {
         let mut parser = Frontend::default();
+        let mut held = self.shared.held.subscribe();
         let mut buffer = vec![0u8; 64 * 1024];
         loop {
             let n = from_client.read(&mut buffer).await?;
             if n == 0 {
                 return Ok(());
             }
+            let statements = if opaque {
+                Vec::new()
+            } else {
+                parser.feed(&buffer[..n])
+            };
+            let holds = |likes: &Vec<String>| {
+                statements
+                    .iter()
+                    .any(|s| likes.iter().any(|like| s.contains(like.as_str())))
+            };
+            if holds(&held.borrow_and_update()) {
+                self.shared.holding.fetch_add(1, Ordering::SeqCst);
+                let _ = held.wait_for(|likes| !holds(likes)).await;
+                self.shared.holding.fetch_sub(1, Ordering::SeqCst);
+            }
             to_server.write_all(&buffer[..n]).await?;
-            if !opaque {
-                for statement in parser.feed(&buffer[..n]) {
-                    self.ran(statement);
-                }
+            for statement in statements {
+                self.ran(statement);
             }
         }
     }
