@@ -64,9 +64,10 @@ pub(super) fn start(
             }
             () = async { let _ = stopping.wait_for(|s| *s).await; } => {
                 let _ = events
-                    .send(Err(Status::unavailable(
-                        "server shutting down; watch again (another replica answers)",
-                    )))
+                    .send(Err(crate::error::Error::Unavailable(
+                        "server shutting down; watch again (another replica answers)".into(),
+                    )
+                    .into()))
                     .await;
             }
         }
