@@ -321,33 +321,6 @@ async fn shutdown_ends_watches_and_drains_streams_with_error_info() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn a_call_past_its_deadline_carries_error_info() {
-    use common::raw::{self, authed};
-    let s = TestServer::start().await;
-    s.manifest("ide-agent").await;
-    let t = s.tenant("acme").await;
-    let c = common::routing::configure(&t, "ide-agent", 5).await;
-    // The update waits on the row lock for longer than the caller allows.
-    let lock = common::lock_configuration(&s.pool, &c.id).await;
-    let mut configurations = pb::configuration_service_client::ConfigurationServiceClient::new(
-        raw::channel(s.url()).await,
-    );
-    let mut request = authed(
-        pb::UpdateWorkloadRequest {
-            id: c.id.clone(),
-            delta: 1,
-        },
-        &t.tenant_key,
-    );
-    request.set_timeout(Duration::from_millis(300));
-    let call = tokio::spawn(async move { configurations.update_workload(request).await });
-    common::wait_for_lock_waits(&s.pool, "agent_configurations", 1).await;
-    let status = call.await.expect("join").expect_err("deadline");
-    ends_with(&status, tonic::Code::DeadlineExceeded, "DEADLINE_EXCEEDED");
-    drop(lock);
-}
-
 /// A second admin key for the raw client (the harness keeps its secret to itself).
 async fn admin_key(s: &TestServer) -> String {
     let key = s
