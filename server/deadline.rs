@@ -18,6 +18,8 @@ use std::time::Duration;
 use tonic::Status;
 use tonic::codegen::http;
 
+use crate::error::Error;
+
 /// How much earlier than tonic's timer ours fires: more than the time
 /// between the two timers' starts, which follow each other in one call.
 const MARGIN: Duration = Duration::from_millis(5);
@@ -64,7 +66,9 @@ where
             };
             match tokio::time::timeout_at(deadline, response).await {
                 Ok(response) => response,
-                Err(_) => Ok(Status::deadline_exceeded("deadline exceeded").into_http()),
+                Err(_) => {
+                    Ok(Status::from(Error::DeadlineExceeded("deadline exceeded")).into_http())
+                }
             }
         })
     }

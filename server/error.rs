@@ -61,6 +61,10 @@ pub enum Error {
     /// The service cannot answer now; the caller may retry.
     #[error("{0}")]
     Unavailable(String),
+    /// The caller's deadline ran out, or a step the server waits for (a
+    /// stream's `Hello`) did not come in time.
+    #[error("{0}")]
+    DeadlineExceeded(&'static str),
     /// Too much at once: the caller should retry after `retry_after` (sent
     /// as `RetryInfo` and as gRPC's `grpc-retry-pushback-ms`).
     #[error("{message}")]
@@ -121,6 +125,7 @@ impl Error {
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Aborted(_) => Code::Aborted,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Unavailable(_) | Error::Busy { .. } | Error::DatabaseUnavailable => {
                 Code::Unavailable
             }
@@ -142,6 +147,7 @@ impl Error {
             Error::Unauthenticated(_) => reason::UNAUTHENTICATED,
             Error::PermissionDenied(_) => reason::PERMISSION_DENIED,
             Error::Aborted(_) => reason::ABORTED,
+            Error::DeadlineExceeded(_) => reason::DEADLINE_EXCEEDED,
             Error::Unavailable(_) => reason::UNAVAILABLE,
             Error::Busy { .. } => reason::BUSY,
             Error::DatabaseUnavailable => reason::DATABASE_UNAVAILABLE,
@@ -215,6 +221,9 @@ pub mod reason {
     pub const PERMISSION_DENIED: &str = "PERMISSION_DENIED";
     /// `ABORTED`: the call lost a race, e.g. against a newer epoch.
     pub const ABORTED: &str = "ABORTED";
+    /// `DEADLINE_EXCEEDED`: the caller's deadline ran out, or a health
+    /// stream sent no `Hello` within the hello timeout.
+    pub const DEADLINE_EXCEEDED: &str = "DEADLINE_EXCEEDED";
     /// `UNAVAILABLE`, e.g. the server is shutting down: retry, on another
     /// replica if there is one.
     pub const UNAVAILABLE: &str = "UNAVAILABLE";
@@ -533,6 +542,11 @@ mod tests {
                 "PERMISSION_DENIED",
             ),
             (Error::Aborted("x".into()), Code::Aborted, "ABORTED"),
+            (
+                Error::DeadlineExceeded("x"),
+                Code::DeadlineExceeded,
+                "DEADLINE_EXCEEDED",
+            ),
             (
                 Error::Unavailable("x".into()),
                 Code::Unavailable,

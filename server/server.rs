@@ -399,7 +399,7 @@ impl Server {
                 let streams = sessions.len();
                 sessions.drain_all(
                     "server shutting down",
-                    &Status::unavailable("server shutting down; reconnect"),
+                    &Status::from(Error::Unavailable("server shutting down; reconnect".into())),
                 );
                 tracing::info!(
                     streams,

@@ -5,6 +5,10 @@
 //! folder's module), from `use` trees and inline paths alike, and fails on a
 //! cycle, naming it. Test modules (`#[cfg(test)]` and after) are left out.
 //! `AGENTRY_PRINT_MODULES=1` prints the graph.
+//!
+//! And every `tonic::Status` the server sends is built by the one mapping,
+//! `From<Error> for Status` in `server/error.rs`, so that it carries its
+//! `ErrorInfo`: no other file calls a constructor of `Status`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -335,4 +339,69 @@ fn use_trees_and_relative_paths_resolve_to_file_modules() {
     assert_eq!(resolve("routing", "tonic::Status", &modules), None);
     let code = code("// crate::routing::view\nlet s = \"crate::feed\"; use crate::error::Error;");
     assert_eq!(paths(&code), ["crate::error::Error", "crate::error::Error"]);
+}
+
+/// The constructors of `Status` other than `From` that `code` calls, as
+/// `Status::name`: a status built so skips the mapping and its details.
+fn raw_statuses(code: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for (at, _) in code.match_indices("Status::") {
+        let named_so = !code[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_');
+        let rest = &code[at + "Status::".len()..];
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        let called = rest[name.len()..].trim_start().starts_with('(');
+        let constructor = name.starts_with(|c: char| c.is_ascii_lowercase());
+        if named_so && called && constructor && name != "from" {
+            found.push(format!("Status::{name}"));
+        }
+    }
+    found
+}
+
+#[test]
+fn statuses_are_built_only_by_the_error_mapping() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("server");
+    let mut all = Vec::new();
+    files(&root, &mut all);
+    let mut raw = Vec::new();
+    for file in all {
+        let relative = file.strip_prefix(&root).expect("under server/");
+        if relative == Path::new("error.rs") {
+            continue;
+        }
+        let source = std::fs::read_to_string(&file).expect("read");
+        for (n, line) in code(&source).lines().enumerate() {
+            for status in raw_statuses(line) {
+                raw.push(format!("server/{}:{}: {status}", relative.display(), n + 1));
+            }
+        }
+    }
+    assert!(
+        raw.is_empty(),
+        "statuses built outside server/error.rs (return an Error, or Status::from(Error::…)):\n{}",
+        raw.join("\n")
+    );
+}
+
+#[test]
+fn the_status_checker_sees_constructors_and_nothing_else() {
+    assert_eq!(
+        raw_statuses(
+            "Err(Status::aborted(x)); tonic::Status::new(Code::Ok, m); Status::with_details (c, m, d)"
+        ),
+        ["Status::aborted", "Status::new", "Status::with_details"]
+    );
+    assert!(
+        raw_statuses(
+            "Status::from(Error::Aborted(x)); HealthStatus::from_db_name(n); \
+             ServingStatus::try_from(s); Status::Code; fn f() -> tonic::Status"
+        )
+        .is_empty()
+    );
 }

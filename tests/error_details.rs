@@ -196,6 +196,131 @@ async fn an_unreachable_database_is_unavailable_with_retry_info() {
     proxy.restore();
 }
 
+/// The status that ends `stream`, whatever messages come before it.
+async fn end_of<T: std::fmt::Debug>(stream: &mut tonic::Streaming<T>) -> tonic::Status {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended with OK"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the stream ended in time")
+}
+
+/// Asserts that `status` has `code` and an `ErrorInfo` of `reason`.
+fn ends_with(status: &tonic::Status, code: tonic::Code, reason: &str) {
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(decoded(status).1.reason, reason, "{status:?}");
+}
+
+/// A raw watch of every available agent of `key`'s tenant, its snapshot read.
+async fn raw_watch(s: &TestServer, key: &str) -> tonic::Streaming<pb::AvailabilityEvent> {
+    let channel = Channel::from_shared(s.url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut watch = pb::routing_service_client::RoutingServiceClient::new(channel)
+        .watch_available_agents(with_key(
+            pb::WatchAvailableAgentsRequest::default(),
+            Some(key),
+        ))
+        .await
+        .expect("watch")
+        .into_inner();
+    watch.message().await.expect("snapshot").expect("an event");
+    watch
+}
+
+#[tokio::test]
+async fn statuses_that_end_health_streams_carry_error_info() {
+    use common::stream::{heartbeat, hello, raw_stream, welcome};
+    let s = TestServer::start().await;
+    s.manifest("ide-agent").await;
+    let t = s.tenant("acme").await;
+    let key = t.agent_key.as_str();
+
+    let (_silent, no_hello) = raw_stream(&s, key, vec![]).await;
+    let status = no_hello.expect_err("no hello");
+    ends_with(&status, tonic::Code::DeadlineExceeded, "DEADLINE_EXCEEDED");
+
+    let (_old_tx, old) = raw_stream(&s, key, vec![hello("i1", "ide-agent")]).await;
+    let mut old = old.expect("stream");
+    welcome(&mut old).await;
+    let (new_tx, new) = raw_stream(&s, key, vec![hello("i1", "ide-agent")]).await;
+    let mut new = new.expect("stream");
+    welcome(&mut new).await;
+    ends_with(&end_of(&mut old).await, tonic::Code::Aborted, "ABORTED");
+
+    new_tx
+        .send(heartbeat(1, pb::HealthStatus::Healthy, 999))
+        .await
+        .expect("send");
+    ends_with(&end_of(&mut new).await, tonic::Code::Aborted, "ABORTED");
+
+    let (_tx, deactivated) = raw_stream(&s, key, vec![hello("i2", "ide-agent")]).await;
+    let mut deactivated = deactivated.expect("stream");
+    welcome(&mut deactivated).await;
+    t.agent
+        .deactivate_registration("i2", 0)
+        .await
+        .expect("deactivate");
+    ends_with(
+        &end_of(&mut deactivated).await,
+        tonic::Code::Aborted,
+        "ABORTED",
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_watch_ends_with_error_info() {
+    let s = TestServer::start().await;
+    let t = s.tenant("acme").await;
+    let key = s
+        .admin
+        .create_api_key(agentry_client::CreateApiKey::new(pb::Role::Tenant).tenant(&t.id))
+        .await
+        .expect("key");
+    let mut watch = raw_watch(&s, &key.secret).await;
+    s.admin
+        .revoke_api_key(&key.api_key.as_ref().expect("record").id)
+        .await
+        .expect("revoke");
+    ends_with(
+        &end_of(&mut watch).await,
+        tonic::Code::Unauthenticated,
+        "UNAUTHENTICATED",
+    );
+}
+
+#[tokio::test]
+async fn shutdown_ends_watches_and_drains_streams_with_error_info() {
+    use common::stream::{hello, raw_stream, welcome};
+    let mut s = TestServer::start().await;
+    s.manifest("ide-agent").await;
+    let t = s.tenant("acme").await;
+    let mut watch = raw_watch(&s, &t.tenant_key).await;
+    let (_tx, stream) = raw_stream(&s, &t.agent_key, vec![hello("i1", "ide-agent")]).await;
+    let mut stream = stream.expect("stream");
+    welcome(&mut stream).await;
+    s.signal_stop();
+    ends_with(
+        &end_of(&mut watch).await,
+        tonic::Code::Unavailable,
+        "UNAVAILABLE",
+    );
+    ends_with(
+        &end_of(&mut stream).await,
+        tonic::Code::Unavailable,
+        "UNAVAILABLE",
+    );
+    s.stop().await;
+}
+
 /// A second admin key for the raw client (the harness keeps its secret to itself).
 async fn admin_key(s: &TestServer) -> String {
     let key = s

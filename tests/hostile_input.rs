@@ -486,6 +486,9 @@ async fn an_expired_deadline_is_deadline_exceeded() {
     wait_for_lock_waits(&s.pool, "agent_configurations", 1).await;
     let status = call.await.expect("join").expect_err("deadline");
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    // Built by the one error mapping, so with its details.
+    let info = tonic_types::StatusExt::get_details_error_info(&status).expect("an ErrorInfo");
+    assert_eq!(info.reason, "DEADLINE_EXCEEDED", "{info:?}");
     drop(lock);
     // The server carries on.
     t.client.get_configuration(&c.id).await.expect("get");

@@ -590,3 +590,121 @@ async fn acquires_named_by_a_request_id_reserve_one_unit_however_often_repeated(
     }
     assert_eq!(workload(&t.client, &c.id).await, 1);
 }
+
+/// The per-reason counts of a `RESOURCE_EXHAUSTED` acquire, as numbers.
+fn exclusion_counts(e: &agentry_client::Error) -> std::collections::BTreeMap<String, usize> {
+    let info = e
+        .details()
+        .and_then(|d| d.error_info().cloned())
+        .unwrap_or_else(|| panic!("an ErrorInfo: {e:?}"));
+    assert_eq!(info.reason, "RESOURCE_EXHAUSTED", "{info:?}");
+    info.metadata
+        .iter()
+        .map(|(why, n)| {
+            let n = n
+                .parse()
+                .unwrap_or_else(|_| panic!("{why}: {n:?} is a count"));
+            (why.clone(), n)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_acquire_refused_under_contention_counts_every_configuration_by_reason() {
+    let s = TestServer::start().await;
+    manifest(&s, "ide-agent", "ide", &[], pb::ManifestStatus::Active).await;
+    manifest(&s, "chat-agent", "chat", &[], pb::ManifestStatus::Active).await;
+    let t = s.tenant("acme").await;
+    let max = 3;
+    let c = configure(&t, "ide-agent", max).await;
+    configure(&t, "chat-agent", 5).await;
+    register(&t, "i1", "ide-agent").await;
+    let ide = || AgentFilter::new().agent_type("ide");
+    for round in 0..3 {
+        // The view sees the configuration empty: the refusals of this round
+        // are the lease batch's, as the cap fills under the callers' feet.
+        eventually(DEADLINE, "the view has the ide agent free", || {
+            let client = t.client.clone();
+            async move {
+                client
+                    .get_available_agents(ide(), 0)
+                    .await
+                    .expect("available")
+                    .iter()
+                    .any(|a| {
+                        a.configuration
+                            .as_ref()
+                            .is_some_and(|c| c.current_workload == 0)
+                    })
+            }
+        })
+        .await;
+        let callers: Vec<_> = (0..40)
+            .map(|_| {
+                let client = t.client.clone();
+                tokio::spawn(async move { client.acquire_agent(ide(), None).await })
+            })
+            .collect();
+        let mut leases = vec![];
+        let mut refused = 0;
+        for caller in callers {
+            match caller.await.expect("task") {
+                Ok(lease) => leases.push(lease),
+                Err(e) => {
+                    assert_eq!(e.code(), Some(Code::ResourceExhausted), "{e:?}");
+                    let counts = exclusion_counts(&e);
+                    assert_eq!(
+                        counts.values().sum::<usize>(),
+                        2,
+                        "round {round}: each configuration counted once: {counts:?}"
+                    );
+                    for why in [
+                        "disabled",
+                        "manifest_deprecated",
+                        "filter_mismatch",
+                        "full",
+                        "no_healthy_instance",
+                        "degraded_only",
+                        "limit",
+                        "changed_meanwhile",
+                    ] {
+                        assert!(
+                            counts.contains_key(why),
+                            "round {round}: no {why}: {counts:?}"
+                        );
+                    }
+                    assert_eq!(counts["filter_mismatch"], 1, "{counts:?}");
+                    assert_eq!(
+                        counts["full"] + counts["changed_meanwhile"],
+                        1,
+                        "round {round}: the ide agent is full, or filled meanwhile: {counts:?}"
+                    );
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!(leases.len(), max as usize, "round {round}");
+        assert_eq!(refused, 40 - max as usize);
+        for lease in leases {
+            assert!(
+                t.client
+                    .release_agent(&lease.id, pb::LeaseOutcome::Succeeded)
+                    .await
+                    .expect("release")
+            );
+        }
+        assert_eq!(workload(&t.client, &c.id).await, 0);
+    }
+    // A tenant with no configuration at all is answered with the counts too.
+    let empty = s.tenant("empty").await;
+    let e = empty
+        .client
+        .acquire_agent(ide(), None)
+        .await
+        .expect_err("nothing to acquire");
+    let counts = exclusion_counts(&e);
+    assert!(
+        counts.contains_key("full") && counts.values().all(|&n| n == 0),
+        "{counts:?}"
+    );
+}

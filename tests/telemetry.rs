@@ -474,7 +474,7 @@ async fn sweeps_failed_authentications_and_limits_are_counted() {
     let metrics = free_addr();
     let s = TestServer::start_with(|c| {
         c.metrics_addr = Some(metrics);
-        c.limits.auth_failures_per_minute = 1;
+        c.limits.auth_failures_per_minute = 2;
     })
     .await;
     let t = s.tenant("acme").await;
@@ -492,8 +492,8 @@ async fn sweeps_failed_authentications_and_limits_are_counted() {
         "{report:?}"
     );
 
-    // A peer's first failure is within its budget, the second exhausts it,
-    // the third call is refused before its key is looked at. Raw calls:
+    // A peer's two failures spend its budget of two, the third call is
+    // refused before its key is looked at. Raw calls:
     // the SDK would retry the refusal.
     let mut manifests =
         pb::manifest_service_client::ManifestServiceClient::new(raw::channel(s.url()).await);

@@ -55,10 +55,8 @@ impl Registry {
         let key = RegistrationKey::InstanceId(instance_id);
         let row = store::transition(&self.pool, tenant, &key, epoch, t).await??;
         if matches!(t, Transition::Deactivate) {
-            self.sessions.tell(
-                row.id,
-                Control::Close(tonic::Status::aborted("the registration was deactivated")),
-            );
+            self.sessions
+                .tell(row.id, Control::Close(super::sessions::deactivated()));
         }
         Ok(row)
     }

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::error::Error;
 use crate::feed::{Follower, Op, Snapshot, Update};
 use crate::pb::{self, HealthStatus};
 
@@ -24,6 +25,11 @@ pub enum Control {
     ConfigurationChanged(Box<pb::Configuration>),
     /// End the stream with this status (server shutdown, fenced elsewhere).
     Close(tonic::Status),
+}
+
+/// The status that ends the stream of a deactivated registration.
+pub fn deactivated() -> tonic::Status {
+    Error::Aborted("the registration was deactivated".into()).into()
 }
 
 /// One live health stream.
@@ -238,9 +244,13 @@ impl Sessions {
         let map = self.lock();
         for (id, epoch) in fenced {
             if let Some(session) = map.get(id).filter(|s| s.epoch == *epoch) {
-                session.tell(Control::Close(tonic::Status::aborted(
-                    "the registration was taken over by a newer connection or deactivated",
-                )));
+                session.tell(Control::Close(
+                    Error::Aborted(
+                        "the registration was taken over by a newer connection or deactivated"
+                            .into(),
+                    )
+                    .into(),
+                ));
             }
         }
     }
@@ -286,10 +296,7 @@ impl Follower for Sessions {
                 }
                 Update::Registration { id, .. } => {
                     // Deactivated (or deleted) while this replica held its stream.
-                    self.tell(
-                        *id,
-                        Control::Close(tonic::Status::aborted("the registration was deactivated")),
-                    );
+                    self.tell(*id, Control::Close(deactivated()));
                 }
                 _ => {}
             }

@@ -125,7 +125,9 @@ impl HealthStreams {
     ) -> Result<ResponseStream, Status> {
         let first = tokio::time::timeout(self.timing.hello_timeout, inbound.message())
             .await
-            .map_err(|_| Status::deadline_exceeded("no Hello within the hello timeout"))??;
+            .map_err(|_| {
+                Status::from(Error::DeadlineExceeded("no Hello within the hello timeout"))
+            })??;
         let hello = match first.and_then(|m| m.message) {
             Some(In::Hello(hello)) => hello,
             Some(_) => {
@@ -233,7 +235,7 @@ async fn run(
             command = control.recv() => match command {
                 Some(Control::Superseded(epoch)) => {
                     push(&tx, out(Out::Superseded(pb::Superseded { new_epoch: epoch })));
-                    tx.finish(Err(Status::aborted(format!("superseded by a newer connection (epoch {epoch})"))));
+                    tx.finish(Err(Error::Aborted(format!("superseded by a newer connection (epoch {epoch})")).into()));
                     break End::Superseded;
                 }
                 Some(Control::Drain(reason)) => {
@@ -294,10 +296,11 @@ fn heartbeat(
     hb: pb::Heartbeat,
 ) -> Result<pb::Ack, Status> {
     if hb.epoch != 0 && hb.epoch != session.epoch {
-        return Err(Status::aborted(format!(
+        return Err(Error::Aborted(format!(
             "heartbeat epoch {} is not this session's epoch {}",
             hb.epoch, session.epoch
-        )));
+        ))
+        .into());
     }
     let beat = Beat::try_from(hb)?;
     *reported = beat.health.unwrap_or(*reported);

@@ -187,13 +187,14 @@ impl RoutingService for RoutingApi {
         let available = self.view.candidates(tenant, &order.filter, usize::MAX);
         // The view may be a moment behind: the lease writer decides against
         // the database, taking the first of these that still fits.
+        let candidates: Vec<_> = pick_order(available.len())
+            .into_iter()
+            .take(RESERVE_CANDIDATES)
+            .map(|i| available[i])
+            .collect();
         let reservation = Reservation {
             tenant,
-            candidates: pick_order(available.len())
-                .into_iter()
-                .take(RESERVE_CANDIDATES)
-                .map(|i| available[i])
-                .collect(),
+            candidates: candidates.clone(),
             ttl_ms: millis(order.ttl),
             lease_id: order.request_id.map(|id| repeatable_lease_id(tenant, id)),
         };
@@ -208,7 +209,7 @@ impl RoutingService for RoutingApi {
             Reserved::Full => {
                 return Err(Error::NoCapacity {
                     message: "no available agent has free workload for this filter".into(),
-                    excluded: self.view.exclusions(tenant, &order.filter),
+                    excluded: self.view.exclusions(tenant, &order.filter, &candidates),
                 }
                 .into());
             }

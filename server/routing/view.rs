@@ -1023,30 +1023,66 @@ fn pick_among(ranked: &BTreeSet<Rank>) -> Vec<&Rank> {
 }
 
 impl View {
-    /// How many of the tenant's configurations `filter` leaves out, per
-    /// reason ("full", 2), ...: the summary an acquire that found nothing
-    /// answers with. Configurations only, so that it stays cheap however
-    /// many instances the tenant runs.
-    pub fn exclusions(&self, tenant: Uuid, filter: &Filter) -> Vec<(String, usize)> {
+    /// How many of the tenant's configurations an acquire that found nothing
+    /// left out, per reason ("full", 2), every reason named, zero included:
+    /// the summary its `RESOURCE_EXHAUSTED` answers with, which counts each
+    /// configuration once. Those the view leaves out under `filter` by their
+    /// reason; those of `offered` (the candidates the lease batch refused)
+    /// as [`CHANGED_MEANWHILE`]: the view had them available, but they filled
+    /// up or their instance stopped taking work before the batch locked them
+    /// (acquires at once, an instance going away); the available ones not
+    /// offered as degraded-only, or past the candidates a reservation offers.
+    /// Configurations only, so that it stays cheap however many instances
+    /// the tenant runs.
+    pub fn exclusions(
+        &self,
+        tenant: Uuid,
+        filter: &Filter,
+        offered: &[(Uuid, Uuid)],
+    ) -> Vec<(String, usize)> {
+        use pb::ExclusionReason as Why;
+        let name = |why: Why| {
+            why.as_str_name()
+                .trim_start_matches("EXCLUSION_REASON_")
+                .to_lowercase()
+        };
+        let mut counts: std::collections::BTreeMap<String, usize> = [
+            Why::Disabled,
+            Why::ManifestDeprecated,
+            Why::FilterMismatch,
+            Why::Full,
+            Why::NoHealthyInstance,
+            Why::DegradedOnly,
+            Why::Limit,
+        ]
+        .into_iter()
+        .map(|why| (name(why), 0))
+        .chain([(CHANGED_MEANWHILE.to_owned(), 0)])
+        .collect();
         let state = self.read();
-        let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
-        for c in state
-            .tenants
-            .get(&tenant)
+        let configs = state.tenants.get(&tenant).map(|t| &t.configs);
+        let judged: Vec<_> = configs
             .into_iter()
-            .flat_map(|t| t.configs.values())
-        {
-            if let Err((why, _)) = judge(&state, c, filter) {
-                let name = why
-                    .as_str_name()
-                    .trim_start_matches("EXCLUSION_REASON_")
-                    .to_lowercase();
-                *counts.entry(name).or_default() += 1;
-            }
+            .flat_map(|c| c.iter())
+            .map(|(id, c)| (id, judge(&state, c, filter)))
+            .collect();
+        let healthy = judged.iter().any(|(_, j)| matches!(j, Ok((_, false))));
+        for (id, judged) in judged {
+            let why = match judged {
+                Err((why, _)) => name(why),
+                Ok(_) if offered.iter().any(|(c, _)| c == id) => CHANGED_MEANWHILE.to_owned(),
+                Ok((_, true)) if healthy && !filter.include_degraded => name(Why::DegradedOnly),
+                Ok(_) => name(Why::Limit),
+            };
+            *counts.entry(why).or_default() += 1;
         }
         counts.into_iter().collect()
     }
 }
+
+/// The `ErrorInfo` metadata key of a failed acquire that counts the
+/// configurations the view offered and the lease batch refused.
+pub const CHANGED_MEANWHILE: &str = "changed_meanwhile";
 
 /// The configurations of `t` available under `filter`, best score first, at
 /// most `limit`, with their scores.

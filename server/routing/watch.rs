@@ -70,9 +70,10 @@ pub(super) fn start(
                 events.finish(Err(Revocation::status()));
             }
             () = async { let _ = stopping.wait_for(|s| *s).await; } => {
-                events.finish(Err(Status::unavailable(
-                    "server shutting down; watch again (another replica answers)",
-                )));
+                events.finish(Err(crate::error::Error::Unavailable(
+                    "server shutting down; watch again (another replica answers)".into(),
+                )
+                .into()));
             }
         }
     });

@@ -94,3 +94,22 @@ pub fn invalid_utf8(message: &impl prost::Message, marker: &str) -> Vec<u8> {
     }
     bytes
 }
+
+/// Opens streaming method `path`, sending the bodies `request` yields.
+pub async fn streaming<S>(
+    channel: &Channel,
+    path: &str,
+    request: tonic::Request<S>,
+) -> Result<tonic::Streaming<Vec<u8>>, Status>
+where
+    S: tokio_stream::Stream<Item = Vec<u8>> + Send + 'static,
+{
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let path = PathAndQuery::try_from(path.to_owned()).expect("path");
+    grpc.streaming(request, path, Bytes)
+        .await
+        .map(tonic::Response::into_inner)
+}
