@@ -124,6 +124,10 @@ pub(crate) enum Mode {
         /// Subscribers that stop reading, each on its own connection.
         #[arg(long, default_value_t = 1)]
         watchers: usize,
+        /// The watchers read every event (subscribers that keep up, to
+        /// compare with).
+        #[arg(long)]
+        read: bool,
         /// Seconds between dropping the watches and the last RSS reading.
         #[arg(long, default_value_t = 20)]
         after_close: u64,

@@ -116,6 +116,7 @@ async fn run(args: Args) -> Result<(), Error> {
             changes,
             concurrency,
             watchers,
+            read,
             after_close,
         } => {
             let o = slow_watch::SlowWatch {
@@ -123,6 +124,7 @@ async fn run(args: Args) -> Result<(), Error> {
                 changes,
                 concurrency,
                 watchers,
+                read,
                 after_close,
             };
             slow_watch::run(&args, o).await

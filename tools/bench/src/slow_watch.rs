@@ -5,7 +5,8 @@
 //! before, at its peak (sampled every 100 ms), once the view has the last
 //! change, and `--after-close` seconds after the watches are dropped:
 //! what a subscriber that stops reading costs the server, and whether the
-//! server gives it back.
+//! server gives it back. With `--read` the watchers read every event: the
+//! same changes with subscribers that keep up, to compare with.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +32,7 @@ pub(crate) struct SlowWatch {
     pub(crate) changes: usize,
     pub(crate) concurrency: usize,
     pub(crate) watchers: usize,
+    pub(crate) read: bool,
     pub(crate) after_close: u64,
 }
 
@@ -55,7 +57,7 @@ pub(crate) async fn run(args: &Args, o: SlowWatch) -> Result<(), Error> {
 
     let mut watches = Vec::new();
     for _ in 0..o.watchers {
-        watches.push(open_watch(args, &s.tenant_key).await?);
+        watches.push(open_watch(args, &s.tenant_key, o.read).await?);
     }
     let peak = Arc::new(AtomicU64::new(start));
     let sampler = tokio::spawn({
@@ -103,7 +105,8 @@ pub(crate) async fn run(args: &Args, o: SlowWatch) -> Result<(), Error> {
     let (acks, changed, agent) = agent.await??;
     goodbye_all(&[agent], "bench done").await;
 
-    println!("watchers: {}", o.watchers);
+    let reading = if o.read { " (reading)" } else { "" };
+    println!("watchers: {}{reading}", o.watchers);
     println!("changes: {} of {} bytes", o.changes, o.entry_bytes);
     println!(
         "changes_applied_s: {:.1} ({:.0} changes/s)",
@@ -121,10 +124,11 @@ pub(crate) async fn run(args: &Args, o: SlowWatch) -> Result<(), Error> {
         o.after_close
     );
     println!(
-        "slow-watch: changes={} entry={} watchers={} rss_start={} rss_peak={} rss_after_changes={} ({:+.1} MiB) rss_{}s_after_close={} ({:.0} % of start)",
+        "slow-watch: changes={} entry={} watchers={}{} rss_start={} rss_peak={} rss_after_changes={} ({:+.1} MiB) rss_{}s_after_close={} ({:.0} % of start)",
         o.changes,
         o.entry_bytes,
         o.watchers,
+        if o.read { "(reading)" } else { "" },
         mib(start),
         mib(peak_changes),
         mib(after_changes),
@@ -148,20 +152,39 @@ fn mib(kib: u64) -> String {
 /// A watch of the tenant on a connection of its own, its snapshot read;
 /// dropping it ends the stream and closes the connection.
 struct Watch {
-    _events: tonic::Streaming<pb::AvailabilityEvent>,
+    _events: Option<tonic::Streaming<pb::AvailabilityEvent>>,
+    /// With `--read`: the task that reads the stream (and holds it).
+    reader: Option<tokio::task::AbortHandle>,
     _channel: Channel,
 }
 
-async fn open_watch(args: &Args, key: &str) -> Result<Watch, Error> {
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Some(reader) = &self.reader {
+            reader.abort();
+        }
+    }
+}
+
+async fn open_watch(args: &Args, key: &str, read: bool) -> Result<Watch, Error> {
     let channel = Endpoint::from_shared(args.url.clone())?.connect().await?;
-    let (events, first) = watch(channel.clone(), key).await?;
+    let (mut events, first) = watch(channel.clone(), key).await?;
     match first.event {
         Some(pb::availability_event::Event::Snapshot(s)) if s.agents.len() == 1 => {}
         other => return Err(format!("expected a snapshot of one agent, got {other:?}").into()),
     }
+    if read {
+        let reader = tokio::spawn(async move { while let Ok(Some(_)) = events.message().await {} });
+        return Ok(Watch {
+            _events: None,
+            reader: Some(reader.abort_handle()),
+            _channel: channel,
+        });
+    }
     // Held, never polled again.
     Ok(Watch {
-        _events: events,
+        _events: Some(events),
+        reader: None,
         _channel: channel,
     })
 }
