@@ -107,6 +107,44 @@ pub(crate) enum Mode {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// WatchAvailableAgents subscribers that read their snapshot and then
+    /// nothing, while one large entry (a configuration with one healthy
+    /// instance) changes many times: the server's RSS before, at its peak,
+    /// after the changes and after the watches are dropped.
+    SlowWatch {
+        /// Bytes of the configuration's system prompt (at most 32 KiB).
+        #[arg(long, default_value_t = 10_000)]
+        entry_bytes: usize,
+        /// UpdateConfiguration calls, each changing the system prompt.
+        #[arg(long, default_value_t = 20_000)]
+        changes: usize,
+        /// Changes in flight at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Subscribers that stop reading, each on its own connection.
+        #[arg(long, default_value_t = 1)]
+        watchers: usize,
+        /// The watchers read every event (subscribers that keep up, to
+        /// compare with).
+        #[arg(long)]
+        read: bool,
+        /// Seconds between dropping the watches and the last RSS reading.
+        #[arg(long, default_value_t = 20)]
+        after_close: u64,
+    },
+    /// TCP connections to the gRPC port that never send anything: the
+    /// server's RSS per connection, how many it refuses or closes at once
+    /// and later, and a health check every second meanwhile.
+    Silent {
+        #[arg(long, default_value_t = 2_000)]
+        connections: usize,
+        /// Send the first 12 bytes of the HTTP/2 preface, then nothing.
+        #[arg(long)]
+        half_preface: bool,
+        /// How long the connections are held and watched.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
     /// GetAvailableAgents over a tenant with many registrations.
     Available {
         #[command(flatten)]

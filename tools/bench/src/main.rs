@@ -6,8 +6,9 @@
 //!
 //! This file parses the command line and dispatches to the mode's module
 //! (`heartbeats`, `propagation`, `idle`, `storm`, `available`, `search`,
-//! `acquire`); `available`, `search` and `acquire` share the unary load
-//! driver in `driver`. The rest are the parts the modes share: `cli`
+//! `acquire`, and the hostile clients `slow_watch` and `silent`);
+//! `available`, `search` and `acquire` share the unary load driver in
+//! `driver`. The rest are the parts the modes share: `cli`
 //! (flags), `setup` (tenant, keys, manifests), `stream` (raw health
 //! streams), `fleet` (streams heartbeating with or without load reports),
 //! `raw` (GetAvailableAgents over bare HTTP/2), `stats`
@@ -28,6 +29,8 @@ mod raw;
 mod rss;
 mod search;
 mod setup;
+mod silent;
+mod slow_watch;
 mod stats;
 mod storm;
 mod stream;
@@ -108,5 +111,28 @@ async fn run(args: Args) -> Result<(), Error> {
         Mode::Acquire { load, max_workload } => {
             acquire::run(&args, &db().await?, load, max_workload).await
         }
+        Mode::SlowWatch {
+            entry_bytes,
+            changes,
+            concurrency,
+            watchers,
+            read,
+            after_close,
+        } => {
+            let o = slow_watch::SlowWatch {
+                entry_bytes,
+                changes,
+                concurrency,
+                watchers,
+                read,
+                after_close,
+            };
+            slow_watch::run(&args, o).await
+        }
+        Mode::Silent {
+            connections,
+            half_preface,
+            seconds,
+        } => silent::run(&args, connections, half_preface, seconds).await,
     }
 }
