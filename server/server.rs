@@ -227,9 +227,8 @@ impl Server {
             .with(Arc::new(auth.clone()))
             .with(sessions.clone());
         let background = [
-            tokio::spawn(watch_readiness(
+            tokio::spawn(watch_database(
                 pool.clone(),
-                view.clone(),
                 reporter.clone(),
                 config.health_check_interval,
                 stopping.clone(),
@@ -282,7 +281,9 @@ impl Server {
             let (writer, pool) = (writer.clone(), pool.clone());
             async move { writer.run(pool).await }
         });
-        // Routing reads need the view: give its first load a moment before serving.
+        // Routing reads need the view: give its first load a moment before
+        // serving. Readiness turns SERVING once, when it has loaded (here, or
+        // later, from a task of its own), and never before.
         if tokio::time::timeout(Duration::from_secs(10), view.ready())
             .await
             .is_err()
@@ -290,6 +291,16 @@ impl Server {
             tracing::warn!(
                 "availability view not loaded yet; routing answers from an empty view, and readiness is NOT_SERVING, until it is"
             );
+            let (view, reporter, mut stopping) = (view.clone(), reporter.clone(), stopping.clone());
+            tokio::spawn(async move {
+                let loaded = tokio::select! {
+                    () = view.ready() => true,
+                    _ = stopping.wait_for(|s| *s) => false,
+                };
+                if loaded {
+                    reporter.set_service_status(READINESS, ServingStatus::Serving).await;
+                }
+            });
         } else {
             reporter
                 .set_service_status(READINESS, ServingStatus::Serving)
@@ -467,25 +478,16 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
 }
 
 /// Keeps the [`DATABASE_NAMES`] SERVING exactly while the database answers,
-/// and turns [`READINESS`] SERVING once the view has loaded (when it had
-/// not by the time the server began to serve).
-async fn watch_readiness(
+/// whatever [`READINESS`] says.
+async fn watch_database(
     pool: PgPool,
-    view: Arc<View>,
     reporter: HealthReporter,
     interval: Duration,
     stopping: watch::Receiver<bool>,
 ) {
     let mut healthy = true;
-    let mut loaded = false;
     let mut ticker = Ticker::now(interval, stopping);
     while ticker.tick().await {
-        if !loaded && view.is_ready() {
-            loaded = true;
-            reporter
-                .set_service_status(READINESS, ServingStatus::Serving)
-                .await;
-        }
         let probe = tokio::time::timeout(
             interval.max(Duration::from_secs(1)),
             sqlx::query("SELECT 1").execute(&pool),
