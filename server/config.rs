@@ -116,7 +116,11 @@ pub struct ConnectionsConfig {
     /// Connections open at once from one peer address (agents behind one
     /// NAT share theirs: 100 streams per connection make 10,000 connections
     /// a million agents).
-    #[arg(long, env = "AGENTRY_MAX_CONNECTIONS_PER_PEER", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "AGENTRY_MAX_CONNECTIONS_PER_PEER",
+        default_value_t = 10_000
+    )]
     pub max_connections_per_peer: usize,
 }
 

@@ -258,7 +258,11 @@ mod tests {
         assert_eq!(tx.queued(), 590);
         assert_eq!(tx.try_send("d", 1), Err(Refused::Full("d")));
         assert_eq!(rx.next().await, Some("a"));
-        assert_eq!(tx.try_send("d", 1), Err(Refused::Full("d")), "530 still queued");
+        assert_eq!(
+            tx.try_send("d", 1),
+            Err(Refused::Full("d")),
+            "530 still queued"
+        );
         assert_eq!(rx.next().await, Some("b"));
         assert_eq!(rx.next().await, Some("c"));
         assert_eq!(tx.queued(), 0, "taking a message gives its bytes back");
@@ -303,7 +307,11 @@ mod tests {
         tokio::task::yield_now().await;
         tx.cut(99);
         assert_eq!(tx.queued(), 0, "the queue is dropped at once");
-        assert_eq!(waiting.await.unwrap(), Err(2), "a waiting sender is refused");
+        assert_eq!(
+            waiting.await.unwrap(),
+            Err(2),
+            "a waiting sender is refused"
+        );
         assert_eq!(tx.try_send(3, 1), Err(Refused::Closed(3)));
         assert_eq!(rx.next().await, Some(99));
         assert_eq!(rx.next().await, None);

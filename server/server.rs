@@ -39,10 +39,10 @@ use crate::registrations::sessions::Sessions;
 use crate::registrations::stream::{HealthStreams, StreamTiming};
 use crate::registrations::sweeper::{SweepSettings, Sweeper};
 use crate::registrations::writer::RegistrationWriter;
-use crate::routing::{RoutingApi, WatchSettings};
 use crate::routing::expiry::Expiry;
 use crate::routing::view::View;
 use crate::routing::writer::LeaseWriter;
+use crate::routing::{RoutingApi, WatchSettings};
 use crate::telemetry::{self, access::Telemetry};
 
 /// How long shutdown tries to write the streams' last state changes.
@@ -298,7 +298,9 @@ impl Server {
                     _ = stopping.wait_for(|s| *s) => false,
                 };
                 if loaded {
-                    reporter.set_service_status(READINESS, ServingStatus::Serving).await;
+                    reporter
+                        .set_service_status(READINESS, ServingStatus::Serving)
+                        .await;
                 }
             });
         } else {

@@ -68,9 +68,8 @@ async fn connections_that_do_not_finish_the_http2_handshake_are_closed_in_time()
     let timeout = Duration::from_secs(1);
     let s = TestServer::start_with(|c| c.connections.handshake_timeout = timeout).await;
     // A client that spoke before: its connection outlives the timeout.
-    let mut early = tonic_health::pb::health_client::HealthClient::new(
-        common::raw::channel(s.url()).await,
-    );
+    let mut early =
+        tonic_health::pb::health_client::HealthClient::new(common::raw::channel(s.url()).await);
     early
         .check(tonic_health::pb::HealthCheckRequest::default())
         .await
@@ -94,15 +93,21 @@ async fn connections_that_do_not_finish_the_http2_handshake_are_closed_in_time()
         }
         silent.push(stream);
     }
-    assert!(served(&s).await, "a new client is served while 500 connections sit silent");
-    let closing = silent
-        .into_iter()
-        .map(|mut stream| tokio::spawn(async move { closed_within(&mut stream, timeout * 20).await }));
+    assert!(
+        served(&s).await,
+        "a new client is served while 500 connections sit silent"
+    );
+    let closing = silent.into_iter().map(|mut stream| {
+        tokio::spawn(async move { closed_within(&mut stream, timeout * 20).await })
+    });
     for (i, closed) in futures_join(closing).await.into_iter().enumerate() {
         assert!(closed, "silent connection {i} was not closed");
     }
     assert_eq!(
-        s.connections.stats.handshake_timeouts.load(Ordering::Relaxed),
+        s.connections
+            .stats
+            .handshake_timeouts
+            .load(Ordering::Relaxed),
         500,
         "exactly the silent connections timed out"
     );
@@ -111,9 +116,11 @@ async fn connections_that_do_not_finish_the_http2_handshake_are_closed_in_time()
         .check(tonic_health::pb::HealthCheckRequest::default())
         .await
         .expect("the early client's connection still serves");
-    eventually(DEADLINE, "every closed connection leaves the count", || async {
-        s.connections.stats.open.load(Ordering::Relaxed) <= 2
-    })
+    eventually(
+        DEADLINE,
+        "every closed connection leaves the count",
+        || async { s.connections.stats.open.load(Ordering::Relaxed) <= 2 },
+    )
     .await;
 }
 
@@ -137,9 +144,11 @@ async fn connection_caps_refuse_at_accept_and_existing_clients_keep_working() {
     let (one, two) = (IpAddr::from([127, 0, 0, 1]), IpAddr::from([127, 0, 0, 2]));
     // The test server's admin client holds one connection from 127.0.0.1.
     let t = s.tenant("acme").await;
-    eventually(DEADLINE, "the clients' connections are admitted", || async {
-        s.connections.stats.open.load(Ordering::Relaxed) >= 1
-    })
+    eventually(
+        DEADLINE,
+        "the clients' connections are admitted",
+        || async { s.connections.stats.open.load(Ordering::Relaxed) >= 1 },
+    )
     .await;
     let mut held = Vec::new();
     let mut refused = 0;
@@ -175,13 +184,21 @@ async fn connection_caps_refuse_at_accept_and_existing_clients_keep_working() {
     assert_eq!(from_two, room, "127.0.0.2 fills what the replica has left");
     assert_eq!(s.connections.stats.refused_total.load(Ordering::Relaxed), 2);
     // The clients connected before keep working through it all.
-    t.client.list_configurations(pb::ListConfigurationsRequest::default()).await.expect("an existing client is served");
-    s.admin.create_tenant("beta").await.expect("the admin client is served");
+    t.client
+        .list_configurations(pb::ListConfigurationsRequest::default())
+        .await
+        .expect("an existing client is served");
+    s.admin
+        .create_tenant("beta")
+        .await
+        .expect("the admin client is served");
     // And a place that frees up is taken again.
     drop(held.pop());
-    eventually(DEADLINE, "the dropped connection frees its place", || async {
-        s.connections.stats.open.load(Ordering::Relaxed) < 8
-    })
+    eventually(
+        DEADLINE,
+        "the dropped connection frees its place",
+        || async { s.connections.stats.open.load(Ordering::Relaxed) < 8 },
+    )
     .await;
     let mut stream = connect_from(two, s.addr).await;
     stream.write_all(PREFACE).await.ok();
@@ -223,7 +240,10 @@ async fn a_watch_that_does_not_read_is_resynced_and_is_sent_a_bounded_amount() {
             .expect("open");
         let bytes = prost::Message::encoded_len(&event);
         let workload = |a: &pb::AvailableAgent| {
-            a.configuration.as_ref().expect("configuration").current_workload
+            a.configuration
+                .as_ref()
+                .expect("configuration")
+                .current_workload
         };
         match event.event {
             Some(pb::availability_event::Event::Resync(_)) => saw_resync = true,
@@ -232,14 +252,19 @@ async fn a_watch_that_does_not_read_is_resynced_and_is_sent_a_bounded_amount() {
             {
                 break;
             }
-            Some(pb::availability_event::Event::Upserted(a)) if saw_resync && workload(&a) == 400 => {
+            Some(pb::availability_event::Event::Upserted(a))
+                if saw_resync && workload(&a) == 400 =>
+            {
                 break;
             }
             _ if !saw_resync => before_resync += bytes,
             _ => {}
         }
     }
-    assert!(saw_resync, "the watcher fell out of the byte-bounded history");
+    assert!(
+        saw_resync,
+        "the watcher fell out of the byte-bounded history"
+    );
     // What reached it before: its outbox, HTTP/2's buffers and the client's
     // windows (2 MiB per stream), far below the 12 MB that changed.
     assert!(
@@ -268,7 +293,10 @@ async fn an_agent_that_does_not_read_its_health_stream_is_cut_off() {
         .expect("connect");
     let (_tx, stream) = common::stream::raw_stream_on(channel, &t.agent_key, "i1").await;
     let mut stream = stream.expect("stream");
-    wait_available(&t.client, AgentFilter::new(), "registered", |a| a.len() == 1).await;
+    wait_available(&t.client, AgentFilter::new(), "registered", |a| {
+        a.len() == 1
+    })
+    .await;
     // Pushed configurations of 30 KB each, unread: 1.2 MB.
     for i in 0..40 {
         t.client
@@ -280,16 +308,25 @@ async fn an_agent_that_does_not_read_its_health_stream_is_cut_off() {
     }
     // Reading again, the agent finds the stream ended, with the limit named.
     let status = loop {
-        match tokio::time::timeout(DEADLINE, stream.message()).await.expect("in time") {
+        match tokio::time::timeout(DEADLINE, stream.message())
+            .await
+            .expect("in time")
+        {
             Ok(Some(_)) => {}
             Ok(None) => panic!("the stream ended without a status"),
             Err(status) => break status,
         }
     };
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
-    assert!(status.message().contains("--stream-outbox-bytes"), "{status:?}");
-    wait_available(&t.client, AgentFilter::new(), "the cut-off agent leaves routing", |a| {
-        a.is_empty()
-    })
+    assert!(
+        status.message().contains("--stream-outbox-bytes"),
+        "{status:?}"
+    );
+    wait_available(
+        &t.client,
+        AgentFilter::new(),
+        "the cut-off agent leaves routing",
+        |a| a.is_empty(),
+    )
     .await;
 }

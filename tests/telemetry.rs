@@ -620,8 +620,14 @@ async fn connections_refused_and_timed_out_are_counted_and_open_ones_gauged() {
         );
     }
     eventually(DEADLINE, "the silent connections time out", || async {
-        s.connections.stats.handshake_timeouts.load(std::sync::atomic::Ordering::Relaxed)
-            + s.connections.stats.refused_peer.load(std::sync::atomic::Ordering::Relaxed)
+        s.connections
+            .stats
+            .handshake_timeouts
+            .load(std::sync::atomic::Ordering::Relaxed)
+            + s.connections
+                .stats
+                .refused_peer
+                .load(std::sync::atomic::Ordering::Relaxed)
             >= 6
     })
     .await;
@@ -629,7 +635,11 @@ async fn connections_refused_and_timed_out_are_counted_and_open_ones_gauged() {
     let moved = |name: &str, labels: &[(&str, &str)]| {
         after.value(name, labels) - before.value(name, labels)
     };
-    let refused = s.connections.stats.refused_peer.load(std::sync::atomic::Ordering::Relaxed);
+    let refused = s
+        .connections
+        .stats
+        .refused_peer
+        .load(std::sync::atomic::Ordering::Relaxed);
     assert!(refused >= 2, "at least the two past the cap: {refused}");
     assert_eq!(
         moved(

@@ -69,8 +69,24 @@ async fn tls_server(
     tempfile::TempDir,
     tokio::sync::oneshot::Sender<()>,
 ) {
+    tls_server_with(identity, client_ca, |_| {}).await
+}
+
+/// [`tls_server`], with `configure` applied to its settings.
+async fn tls_server_with(
+    identity: &Pem,
+    client_ca: Option<&Ca>,
+    configure: impl FnOnce(&mut agentry_server::ServeConfig),
+) -> (
+    u16,
+    String,
+    common::TestDb,
+    tempfile::TempDir,
+    tokio::sync::oneshot::Sender<()>,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = common::test_config();
+    configure(&mut config);
     config.tls = TlsConfig {
         tls_cert: Some(write(dir.path(), "server.pem", &identity.cert)),
         tls_key: Some(write(dir.path(), "server.key", &identity.key)),
@@ -223,4 +239,80 @@ async fn the_health_command_asks_a_tls_server_with_its_ca() {
         .expect("join")
         .expect("run");
     assert!(!plain.status.success(), "{plain:?}");
+}
+
+/// With TLS on, the handshake timeout covers TLS too: a connection that
+/// never starts it, one that stops half way through its ClientHello, and
+/// one that finishes TLS but never sends the HTTP/2 preface are all closed,
+/// while a client that speaks is served.
+#[tokio::test]
+async fn tls_connections_that_do_not_finish_their_handshakes_are_closed_in_time() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = Ca::new();
+    let (port, key, _db, dir, _stop) = tls_server_with(&ca.sign(&["localhost"]), None, |c| {
+        c.connections.handshake_timeout = std::time::Duration::from_millis(500);
+    })
+    .await;
+    let addr = ("127.0.0.1", port);
+    let closed = |mut stream: tokio::net::TcpStream| async move {
+        let mut buf = [0u8; 4096];
+        let until = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(until, stream.read(&mut buf)).await {
+                Err(_) => return false,
+                Ok(Ok(0) | Err(_)) => return true,
+                Ok(Ok(_)) => {}
+            }
+        }
+    };
+    let silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut half = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // A TLS record header announcing a handshake message, and no more.
+    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+        .await
+        .expect("write");
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    for cert in tokio_rustls::rustls::pki_types::CertificateDer::pem_slice_iter(ca.pem().as_bytes())
+    {
+        roots.add(cert.expect("ca")).expect("add");
+    }
+    let mut client_config = tokio_rustls::rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client_config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client_config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .expect("the TLS handshake");
+    // A client that speaks is served meanwhile.
+    let client = Client::builder(format!("https://localhost:{port}"))
+        .api_key(&key)
+        .tls_ca_certificate(ca.pem())
+        .connect()
+        .await;
+    assert_eq!(list(client).await.expect("served over TLS"), 0);
+    assert!(closed(silent).await, "a connection that never started TLS");
+    assert!(
+        closed(half).await,
+        "a connection that stopped inside its ClientHello"
+    );
+    let mut buf = [0u8; 1024];
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "a connection that finished TLS but sent no preface"
+    );
+    drop(dir);
 }

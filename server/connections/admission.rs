@@ -109,4 +109,3 @@ impl Drop for Admitted {
         metrics::gauge!(telemetry::CONNECTIONS_OPEN).decrement(1.0);
     }
 }
-

@@ -221,7 +221,10 @@ mod tests {
                 }
             }
             let done_at = done_at.expect("the frame completes");
-            assert!(done_at >= first && done_at < first + chunk, "chunks of {chunk}: done at {done_at}");
+            assert!(
+                done_at >= first && done_at < first + chunk,
+                "chunks of {chunk}: done at {done_at}"
+            );
         }
         let mut p = probation();
         assert!(!p.saw(&bytes[..first - 1]), "one byte short of the frame");

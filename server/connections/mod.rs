@@ -124,7 +124,10 @@ pub fn incoming(
                     }
                     Err(e) => {
                         if e.kind() == io::ErrorKind::TimedOut {
-                            stats.stats.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
+                            stats
+                                .stats
+                                .handshake_timeouts
+                                .fetch_add(1, Ordering::Relaxed);
                             metrics::counter!(telemetry::HANDSHAKE_TIMEOUTS).increment(1);
                         }
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");

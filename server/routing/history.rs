@@ -61,7 +61,11 @@ impl Record {
     /// labels, and what every allocation of it costs beyond its bytes.
     fn bytes(&self) -> usize {
         const OVERHEAD: usize = 256;
-        let labels: usize = self.labels.iter().map(|(k, v)| k.len() + v.len() + 48).sum();
+        let labels: usize = self
+            .labels
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 48)
+            .sum();
         self.agent.encoded_len() + labels + OVERHEAD
     }
 }

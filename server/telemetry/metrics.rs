@@ -118,7 +118,10 @@ pub fn recorder() -> &'static PrometheusHandle {
 }
 
 fn describe() {
-    describe_gauge!(CONNECTIONS_OPEN, "connections of the gRPC listener open now");
+    describe_gauge!(
+        CONNECTIONS_OPEN,
+        "connections of the gRPC listener open now"
+    );
     describe_counter!(
         CONNECTIONS_REFUSED,
         "connections closed at accept by a connection cap, by reason"
