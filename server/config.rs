@@ -272,9 +272,23 @@ pub struct RegistryConfig {
     #[arg(long, env = "AGENTRY_HELLO_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub hello_timeout: Duration,
 
-    /// How often heartbeat times are written to the database, in one statement for all streams.
+    /// No longer used: heartbeats are not written (the replica's lease
+    /// vouches for its streams, see --replica-lease); accepted so that
+    /// existing configurations still start.
     #[arg(long, env = "AGENTRY_HEARTBEAT_FLUSH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub heartbeat_flush_interval: Duration,
+
+    /// How long a replica's lease vouches for the streams it holds: a
+    /// replica that dies or is cut off has its instances taken out of
+    /// routing this long after its last renewal (every third of it).
+    #[arg(long, env = "AGENTRY_REPLICA_LEASE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub replica_lease: Duration,
+
+    /// What this replica calls itself; a replica starting under the name of
+    /// an earlier one ends that one's lease at once (a restart). Default:
+    /// the host name and the listener's port.
+    #[arg(long, env = "AGENTRY_REPLICA_NAME")]
+    pub replica_name: Option<String>,
 
     /// How often the background sweeper looks for stale instances.
     #[arg(long, env = "AGENTRY_SWEEP_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
@@ -351,6 +365,8 @@ impl Default for RegistryConfig {
             stale_timeout: Duration::from_secs(60),
             hello_timeout: Duration::from_secs(10),
             heartbeat_flush_interval: Duration::from_secs(1),
+            replica_lease: Duration::from_secs(10),
+            replica_name: None,
             sweep_interval: Duration::from_secs(15),
             partition_guard_ratio: 0.5,
             partition_guard_min_instances: 3,

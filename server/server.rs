@@ -32,7 +32,7 @@ use crate::pb::registration_service_server::RegistrationServiceServer;
 use crate::pb::routing_service_server::RoutingServiceServer;
 use crate::periodic::Ticker;
 use crate::registrations::RegistrationApi;
-use crate::registrations::heartbeats::HeartbeatWriter;
+use crate::registrations::replicas::Replica;
 use crate::registrations::hellos::HelloWriter;
 use crate::registrations::registry::Registry;
 use crate::registrations::sessions::Sessions;
@@ -95,7 +95,7 @@ pub struct Server {
     sessions: Arc<Sessions>,
     view: Arc<View>,
     leases: Arc<LeaseWriter>,
-    heartbeats: HeartbeatWriter,
+    replica: Arc<Replica>,
     writer: Arc<RegistrationWriter>,
     hellos: Arc<HelloWriter>,
     sweeper: Arc<Sweeper>,
@@ -115,20 +115,30 @@ impl Server {
             )
             .with_routing(config.routing),
         );
-        let heartbeats = HeartbeatWriter::new(pool.clone(), sessions.clone());
+        let replica = Arc::new(Replica::new(
+            pool.clone(),
+            config
+                .registry
+                .replica_name
+                .clone()
+                .unwrap_or_else(|| default_replica_name(config.listen_addr)),
+            config.registry.replica_lease,
+        ));
         let sweeper = Sweeper::new(
             pool.clone(),
             SweepSettings::from(&config.registry),
             Arc::new(Expiry),
-            heartbeats.clone(),
         );
         Server {
             auth: Authenticator::new(pool.clone(), Arc::new(Limits::new(&config.limits))),
             writer: Arc::new(RegistrationWriter::new(sessions.clone(), view.clone())),
-            hellos: Arc::new(HelloWriter::new(config.registry.create_unknown_manifests)),
+            hellos: Arc::new(HelloWriter::new(
+                config.registry.create_unknown_manifests,
+                replica.id(),
+            )),
             view,
             leases: Arc::default(),
-            heartbeats,
+            replica,
             sweeper: Arc::new(sweeper),
             connections: Connections::new(ConnectionLimits {
                 handshake_timeout: config.connections.handshake_timeout,
@@ -190,7 +200,7 @@ impl Server {
             sessions,
             view,
             leases,
-            heartbeats,
+            replica,
             writer,
             hellos,
             sweeper,
@@ -234,18 +244,32 @@ impl Server {
                 stopping.clone(),
             )),
             tokio::spawn({
-                let (heartbeats, interval, stopping) = (
-                    heartbeats.clone(),
-                    registry.heartbeat_flush_interval,
-                    stopping.clone(),
-                );
-                async move { heartbeats.run(interval, stopping).await }
+                let (replica, sessions, stopping) =
+                    (replica.clone(), sessions.clone(), stopping.clone());
+                async move {
+                    // Before any stream registers: the rows it writes name a
+                    // lease that every view already knows (the feed delivers
+                    // in commit order). A database away at start-up is
+                    // retried by the renewals.
+                    if let Err(e) = replica.start().await {
+                        tracing::warn!(error = %e, "cannot take this replica's lease yet; retrying");
+                    }
+                    replica
+                        .run(stopping, || {
+                            sessions.drain_all(
+                                "this replica's lease was taken over",
+                                &Status::from(Error::Unavailable(
+                                    "this replica lost its lease; reconnect".into(),
+                                )),
+                            );
+                        })
+                        .await;
+                }
             }),
             tokio::spawn({
                 let (sweeper, interval, stopping) =
                     (sweeper.clone(), registry.sweep_interval, stopping.clone());
-                let settle = registry.heartbeat_flush_interval * 2;
-                async move { sweeper.run(interval, settle, stopping).await }
+                async move { sweeper.run(interval, stopping).await }
             }),
             tokio::spawn(feed.run(stopping.clone())),
             tokio::spawn({
@@ -398,17 +422,11 @@ impl Server {
         let signal = {
             let reporter = reporter.clone();
             let sessions = sessions.clone();
-            let heartbeats = heartbeats.clone();
             async move {
                 shutdown.await;
                 // Stop the checker first so it cannot flip health back to SERVING.
                 let _ = stopping_tx.send(true);
                 set_health(&reporter, ServingStatus::NotServing).await;
-                // Before the streams close: a closed session leaves the map,
-                // and its last heartbeats with it.
-                if let Err(e) = heartbeats.flush().await {
-                    tracing::warn!(error = %e, "heartbeat flush at shutdown failed");
-                }
                 let streams = sessions.len();
                 sessions.drain_all(
                     "server shutting down",
@@ -444,9 +462,8 @@ impl Server {
             task.abort();
         }
         hellos_task.abort();
-        // The ends of the streams that closed, and whatever heartbeats
-        // arrived while in-flight calls finished.
-        // Session tasks queue their end before they leave the map; then the
+        // The ends of the streams that closed, with when each last heard
+        // from its agent. Session tasks queue their end before they leave the map; then the
         // writer writes everything queued and returns.
         let until = tokio::time::Instant::now() + FINAL_WRITE;
         while !sessions.is_empty() && tokio::time::Instant::now() < until {
@@ -464,8 +481,12 @@ impl Server {
                 "registration changes not written at shutdown; the sweep will catch up"
             );
         }
-        if let Err(e) = heartbeats.flush().await {
-            tracing::warn!(error = %e, "last heartbeat flush failed");
+        // The streams' ends are written: what still names this replica
+        // (ends not written in time) is taken over now, not at the lease's end.
+        match replica.release().await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(instances = n, "instances whose stream end was not written taken over at shutdown"),
+            Err(e) => tracing::warn!(error = %e, "cannot end this replica's lease; it expires by itself"),
         }
         tracing::info!("server stopped");
         result
@@ -516,4 +537,15 @@ async fn watch_database(
             }
         }
     }
+}
+
+/// What a replica calls itself unless `--replica-name` says: the host and
+/// the listener's port, the same across a restart of the same process.
+fn default_replica_name(listen: std::net::SocketAddr) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}", listen.port())
 }

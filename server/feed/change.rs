@@ -101,6 +101,10 @@ pub enum Change {
     },
     /// An API key was revoked or deleted.
     ApiKey { id: Uuid },
+    /// A replica's lease was taken, renewed, ended or taken over
+    /// (migration 0016); its expiry travels, in milliseconds since the
+    /// epoch, 0 when the lease is gone.
+    Replica { id: Uuid, expires_at: i64 },
 }
 
 impl Change {

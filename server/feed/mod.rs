@@ -27,6 +27,7 @@ pub use change::{Change, LoadNote, Op};
 use crate::configurations::store::{self as configurations, ConfigurationRow};
 use crate::error::{Error, Result};
 use crate::manifests::store::{self as manifests, ManifestRow};
+use crate::registrations::replicas::{self, ReplicaLease};
 use crate::registrations::store::{self as registrations, RegistrationRow};
 use crate::routing::store::{self as leases, OpenLeases};
 use crate::telemetry::metrics as telemetry;
@@ -50,6 +51,8 @@ pub struct Snapshot {
     pub registrations: Vec<RegistrationRow>,
     /// Open leases per instance.
     pub open_leases: Vec<OpenLeases>,
+    /// Every replica's lease: who holds streams, and until when.
+    pub replicas: Vec<ReplicaLease>,
 }
 
 /// One change with the row it names, read after the change committed
@@ -91,6 +94,8 @@ pub enum Update {
     },
     /// An API key was revoked or deleted.
     ApiKey { id: Uuid },
+    /// A replica's lease was taken, renewed or ended.
+    Replica(ReplicaLease),
 }
 
 /// A part of the server kept current by the feed. Each takes what concerns it.
@@ -200,6 +205,7 @@ async fn snapshot(pool: &PgPool) -> Result<Snapshot> {
         configurations: configurations::all(pool).await?,
         registrations: registrations::all_active(pool).await?,
         open_leases: leases::open_leases(pool).await?,
+        replicas: replicas::all(pool).await?,
     })
 }
 
@@ -275,6 +281,12 @@ async fn resolve(pool: &PgPool, changes: Vec<Change>) -> Result<Vec<Update>> {
                 delta,
             },
             Change::ApiKey { id } => Update::ApiKey { id },
+            Change::Replica { id, expires_at } => Update::Replica(ReplicaLease {
+                id,
+                expires_at: (expires_at > 0)
+                    .then(|| chrono::DateTime::from_timestamp_millis(expires_at))
+                    .flatten(),
+            }),
         })
         .collect())
 }

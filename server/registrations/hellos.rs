@@ -5,7 +5,8 @@
 //! a scale-up. One transaction per registration queued thousands of them on
 //! the pool (about 650 a second here, and pool time-outs past that). The
 //! writer takes everything queued, up to a batch, and registers it with one
-//! call of `agentry_register_batch` (migration 0009), then reads the rows
+//! call of `agentry_register_batch` (migrations 0009 and 0016, which names
+//! the replica holding each stream), then reads the rows
 //! and their configurations back in one statement each.
 //!
 //! Admission is bounded: when more registrations wait than the queue holds,
@@ -44,6 +45,9 @@ pub struct Registered {
 struct Request {
     tenant: Uuid,
     announcement: Announcement,
+    /// Registered by this replica's health stream (the row names the
+    /// replica), not by a unary call.
+    held: bool,
     reply: oneshot::Sender<Result<Registered>>,
 }
 
@@ -80,6 +84,8 @@ pub struct HelloWriter {
     tx: mpsc::Sender<Request>,
     rx: Mutex<Option<mpsc::Receiver<Request>>>,
     create_unknown_manifests: bool,
+    /// This replica, which the rows of its streams name.
+    replica: Uuid,
     /// Counters.
     pub stats: HelloStats,
 }
@@ -93,14 +99,15 @@ impl std::fmt::Debug for Request {
 }
 
 impl HelloWriter {
-    /// A writer; with `create_unknown_manifests`, an unknown agent_id gets a
-    /// placeholder manifest.
-    pub fn new(create_unknown_manifests: bool) -> Self {
+    /// A writer for `replica`; with `create_unknown_manifests`, an unknown
+    /// agent_id gets a placeholder manifest.
+    pub fn new(create_unknown_manifests: bool, replica: Uuid) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         HelloWriter {
             tx,
             rx: Mutex::new(Some(rx)),
             create_unknown_manifests,
+            replica,
             stats: HelloStats::default(),
         }
     }
@@ -115,12 +122,19 @@ impl HelloWriter {
         self.stats.taken.load(Relaxed) as usize + self.queued()
     }
 
-    /// Registers `announcement` for `tenant` with a new epoch.
-    pub async fn register(&self, tenant: Uuid, announcement: Announcement) -> Result<Registered> {
+    /// Registers `announcement` for `tenant` with a new epoch; `held`: for
+    /// a health stream of this replica.
+    pub async fn register(
+        &self,
+        tenant: Uuid,
+        announcement: Announcement,
+        held: bool,
+    ) -> Result<Registered> {
         let (reply, answer) = oneshot::channel();
         let request = Request {
             tenant,
             announcement,
+            held,
             reply,
         };
         self.tx.try_send(request).map_err(|e| match e {
@@ -167,7 +181,7 @@ impl HelloWriter {
             waiting = later;
             let started = std::time::Instant::now();
             let results = retrying_deadlocks("registration", || {
-                register(&pool, &batch, self.create_unknown_manifests)
+                register(&pool, &batch, self.create_unknown_manifests, self.replica)
             })
             .await;
             match results {
@@ -182,7 +196,7 @@ impl HelloWriter {
                     tracing::warn!(error = %e, registrations = batch.len(), "registration batch refused; registering one by one");
                     for request in batch {
                         let alone = std::slice::from_ref(&request);
-                        match register(&pool, alone, self.create_unknown_manifests).await {
+                        match register(&pool, alone, self.create_unknown_manifests, self.replica).await {
                             Ok(registered) => self.answer(vec![request], registered),
                             Err(e) => fail(request, &e),
                         }
@@ -250,7 +264,9 @@ async fn register(
     pool: &PgPool,
     batch: &[Request],
     create_manifests: bool,
+    replica: Uuid,
 ) -> Result<HashMap<usize, Registered>> {
+    let holders: Vec<Option<Uuid>> = batch.iter().map(|r| r.held.then_some(replica)).collect();
     let items: Vec<AnnouncementArg> = batch
         .iter()
         .enumerate()
@@ -269,9 +285,10 @@ async fn register(
         })
         .collect();
     let done: Vec<(i32, Uuid, i64, bool)> =
-        sqlx::query_as("SELECT * FROM agentry_register_batch($1, $2)")
+        sqlx::query_as("SELECT * FROM agentry_register_batch($1, $2, $3)")
             .bind(&items)
             .bind(create_manifests)
+            .bind(&holders)
             .fetch_all(pool)
             .await?;
     let ids: Vec<Uuid> = done.iter().map(|d| d.1).collect();

@@ -1,12 +1,12 @@
 //! Tier 3: registrations, the running agent instances, and how they stay
 //! registered: validated requests (`request`), registering (`registry`, batched by `hellos`) and fenced
 //! changes (`registry`), the bidirectional health stream (`stream`), the live streams
-//! in memory (`sessions`), the batched heartbeat writer (`heartbeats`), the
-//! registration writer for the streams' state changes (`writer`), the stale sweep (`sweeper`), and the SQL (`store`).
+//! in memory (`sessions`), this replica's lease, which vouches for the
+//! streams it holds (`replicas`), the registration writer for the streams' state changes (`writer`), the stale sweep (`sweeper`), and the SQL (`store`).
 
-pub mod heartbeats;
 pub mod hellos;
 pub mod load;
+pub mod replicas;
 pub mod registry;
 pub mod request;
 mod service;

@@ -33,9 +33,10 @@ impl Registry {
     }
 
     /// Registers (or re-registers) an instance with a new epoch, and fences
-    /// off its older session here. Returns the row and whether it was created.
-    pub async fn register(&self, tenant: Uuid, a: Announcement) -> Result<Registered> {
-        let registered = self.hellos.register(tenant, a).await?;
+    /// off its older session here. Returns the row and whether it was
+    /// created. `held`: for a health stream of this replica.
+    pub async fn register(&self, tenant: Uuid, a: Announcement, held: bool) -> Result<Registered> {
+        let registered = self.hellos.register(tenant, a, held).await?;
         let (row, created) = (&registered.row, registered.created);
         self.sessions.supersede_older(row.id, row.epoch);
         tracing::info!(registration = %row.id, epoch = row.epoch, created, "instance registered");

@@ -40,7 +40,6 @@ pub struct Session {
     pub configuration_id: Uuid,
     pub epoch: i64,
     last_seen_micros: AtomicI64,
-    dirty: AtomicBool,
     /// `Heartbeat.current_load` of the last heartbeat, kept for
     /// compatibility (routing ranks by `Heartbeat.load`, see `load.rs`).
     pub load: AtomicI32,
@@ -69,7 +68,6 @@ impl Session {
             configuration_id,
             epoch,
             last_seen_micros: AtomicI64::new(Utc::now().timestamp_micros()),
-            dirty: AtomicBool::new(false),
             load: AtomicI32::new(0),
             drained: AtomicBool::new(false),
             stored: AtomicI32::new(HealthStatus::Healthy as i32),
@@ -78,11 +76,18 @@ impl Session {
         (Arc::new(session), rx)
     }
 
-    /// Notes a heartbeat: memory only, persisted by the next flush.
+    /// Notes a heartbeat: memory only. While this replica holds the
+    /// stream its lease vouches for the instance (`replicas.rs`); the time
+    /// reaches the row when the stream ends.
     pub fn seen(&self, at: DateTime<Utc>) {
         self.last_seen_micros
             .store(at.timestamp_micros(), Ordering::Relaxed);
-        self.dirty.store(true, Ordering::Release);
+    }
+
+    /// When the agent was last heard from.
+    pub fn last_seen(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(self.last_seen_micros.load(Ordering::Relaxed))
+            .unwrap_or_else(Utc::now)
     }
 
     /// The health the registration holds, as far as this session knows.
@@ -106,13 +111,8 @@ impl Session {
 pub struct Stats {
     /// Heartbeats received on all streams.
     pub heartbeats: AtomicU64,
-    /// Batched heartbeat statements run.
-    pub heartbeat_flushes: AtomicU64,
-    /// Rows those statements updated.
-    pub heartbeat_rows: AtomicU64,
-    /// Flushes that waited for another one in flight (a sweep's, or
-    /// shutdown's, behind the background flush).
-    pub heartbeat_flush_waits: AtomicU64,
+    /// Streams ended by this replica for going silent past the stale timeout.
+    pub silenced: AtomicU64,
 }
 
 /// The sessions of this server, by registration id.
@@ -209,30 +209,6 @@ impl Sessions {
         for session in self.lock().values() {
             session.tell(Control::Drain(reason.to_owned()));
             session.tell(Control::Close(status.clone()));
-        }
-    }
-
-    /// The heartbeat times noted since the last call, as (registration,
-    /// epoch, time); those sessions are clean until their next heartbeat.
-    pub fn take_dirty(&self) -> Vec<(Uuid, i64, DateTime<Utc>)> {
-        self.lock()
-            .values()
-            .filter(|s| s.dirty.swap(false, Ordering::AcqRel))
-            .map(|s| {
-                let micros = s.last_seen_micros.load(Ordering::Relaxed);
-                let seen = DateTime::from_timestamp_micros(micros).unwrap_or_else(Utc::now);
-                (s.registration_id, s.epoch, seen)
-            })
-            .collect()
-    }
-
-    /// Marks the sessions of `ids` dirty again (their write failed).
-    pub fn mark_dirty(&self, ids: &[Uuid]) {
-        let map = self.lock();
-        for id in ids {
-            if let Some(session) = map.get(id) {
-                session.dirty.store(true, Ordering::Release);
-            }
         }
     }
 

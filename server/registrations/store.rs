@@ -39,6 +39,12 @@ pub struct RegistrationRow {
     pub routable: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The replica holding its stream (migration 0016); `None`: none.
+    /// While a live replica holds it, `last_health_check` reads as that
+    /// replica's last lease renewal: the holder ends a stream that goes
+    /// silent for the stale timeout, so the instance was heard from within
+    /// the stale timeout of that time (the heartbeat interval, normally).
+    pub replica_id: Option<Uuid>,
     /// The last load report (migration 0013); statements that do not read
     /// it leave it empty.
     #[sqlx(flatten)]
@@ -138,12 +144,16 @@ macro_rules! select_from {
         concat!(
             "SELECT r.id, r.tenant_id, r.manifest_id, m.agent_id, r.configuration_id, r.instance_id, r.name, \
              r.registration_status, r.health_status, r.connection_details, r.runtime_config, r.capacity, \
-             r.epoch, r.failure_count, r.last_health_check, r.activation_date, r.deactivation_date, \
-             r.drain_time, r.drain_reason, r.routable, r.created_at, r.updated_at, \
+             r.epoch, r.failure_count, \
+             CASE WHEN p.expires_at > now() THEN greatest(r.last_health_check, p.renewed_at) \
+                  ELSE r.last_health_check END AS last_health_check, \
+             r.activation_date, r.deactivation_date, \
+             r.drain_time, r.drain_reason, r.routable, r.created_at, r.updated_at, r.replica_id, \
              r.load_in_flight, r.load_queue_depth, r.load_utilization, r.load_metrics, \
              r.load_reported_at, r.load_first_reported_at FROM ",
             $source,
-            " r JOIN agent_manifests m ON m.id = r.manifest_id"
+            " r JOIN agent_manifests m ON m.id = r.manifest_id \
+             LEFT JOIN agentry_replicas p ON p.id = r.replica_id"
         )
     };
 }

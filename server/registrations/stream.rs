@@ -143,7 +143,7 @@ impl HealthStreams {
         };
         let a = Announcement::try_from(hello)?;
         a.trace(&tracing::Span::current());
-        let registered = self.registry.register(tenant, a).await?;
+        let registered = self.registry.register(tenant, a, true).await?;
         let (row, configuration) = (registered.row, registered.configuration);
 
         let (session, control) = Session::new(tenant, row.id, row.configuration_id, row.epoch);
@@ -196,10 +196,16 @@ async fn run(
     let mut reported = HealthStatus::Healthy;
     // The load report this stream last passed on to routing.
     let mut passing = Passing::default();
+    // The holder of a stream is the judge of its silence: an agent that
+    // keeps the stream open but stops heartbeating is cut off here, as the
+    // sweep would have marked it, and nothing is written until then.
+    let mut heard = tokio::time::Instant::now();
     let end = loop {
+        let silence = tokio::time::sleep_until(heard + streams.timing.stale_timeout);
         tokio::select! {
             message = inbound.message() => match message {
                 Ok(Some(pb::HealthStreamRequest { message: Some(In::Heartbeat(hb)) })) => {
+                    heard = tokio::time::Instant::now();
                     match heartbeat(&streams, &session, &mut reported, &mut passing, hb) {
                         Ok(ack) => {
                             if !push(&tx, out(Out::Ack(ack))) {
@@ -255,6 +261,15 @@ async fn run(
                 }
                 None => break End::Released,
             },
+            () = silence => {
+                tracing::info!(stale_timeout = ?streams.timing.stale_timeout, "no heartbeat within the stale timeout; ending the stream");
+                streams.sessions.stats.silenced.fetch_add(1, Ordering::Relaxed);
+                tx.finish(Err(Error::DeadlineExceeded(
+                    "no heartbeat within the stale timeout; reconnect",
+                )
+                .into()));
+                break End::Broken;
+            }
             () = held.revocation.revoked() => {
                 tracing::info!("the stream's API key was revoked; ending it");
                 tx.finish(Err(Revocation::status()));
@@ -279,6 +294,7 @@ async fn run(
                 session.registration_id,
                 session.epoch,
                 change,
+                session.last_seen(),
             );
         }
         None => tracing::info!("health stream superseded"),
@@ -317,6 +333,7 @@ fn heartbeat(
             .writer
             .record_load(session.registration_id, session.epoch, load);
     }
+    session.seen(now);
     if *reported != session.stored_health() {
         // Whatever put another health there (the sweep, an operator, the
         // agent's own earlier report): the agent's current word wins.
@@ -326,9 +343,8 @@ fn heartbeat(
             session.registration_id,
             session.epoch,
             StreamChange::Report(*reported),
+            now,
         );
-    } else {
-        session.seen(now);
     }
     Ok(pb::Ack {
         sequence: beat.sequence,

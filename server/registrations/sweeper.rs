@@ -26,11 +26,13 @@
 //! left is gone for good. An operator can end it sooner with `Cleanup` and
 //! `ignore_partition_guard`.
 //!
-//! Database outages: heartbeats are acknowledged from memory while the
-//! database is away, so after one the sweeper first writes this replica's
-//! heartbeats (waiting for a background flush in flight, which took some of
-//! them: `HeartbeatWriter::flush`) and gives the other replicas two flush
-//! intervals to write theirs, and only then judges silence.
+//! Held instances are not the sweep's: while a replica holds an instance's
+//! stream (its row names the replica, whose lease is in
+//! `agentry_replicas`), that replica judges its silence and its lease
+//! vouches for it (`replicas.rs`). The sweep judges the others: unary
+//! registrations, ended streams and the instances of replicas whose lease
+//! expired, which a live replica took over (`orphaned` events: a replica's
+//! failure, not streams lost at once, so they do not trip the guard).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,7 +41,6 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::heartbeats::HeartbeatWriter;
 use crate::audit::{self, Actor, Target};
 use crate::config::RegistryConfig;
 use crate::error::Result;
@@ -102,7 +103,6 @@ pub struct Sweeper {
     pool: PgPool,
     settings: SweepSettings,
     leases: Arc<dyn LeaseExpiry>,
-    heartbeats: HeartbeatWriter,
     /// When the partition guard first held back the silence it holds now.
     guard_since: Mutex<Option<Instant>>,
     /// When a sweep of this replica last failed (its database was away).
@@ -110,19 +110,12 @@ pub struct Sweeper {
 }
 
 impl Sweeper {
-    /// A sweeper of `pool` with `settings`, expiring leases through
-    /// `leases`, writing `heartbeats` before it judges silence.
-    pub fn new(
-        pool: PgPool,
-        settings: SweepSettings,
-        leases: Arc<dyn LeaseExpiry>,
-        heartbeats: HeartbeatWriter,
-    ) -> Self {
+    /// A sweeper of `pool` with `settings`, expiring leases through `leases`.
+    pub fn new(pool: PgPool, settings: SweepSettings, leases: Arc<dyn LeaseExpiry>) -> Self {
         Sweeper {
             pool,
             settings,
             leases,
-            heartbeats,
             guard_since: Mutex::new(None),
             outage_seen: Mutex::new(None),
         }
@@ -133,20 +126,16 @@ impl Sweeper {
         &self.settings
     }
 
-    /// Writes this replica's heartbeats, then runs one sweep with `settings`.
+    /// Runs one sweep with `settings`.
     pub async fn sweep_with(&self, settings: &SweepSettings) -> Result<SweepReport> {
         let outage = *lock(&self.outage_seen);
-        let result = async {
-            self.heartbeats.flush().await?;
-            sweep(
-                &self.pool,
-                settings,
-                &*self.leases,
-                &self.guard_since,
-                outage,
-            )
-            .await
-        }
+        let result = sweep(
+            &self.pool,
+            settings,
+            &*self.leases,
+            &self.guard_since,
+            outage,
+        )
         .await;
         match &result {
             Ok(report) => report.count(),
@@ -158,23 +147,13 @@ impl Sweeper {
         result
     }
 
-    /// Sweeps every `interval` until `stopping` turns true. After a sweep
-    /// failed (the database was away), waits `settle` before the next, so
-    /// that every replica writes the heartbeats it took meanwhile.
-    pub async fn run(&self, interval: Duration, settle: Duration, stopping: watch::Receiver<bool>) {
+    /// Sweeps every `interval` until `stopping` turns true.
+    pub async fn run(&self, interval: Duration, stopping: watch::Receiver<bool>) {
         let mut ticker = Ticker::after(interval, stopping);
-        let mut recovering = false;
         while ticker.tick().await {
-            if recovering {
-                tokio::time::sleep(settle).await;
+            if let Err(e) = self.sweep_with(&self.settings).await {
+                tracing::warn!(error = %e, "sweep failed; retrying next interval");
             }
-            recovering = match self.sweep_with(&self.settings).await {
-                Ok(_) => false,
-                Err(e) => {
-                    tracing::warn!(error = %e, "sweep failed; retrying next interval");
-                    true
-                }
-            };
         }
     }
 }
@@ -247,7 +226,7 @@ async fn sweep(
         "WITH stale AS (UPDATE agent_registrations SET health_status = 'unknown', \
            failure_count = failure_count + 1, updated_at = now() \
            WHERE registration_status = 'active' AND health_status IN ('healthy', 'degraded') \
-             AND last_health_check < now() - $1 \
+             AND last_health_check < now() - $1 AND replica_id IS NULL \
            RETURNING id, tenant_id, configuration_id, epoch) \
          INSERT INTO registration_events (tenant_id, registration_id, configuration_id, kind, health_status, epoch) \
          SELECT tenant_id, id, configuration_id, 'swept', 'unknown', epoch FROM stale",
@@ -266,8 +245,9 @@ async fn sweep(
         "WITH lost AS (SELECT DISTINCT registration_id FROM registration_events \
                        WHERE kind = 'failed' AND at > now() - $2) \
          SELECT r.tenant_id, count(*), \
-                count(*) FILTER (WHERE r.last_health_check < now() - $1), \
-                count(*) FILTER (WHERE r.last_health_check < now() - $1 AND lost.registration_id IS NOT NULL) \
+                count(*) FILTER (WHERE r.last_health_check < now() - $1 AND r.replica_id IS NULL), \
+                count(*) FILTER (WHERE r.last_health_check < now() - $1 AND r.replica_id IS NULL \
+                                   AND lost.registration_id IS NOT NULL) \
          FROM agent_registrations r LEFT JOIN lost ON lost.registration_id = r.id \
          WHERE r.registration_status = 'active' GROUP BY r.tenant_id",
     )
@@ -341,7 +321,7 @@ async fn sweep(
         "WITH gone AS (UPDATE agent_registrations SET registration_status = 'inactive', \
            health_status = 'disconnected', deactivation_date = now(), updated_at = now() \
            WHERE registration_status = 'active' AND last_health_check < now() - $1 \
-             AND NOT (tenant_id = ANY($2)) \
+             AND replica_id IS NULL AND NOT (tenant_id = ANY($2)) \
            RETURNING id, tenant_id, configuration_id, epoch) \
          INSERT INTO registration_events (tenant_id, registration_id, configuration_id, kind, health_status, epoch) \
          SELECT tenant_id, id, configuration_id, 'deactivated', 'disconnected', epoch FROM gone",

@@ -1,7 +1,9 @@
 //! The registration writer: the state changes that health streams cause
 //! (a health report, a stream that broke, was released by the server, or
 //! said goodbye) for all of this server's streams, applied in one statement
-//! per batch.
+//! per batch. An end also clears the row's holder (`replica_id`) and writes
+//! when the stream last heard from the agent: while a replica holds a
+//! stream, its lease vouches for it and nothing else is written.
 //!
 //! A change is never dropped. The stream that caused it moves on at once:
 //! its session's health is updated in memory, and this replica's routing
@@ -23,6 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, watch};
 use uuid::Uuid;
@@ -82,6 +85,9 @@ struct Item {
     /// `None`: only a load report.
     change: Option<StreamChange>,
     load: Option<LoadChange>,
+    /// When the stream last heard from the agent, for an end: the row's
+    /// last health check (the holder wrote none while it held the stream).
+    seen: Option<DateTime<Utc>>,
     /// When the queue first took a change of this instance that is still
     /// waiting (its turn; `u64::MAX` until the queue takes it).
     turn: u64,
@@ -101,6 +107,7 @@ impl Item {
             if self.load.is_none() {
                 self.load.clone_from(&older.load);
             }
+            self.seen = self.seen.max(older.seen);
         }
         self
     }
@@ -204,8 +211,16 @@ impl RegistrationWriter {
         }
     }
 
-    /// Queues a change of registration `id` at `epoch`; it lands later.
-    pub fn record(&self, tenant: Uuid, id: Uuid, epoch: i64, change: StreamChange) {
+    /// Queues a change of registration `id` at `epoch`, whose stream last
+    /// heard from the agent at `seen`; it lands later.
+    pub fn record(
+        &self,
+        tenant: Uuid,
+        id: Uuid,
+        epoch: i64,
+        change: StreamChange,
+        seen: DateTime<Utc>,
+    ) {
         if change.ends() {
             self.departures.departed(tenant, id);
         }
@@ -215,6 +230,7 @@ impl RegistrationWriter {
             epoch,
             change: Some(change),
             load: None,
+            seen: Some(seen),
             turn: u64::MAX,
         });
     }
@@ -227,6 +243,7 @@ impl RegistrationWriter {
             epoch,
             change: None,
             load: Some(load),
+            seen: None,
             turn: u64::MAX,
         });
     }
@@ -369,10 +386,12 @@ async fn write(pool: &PgPool, batch: &[Item]) -> Result<Vec<Uuid>> {
         .iter()
         .map(|i| set(i).map(|l| serde_json::json!(l.metrics)))
         .collect();
+    let seen: Vec<Option<DateTime<Utc>>> = batch.iter().map(|i| i.seen).collect();
     Ok(sqlx::query_scalar(
         "WITH v AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], \
-                                         $5::boolean[], $6::int[], $7::int[], $8::float8[], $9::jsonb[]) \
-                      AS v(id, epoch, kind, health, load, in_flight, queue_depth, utilization, metrics)), \
+                                         $5::boolean[], $6::int[], $7::int[], $8::float8[], $9::jsonb[], \
+                                         $10::timestamptz[]) \
+                      AS v(id, epoch, kind, health, load, in_flight, queue_depth, utilization, metrics, seen)), \
          old AS (SELECT r.id, r.health_status FROM agent_registrations r JOIN v ON v.id = r.id \
                  WHERE r.id = ANY($1) AND r.epoch = v.epoch AND r.registration_status = 'active' \
                  ORDER BY r.id FOR UPDATE OF r), \
@@ -394,7 +413,8 @@ async fn write(pool: &PgPool, batch: &[Item]) -> Result<Vec<Uuid>> {
                                                                  ELSE r.failure_count END \
                                          ELSE r.failure_count END, \
              last_health_check = CASE WHEN v.kind IN ('report', 'load') THEN greatest(r.last_health_check, now()) \
-                                      ELSE r.last_health_check END, \
+                                      ELSE greatest(r.last_health_check, v.seen) END, \
+             replica_id = CASE WHEN v.kind IN ('report', 'load') THEN r.replica_id ELSE NULL END, \
              deactivation_date = CASE WHEN v.kind = 'goodbye' THEN now() ELSE r.deactivation_date END, \
              updated_at = now() \
            FROM v JOIN old ON old.id = v.id WHERE r.id = v.id \
@@ -418,6 +438,7 @@ async fn write(pool: &PgPool, batch: &[Item]) -> Result<Vec<Uuid>> {
     .bind(&queue_depth)
     .bind(&utilization)
     .bind(&metrics)
+    .bind(&seen)
     .fetch_all(pool)
     .await?)
 }
@@ -432,6 +453,7 @@ mod tests {
             epoch: 1,
             change: None,
             load: Some(LoadChange::Clear),
+            seen: None,
             turn: u64::MAX,
         }
     }

@@ -71,6 +71,10 @@ struct Instance {
     failures: i32,
     /// Takes new work (the row's `routable`: healthy or degraded, not drained).
     routable: bool,
+    /// The replica holding its stream, and whether that replica's lease has
+    /// run out (then the instance is not offered, whatever its row says).
+    holder: Option<Uuid>,
+    orphaned: bool,
     /// An operator drained it.
     drained: bool,
     reported: Option<Reported>,
@@ -154,7 +158,7 @@ impl ConfigState {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let rank = (instance.routable && !held).then(|| Rank {
+        let rank = (instance.routable && !instance.orphaned && !held).then(|| Rank {
             degraded: instance.health != HealthStatus::Healthy,
             cost: ranking::cost(load.value),
             busy: ctx.leases.get(&id).copied().unwrap_or(0),
@@ -237,6 +241,34 @@ struct State {
     /// Every manifest's skills, for `SearchAgents`.
     skills: SkillIndex,
     tenants: HashMap<Uuid, TenantState>,
+    replicas: Replicas,
+}
+
+/// The replicas' leases as the feed told them: an instance whose holder's
+/// lease ran out is not offered (the holder died or was cut off; a live
+/// replica takes its row over a moment later).
+#[derive(Debug, Default)]
+struct Replicas {
+    /// Each lease's expiry, and whether the view still counts it alive.
+    leases: HashMap<Uuid, (DateTime<Utc>, bool)>,
+}
+
+impl Replicas {
+    /// Whether an instance held by `holder` may be offered. A holder the
+    /// view has not heard of counts as gone: its lease is written before
+    /// any row names it, and the feed delivers in commit order.
+    fn alive(&self, holder: Option<Uuid>) -> bool {
+        holder.is_none_or(|h| self.leases.get(&h).is_some_and(|(_, alive)| *alive))
+    }
+
+    /// The leases that ran out by `now` but still count as alive.
+    fn expiring(&self, now: DateTime<Utc>) -> Vec<Uuid> {
+        self.leases
+            .iter()
+            .filter(|(_, (expires, alive))| *alive && *expires <= now)
+            .map(|(id, _)| *id)
+            .collect()
+    }
 }
 
 /// The availability view of all tenants.
@@ -288,10 +320,22 @@ impl View {
             due
         };
         // Looked for under the read lock: most ticks find nothing.
-        if due(&self.read()).is_empty() {
-            return;
-        }
+        let expiring = {
+            let state = self.read();
+            let expiring = state.replicas.expiring(now);
+            if expiring.is_empty() && due(&state).is_empty() {
+                return;
+            }
+            expiring
+        };
         let mut state = self.write();
+        for replica in expiring {
+            tracing::warn!(%replica, "a replica's lease ran out; its instances are not offered");
+            if let Some((_, alive)) = state.replicas.leases.get_mut(&replica) {
+                *alive = false;
+            }
+            self.hold(&mut state, replica, now);
+        }
         let mut touched = Vec::new();
         for (tenant, config, id) in due(&state) {
             let Some(t) = state.tenants.get_mut(&tenant) else {
@@ -429,9 +473,15 @@ impl View {
             }
         }
         let now = Utc::now();
+        for lease in &snapshot.replicas {
+            if let Some(expires) = lease.expires_at {
+                fresh.replicas.leases.insert(lease.id, (expires, expires > now));
+            }
+        }
         for r in &snapshot.registrations {
+            let alive = fresh.replicas.alive(r.replica_id);
             let tenant = fresh.tenants.entry(r.tenant_id).or_default();
-            place_instance(tenant, r.clone(), now, &self.routing);
+            place_instance(tenant, r.clone(), alive, now, &self.routing);
         }
         // Watched tenants that are gone lose their entries too.
         let mut tenants: Vec<Uuid> = fresh.tenants.keys().copied().collect();
@@ -566,6 +616,7 @@ impl View {
                 self.publish(state, *tenant, Some(*id));
             }
             Update::Registration { tenant, id, row } => {
+                let alive = row.as_ref().is_none_or(|r| state.replicas.alive(r.replica_id));
                 let t = state.tenants.entry(*tenant).or_default();
                 let now = Utc::now();
                 let mut touched = vec![];
@@ -586,7 +637,7 @@ impl View {
                         tracing::info!(registration = %id, "instance held out of routing: its health keeps changing");
                     }
                     touched.push(row.configuration_id);
-                    place_instance(t, row.clone(), now, &self.routing);
+                    place_instance(t, row.clone(), alive, now, &self.routing);
                 }
                 touched.dedup();
                 for config in touched {
@@ -615,6 +666,53 @@ impl View {
                 }
             }
             Update::ApiKey { .. } => {}
+            Update::Replica(lease) => {
+                let now = Utc::now();
+                let was = state.replicas.leases.get(&lease.id).map(|(_, alive)| *alive);
+                let alive = lease.expires_at.is_some_and(|e| e > now);
+                match lease.expires_at {
+                    Some(expires) => {
+                        state.replicas.leases.insert(lease.id, (expires, alive));
+                    }
+                    None => {
+                        state.replicas.leases.remove(&lease.id);
+                    }
+                }
+                if was.unwrap_or(false) != alive {
+                    self.hold(state, lease.id, now);
+                }
+            }
+        }
+    }
+
+    /// Ranks again every instance held by `replica` after its lease ran out
+    /// or came back (as [`Replicas::alive`] now says), and publishes their
+    /// configurations. Walks every instance: a replica's death is rare.
+    fn hold(&self, state: &mut State, replica: Uuid, now: DateTime<Utc>) {
+        let alive = state.replicas.alive(Some(replica));
+        let mut touched = Vec::new();
+        for (tenant, t) in &mut state.tenants {
+            let (configs, ctx) = t.parts(now, &self.routing);
+            for (config, c) in configs.iter_mut() {
+                let held: Vec<Uuid> = c
+                    .instances
+                    .iter_mut()
+                    .filter(|(_, i)| i.holder == Some(replica) && i.orphaned == alive)
+                    .map(|(id, i)| {
+                        i.orphaned = !alive;
+                        *id
+                    })
+                    .collect();
+                for id in &held {
+                    c.rerank(*id, &ctx);
+                }
+                if !held.is_empty() {
+                    touched.push((*tenant, *config));
+                }
+            }
+        }
+        for (tenant, config) in touched {
+            self.publish(state, tenant, Some(config));
         }
     }
 
@@ -795,7 +893,9 @@ impl View {
             instances.sort_by_key(|(i, _)| **i);
             for (i, instance) in instances {
                 let flap = t.flaps.get(i).filter(|f| f.held(now));
-                let why = if !instance.routable && instance.drained {
+                let why = if instance.orphaned {
+                    Some((Why::Unhealthy, "its replica's lease ran out".into()))
+                } else if !instance.routable && instance.drained {
                     Some((Why::Draining, "drained by an operator".into()))
                 } else if !instance.routable {
                     Some((
@@ -1275,9 +1375,12 @@ fn reported(load: &LoadColumns) -> Option<Reported> {
     })
 }
 
+/// Places row `r` in its tenant; `alive`: its holder's lease runs (or it
+/// has none).
 fn place_instance(
     t: &mut TenantState,
     r: RegistrationRow,
+    alive: bool,
     now: DateTime<Utc>,
     routing: &RoutingConfig,
 ) {
@@ -1286,6 +1389,8 @@ fn place_instance(
         health: HealthStatus::from_db_name(&r.health_status),
         failures: r.failure_count,
         routable: r.routable,
+        holder: r.replica_id,
+        orphaned: !alive,
         drained: r.drain_time.is_some(),
         reported: reported(&r.load),
         updated_at: r.updated_at,
