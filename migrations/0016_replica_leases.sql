@@ -39,17 +39,22 @@ ALTER TABLE registration_events ADD CONSTRAINT registration_events_kind_check
     CHECK (kind IN ('registered', 'reconnected', 'health_changed', 'superseded',
                     'deactivated', 'swept', 'failed', 'orphaned'));
 
--- {"kind": "replica", "id", "expires_at"} (milliseconds since the epoch; 0
--- when the row is gone): the lease travels, nothing is read for it.
+-- {"kind": "replica", "id", "expires_at", "at"} (milliseconds since the
+-- epoch; expires_at 0 when the row is gone; at: the database's clock when
+-- it was written): the lease travels, nothing is read for it. A view judges
+-- expiry by the database's clock as the feed brings it, never by its own:
+-- a feed running late must not take a live replica's instances out.
 CREATE FUNCTION agentry_notify_replica() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'DELETE' THEN
         PERFORM pg_notify('agentry_changes', json_build_object(
-            'kind', 'replica', 'id', OLD.id, 'expires_at', 0)::text);
+            'kind', 'replica', 'id', OLD.id, 'expires_at', 0,
+            'at', (extract(epoch FROM now()) * 1000)::bigint)::text);
     ELSE
         PERFORM pg_notify('agentry_changes', json_build_object(
             'kind', 'replica', 'id', NEW.id,
-            'expires_at', (extract(epoch FROM NEW.expires_at) * 1000)::bigint)::text);
+            'expires_at', (extract(epoch FROM NEW.expires_at) * 1000)::bigint,
+            'at', (extract(epoch FROM now()) * 1000)::bigint)::text);
     END IF;
     RETURN NULL;
 END $$;

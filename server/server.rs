@@ -232,6 +232,16 @@ impl Server {
             let cards = crate::configurations::CardEndpoint::new(auth.clone(), pool.clone());
             telemetry::start(addr, sampled, Some(Arc::new(cards)), stopping.clone()).await?;
         }
+        // Before the feed loads and before any stream registers: the view's
+        // first snapshot already has the rows of an earlier process of this
+        // name taken over, and the rows our streams write name a lease every
+        // view knows (the feed delivers in commit order). A database away at
+        // start-up is retried by the renewals.
+        match tokio::time::timeout(replica.lease(), replica.start()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot take this replica's lease yet; retrying"),
+            Err(_) => tracing::warn!("taking this replica's lease timed out; retrying"),
+        }
         let feed = Feed::new(pool.clone(), feed_pool)
             .with(view.clone())
             .with(Arc::new(auth.clone()))
@@ -247,13 +257,6 @@ impl Server {
                 let (replica, sessions, stopping) =
                     (replica.clone(), sessions.clone(), stopping.clone());
                 async move {
-                    // Before any stream registers: the rows it writes name a
-                    // lease that every view already knows (the feed delivers
-                    // in commit order). A database away at start-up is
-                    // retried by the renewals.
-                    if let Err(e) = replica.start().await {
-                        tracing::warn!(error = %e, "cannot take this replica's lease yet; retrying");
-                    }
                     replica
                         .run(stopping, || {
                             sessions.drain_all(

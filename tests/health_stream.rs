@@ -488,138 +488,6 @@ async fn a_superseded_raw_stream_refuses_later_heartbeats() {
 }
 
 #[tokio::test]
-async fn heartbeats_are_coalesced_into_one_statement_per_flush_interval() {
-    let s = TestServer::start_with(|c| {
-        c.registry.heartbeat_interval = Duration::from_millis(20);
-        c.registry.heartbeat_flush_interval = Duration::from_millis(200);
-    })
-    .await;
-    s.manifest("ide-agent").await;
-    let t = s.tenant("acme").await;
-    let mut sessions = Vec::new();
-    for i in 0..20 {
-        sessions.push(
-            t.agent
-                .agent_session(format!("inst-{i}"), "ide-agent")
-                .connect()
-                .await
-                .expect("connect"),
-        );
-    }
-    let stats = &s.sessions.stats;
-    let (beats0, flushes0) = (
-        stats.heartbeats.load(Ordering::SeqCst),
-        stats.heartbeat_flushes.load(Ordering::SeqCst),
-    );
-    let started = tokio::time::Instant::now();
-    eventually(DEADLINE, "at least 400 heartbeats", || async {
-        stats.heartbeats.load(Ordering::SeqCst) >= beats0 + 400
-    })
-    .await;
-    let elapsed = started.elapsed();
-    let beats = stats.heartbeats.load(Ordering::SeqCst) - beats0;
-    let flushes = stats.heartbeat_flushes.load(Ordering::SeqCst) - flushes0;
-    // At most one statement per interval tick in the window, plus one that
-    // was in flight when counting started (flushes count when they finish).
-    let intervals = (elapsed.as_millis() / 200) as u64 + 1;
-    assert!(
-        flushes <= intervals + 1,
-        "{flushes} flushes in {intervals} intervals for {beats} heartbeats"
-    );
-    assert!(
-        flushes >= 1 && beats >= 20 * flushes,
-        "{beats} heartbeats, {flushes} flushes"
-    );
-    let rows = stats.heartbeat_rows.load(Ordering::SeqCst);
-    assert!(rows >= 20, "each flush updates many rows at once: {rows}");
-    let stale: i64 = sqlx::query_scalar("SELECT count(*) FROM agent_registrations WHERE last_health_check < now() - interval '2 seconds'")
-        .fetch_one(&s.pool)
-        .await
-        .expect("count");
-    assert_eq!(stale, 0, "every instance's last_health_check is recent");
-    drop(sessions);
-}
-
-/// Counted where it happens, on the wire to PostgreSQL: 400 agents
-/// heartbeating twice per flush interval cost one statement per interval,
-/// not one per heartbeat.
-#[tokio::test]
-async fn four_hundred_agents_cost_postgresql_one_statement_per_flush_interval() {
-    const FLUSH: Duration = Duration::from_millis(200);
-    let (_db, proxy, s) = common::counted_server(|c| {
-        c.registry.heartbeat_interval = FLUSH / 2;
-        c.registry.heartbeat_flush_interval = FLUSH;
-    })
-    .await;
-    s.manifest("ide-agent").await;
-    let t = s.tenant("acme").await;
-    let connects: Vec<_> = (0..400)
-        .map(|i| {
-            let agent = t.agent.clone();
-            tokio::spawn(async move {
-                agent
-                    .agent_session(format!("inst-{i}"), "ide-agent")
-                    .connect()
-                    .await
-            })
-        })
-        .collect();
-    let mut sessions = Vec::new();
-    for connect in connects {
-        sessions.push(connect.await.expect("join").expect("connect"));
-    }
-    // The change feed applies notifications in order: once it has applied
-    // this update, it has read every registration above, and is quiet.
-    let configuration = sessions[0].current().configuration.expect("configuration");
-    t.client
-        .update_configuration(UpdateConfiguration::new(&configuration.id).system_prompt("settled"))
-        .await
-        .expect("update");
-    // Generous: 400 hellos and their heartbeats on a busy 2-core machine.
-    eventually(
-        Duration::from_secs(60),
-        "the change feed caught up",
-        || async {
-            t.client
-                .get_available_agents(AgentFilter::new(), 1)
-                .await
-                .expect("available")
-                .first()
-                .and_then(|a| a.configuration.as_ref())
-                .is_some_and(|c| c.system_prompt == "settled")
-        },
-    )
-    .await;
-    let stats = &s.sessions.stats;
-    let (mark, beats0, started) = (
-        proxy.statements(),
-        stats.heartbeats.load(Ordering::SeqCst),
-        tokio::time::Instant::now(),
-    );
-    // About six flush intervals' worth.
-    eventually(Duration::from_secs(60), "4,800 heartbeats", || async {
-        stats.heartbeats.load(Ordering::SeqCst) >= beats0 + 4_800
-    })
-    .await;
-    let (elapsed, ran) = (started.elapsed(), proxy.statements_since(mark));
-    let beats = stats.heartbeats.load(Ordering::SeqCst) - beats0;
-    // A window of `elapsed` holds at most this many ticks of the flush
-    // timer, and may catch the statement of a tick just before it.
-    let intervals = (elapsed.as_millis() / FLUSH.as_millis()) as usize + 1;
-    assert!(
-        !ran.is_empty() && ran.len() <= intervals + 1,
-        "{} statements in {intervals} flush intervals for {beats} heartbeats: {ran:#?}",
-        ran.len()
-    );
-    assert!(
-        beats as usize >= 100 * ran.len(),
-        "{beats} heartbeats, {} statements",
-        ran.len()
-    );
-    drop(sessions);
-}
-
-#[tokio::test]
 async fn configuration_changes_are_pushed_to_the_agent() {
     let s = TestServer::start().await;
     hears_configuration_change(&s, &s).await;
@@ -1012,7 +880,7 @@ async fn one_refused_registration_does_not_fail_its_batch() {
                         capacity: None,
                     };
                     return hellos
-                        .register(tenant, bad)
+                        .register(tenant, bad, false)
                         .await
                         .map(|_| ())
                         .map_err(|e| e.to_string());

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use agentry_client::{
@@ -237,105 +236,4 @@ async fn readiness_stays_serving_through_a_database_cut_and_the_services_that_ne
     .await;
     assert_eq!(health(&s, "").await, ServingStatus::Serving);
     drop(db);
-}
-
-/// The text of the heartbeat writer's statement (`registrations::store::touch_many`).
-const TOUCH_MANY: &str = "unnest($1::uuid[], $2::bigint[], $3::timestamptz[])";
-
-/// The race of a sweep after an outage: the background flush has taken the
-/// dirty heartbeats and its statement is still on its way (held in the
-/// proxy) when a sweep starts. The sweep's own flush must wait for it, so
-/// that the sweep reads the heartbeats that were acknowledged; otherwise it
-/// finds nothing to flush and deactivates a row that is about to be written.
-#[tokio::test]
-async fn a_sweep_waits_for_the_heartbeat_flush_in_flight_and_judges_what_it_wrote() {
-    let db = TestDb::new().await;
-    let (proxy, pool) = db
-        .through_proxy_with(
-            PgPoolOptions::new()
-                .max_connections(8)
-                .acquire_timeout(Duration::from_secs(30)),
-        )
-        .await;
-    let s = TestServer::with_pool(pool).await;
-    s.manifest("ide-agent").await;
-    let t = s.tenant("acme").await;
-    routing::configure(&t, "ide-agent", 10).await;
-    let (tx, stream) = raw_stream(&s, &t.agent_key, vec![hello("inst-1", "ide-agent")]).await;
-    let mut stream = stream.expect("stream");
-    let epoch = welcome(&mut stream).await.epoch;
-    let last_seen = || async {
-        sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>(
-            "SELECT last_health_check FROM agent_registrations WHERE instance_id = 'inst-1'",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .expect("row")
-    };
-    // A first heartbeat, written: from here the session is clean, and no
-    // flush is in flight once the row shows it.
-    tx.send(heartbeat(1, pb::HealthStatus::Healthy, epoch))
-        .await
-        .expect("send");
-    let first = ack(&mut stream).await.server_time.expect("server time");
-    let first = chrono::DateTime::from_timestamp(first.seconds, first.nanos as u32)
-        .expect("time")
-        .timestamp_micros();
-    eventually(DEADLINE, "the first heartbeat written", || async {
-        last_seen().await.timestamp_micros() >= first
-    })
-    .await;
-
-    // The row went silent, as through an outage while the stream's
-    // heartbeats were acknowledged from memory; the next flush carries the
-    // heartbeat that ends the silence, and is held on its way.
-    proxy.hold_statements(TOUCH_MANY);
-    sqlx::query(
-        "UPDATE agent_registrations SET last_health_check = now() - interval '1 hour' \
-         WHERE instance_id = 'inst-1'",
-    )
-    .execute(&db.pool)
-    .await
-    .expect("silence the row");
-    tx.send(heartbeat(2, pb::HealthStatus::Healthy, epoch))
-        .await
-        .expect("send");
-    ack(&mut stream).await;
-    eventually(DEADLINE, "the background flush in flight, held", || async {
-        proxy.holding() == 1
-    })
-    .await;
-
-    let waits = || {
-        s.sessions
-            .stats
-            .heartbeat_flush_waits
-            .load(Ordering::SeqCst)
-    };
-    let before = waits();
-    let sweep = tokio::spawn({
-        let admin = s.admin.clone();
-        async move { admin.cleanup(None, true).await }
-    });
-    eventually(
-        DEADLINE,
-        "the sweep waiting for the flush in flight, or done",
-        || async { waits() > before || sweep.is_finished() },
-    )
-    .await;
-    proxy.release_statements();
-    let report = sweep.await.expect("sweep task").expect("cleanup");
-    assert_eq!(
-        (report.marked_unknown, report.deactivated),
-        (0, 0),
-        "the sweep judged the row after the heartbeat that ends its silence landed"
-    );
-    let active: String = sqlx::query_scalar(
-        "SELECT registration_status::text FROM agent_registrations WHERE instance_id = 'inst-1'",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .expect("row");
-    assert_eq!(active, "active");
-    drop(tx);
 }

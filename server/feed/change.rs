@@ -103,8 +103,8 @@ pub enum Change {
     ApiKey { id: Uuid },
     /// A replica's lease was taken, renewed, ended or taken over
     /// (migration 0016); its expiry travels, in milliseconds since the
-    /// epoch, 0 when the lease is gone.
-    Replica { id: Uuid, expires_at: i64 },
+    /// epoch (0 when the lease is gone), with the database's clock then.
+    Replica { id: Uuid, expires_at: i64, at: i64 },
 }
 
 impl Change {

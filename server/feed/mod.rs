@@ -51,8 +51,10 @@ pub struct Snapshot {
     pub registrations: Vec<RegistrationRow>,
     /// Open leases per instance.
     pub open_leases: Vec<OpenLeases>,
-    /// Every replica's lease: who holds streams, and until when.
+    /// Every replica's lease: who holds streams, and until when; and the
+    /// database's clock when they were read.
     pub replicas: Vec<ReplicaLease>,
+    pub replicas_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// One change with the row it names, read after the change committed
@@ -94,8 +96,12 @@ pub enum Update {
     },
     /// An API key was revoked or deleted.
     ApiKey { id: Uuid },
-    /// A replica's lease was taken, renewed or ended.
-    Replica(ReplicaLease),
+    /// A replica's lease was taken, renewed or ended, `at` the database's
+    /// clock.
+    Replica {
+        lease: ReplicaLease,
+        at: chrono::DateTime<chrono::Utc>,
+    },
 }
 
 /// A part of the server kept current by the feed. Each takes what concerns it.
@@ -200,12 +206,14 @@ impl Feed {
 }
 
 async fn snapshot(pool: &PgPool) -> Result<Snapshot> {
+    let leases_now = replicas::all(pool).await?;
     Ok(Snapshot {
         manifests: manifests::all(pool).await?,
         configurations: configurations::all(pool).await?,
         registrations: registrations::all_active(pool).await?,
         open_leases: leases::open_leases(pool).await?,
-        replicas: replicas::all(pool).await?,
+        replicas: leases_now.0,
+        replicas_at: leases_now.1,
     })
 }
 
@@ -281,12 +289,15 @@ async fn resolve(pool: &PgPool, changes: Vec<Change>) -> Result<Vec<Update>> {
                 delta,
             },
             Change::ApiKey { id } => Update::ApiKey { id },
-            Change::Replica { id, expires_at } => Update::Replica(ReplicaLease {
-                id,
-                expires_at: (expires_at > 0)
-                    .then(|| chrono::DateTime::from_timestamp_millis(expires_at))
-                    .flatten(),
-            }),
+            Change::Replica { id, expires_at, at } => Update::Replica {
+                lease: ReplicaLease {
+                    id,
+                    expires_at: (expires_at > 0)
+                        .then(|| chrono::DateTime::from_timestamp_millis(expires_at))
+                        .flatten(),
+                },
+                at: chrono::DateTime::from_timestamp_millis(at).unwrap_or_default(),
+            },
         })
         .collect())
 }

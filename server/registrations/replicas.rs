@@ -9,8 +9,10 @@
 //! So the database's work follows changes, not the size of the fleet.
 //!
 //! A replica that dies or is cut off stops renewing. Every replica's view
-//! takes its instances out of routing at the lease's expiry (the expiry
-//! travels in the feed), and at each renewal every replica looks for
+//! takes its instances out of routing once the feed brings a database
+//! clock past the lease's expiry (every replica's own renewals bring it,
+//! so within a third of the lease after the expiry; a view whose feed runs
+//! late, or is cut off itself, declares nobody dead), and at each renewal every replica looks for
 //! expired leases and takes their rows over in one statement: health
 //! `unknown`, no holder, last seen at the dead replica's last renewal, an
 //! `orphaned` event (not a lost stream: the partition guard does not count
@@ -43,19 +45,24 @@ pub struct ReplicaLease {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
-/// Every replica's lease (the feed's snapshot).
-pub async fn all(pool: &PgPool) -> Result<Vec<ReplicaLease>> {
-    let rows: Vec<(Uuid, DateTime<Utc>)> =
-        sqlx::query_as("SELECT id, expires_at FROM agentry_replicas")
+/// Every replica's lease (the feed's snapshot), and the database's clock.
+pub async fn all(pool: &PgPool) -> Result<(Vec<ReplicaLease>, DateTime<Utc>)> {
+    let rows: Vec<(Uuid, DateTime<Utc>, DateTime<Utc>)> =
+        sqlx::query_as("SELECT id, expires_at, now() FROM agentry_replicas")
             .fetch_all(pool)
             .await?;
-    Ok(rows
+    let now = match rows.first() {
+        Some(row) => row.2,
+        None => sqlx::query_scalar("SELECT now()").fetch_one(pool).await?,
+    };
+    let leases = rows
         .into_iter()
-        .map(|(id, expires_at)| ReplicaLease {
+        .map(|(id, expires_at, _)| ReplicaLease {
             id,
             expires_at: Some(expires_at),
         })
-        .collect())
+        .collect();
+    Ok((leases, now))
 }
 
 /// What a renewal found.

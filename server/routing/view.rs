@@ -246,11 +246,15 @@ struct State {
 
 /// The replicas' leases as the feed told them: an instance whose holder's
 /// lease ran out is not offered (the holder died or was cut off; a live
-/// replica takes its row over a moment later).
+/// replica takes its row over a moment later). Expiry is judged by the
+/// database's clock as the feed brought it, never by this process's: a
+/// feed running late must not take a live replica's instances out.
 #[derive(Debug, Default)]
 struct Replicas {
     /// Each lease's expiry, and whether the view still counts it alive.
     leases: HashMap<Uuid, (DateTime<Utc>, bool)>,
+    /// The latest database time the feed brought.
+    clock: DateTime<Utc>,
 }
 
 impl Replicas {
@@ -261,13 +265,34 @@ impl Replicas {
         holder.is_none_or(|h| self.leases.get(&h).is_some_and(|(_, alive)| *alive))
     }
 
-    /// The leases that ran out by `now` but still count as alive.
-    fn expiring(&self, now: DateTime<Utc>) -> Vec<Uuid> {
-        self.leases
-            .iter()
-            .filter(|(_, (expires, alive))| *alive && *expires <= now)
-            .map(|(id, _)| *id)
-            .collect()
+    /// Takes `lease` as the feed brought it at database time `at`; returns
+    /// the replicas whose standing changed (died by the clock, or came back).
+    fn take(&mut self, lease: &crate::registrations::replicas::ReplicaLease, at: DateTime<Utc>) -> Vec<Uuid> {
+        self.clock = self.clock.max(at);
+        let was = self.leases.get(&lease.id).map(|(_, alive)| *alive);
+        let mut changed = Vec::new();
+        match lease.expires_at {
+            Some(expires) => {
+                let alive = expires > self.clock;
+                self.leases.insert(lease.id, (expires, alive));
+                if was.unwrap_or(false) != alive {
+                    changed.push(lease.id);
+                }
+            }
+            None => {
+                if self.leases.remove(&lease.id).is_some_and(|(_, alive)| alive) {
+                    changed.push(lease.id);
+                }
+            }
+        }
+        let clock = self.clock;
+        for (id, (expires, alive)) in &mut self.leases {
+            if *alive && *expires <= clock {
+                *alive = false;
+                changed.push(*id);
+            }
+        }
+        changed
     }
 }
 
@@ -320,22 +345,10 @@ impl View {
             due
         };
         // Looked for under the read lock: most ticks find nothing.
-        let expiring = {
-            let state = self.read();
-            let expiring = state.replicas.expiring(now);
-            if expiring.is_empty() && due(&state).is_empty() {
-                return;
-            }
-            expiring
-        };
-        let mut state = self.write();
-        for replica in expiring {
-            tracing::warn!(%replica, "a replica's lease ran out; its instances are not offered");
-            if let Some((_, alive)) = state.replicas.leases.get_mut(&replica) {
-                *alive = false;
-            }
-            self.hold(&mut state, replica, now);
+        if due(&self.read()).is_empty() {
+            return;
         }
+        let mut state = self.write();
         let mut touched = Vec::new();
         for (tenant, config, id) in due(&state) {
             let Some(t) = state.tenants.get_mut(&tenant) else {
@@ -473,9 +486,13 @@ impl View {
             }
         }
         let now = Utc::now();
+        fresh.replicas.clock = snapshot.replicas_at;
         for lease in &snapshot.replicas {
             if let Some(expires) = lease.expires_at {
-                fresh.replicas.leases.insert(lease.id, (expires, expires > now));
+                fresh
+                    .replicas
+                    .leases
+                    .insert(lease.id, (expires, expires > snapshot.replicas_at));
             }
         }
         for r in &snapshot.registrations {
@@ -666,20 +683,16 @@ impl View {
                 }
             }
             Update::ApiKey { .. } => {}
-            Update::Replica(lease) => {
+            Update::Replica { lease, at } => {
                 let now = Utc::now();
-                let was = state.replicas.leases.get(&lease.id).map(|(_, alive)| *alive);
-                let alive = lease.expires_at.is_some_and(|e| e > now);
-                match lease.expires_at {
-                    Some(expires) => {
-                        state.replicas.leases.insert(lease.id, (expires, alive));
+                for replica in state.replicas.take(lease, *at) {
+                    let alive = state.replicas.alive(Some(replica));
+                    if alive {
+                        tracing::info!(%replica, "a replica's lease runs again; its instances are offered");
+                    } else {
+                        tracing::warn!(%replica, "a replica's lease ran out; its instances are not offered");
                     }
-                    None => {
-                        state.replicas.leases.remove(&lease.id);
-                    }
-                }
-                if was.unwrap_or(false) != alive {
-                    self.hold(state, lease.id, now);
+                    self.hold(state, replica, now);
                 }
             }
         }

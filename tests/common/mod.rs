@@ -306,27 +306,7 @@ impl TestServer {
 
     /// A tenant with a tenant key and an agent key.
     pub async fn tenant(&self, name: &str) -> Tenant {
-        let tenant = self.admin.create_tenant(name).await.expect("create tenant");
-        let key = |role: pb::Role| {
-            let admin = self.admin.clone();
-            let tenant_id = tenant.id.clone();
-            async move {
-                admin
-                    .create_api_key(agentry_client::CreateApiKey::new(role).tenant(tenant_id))
-                    .await
-                    .expect("create key")
-                    .secret
-            }
-        };
-        let tenant_key = key(pb::Role::Tenant).await;
-        let agent_key = key(pb::Role::Agent).await;
-        Tenant {
-            client: client(self.addr, &tenant_key).await,
-            agent: client(self.addr, &agent_key).await,
-            id: tenant.id,
-            tenant_key,
-            agent_key,
-        }
+        tenant_of(&self.admin, self.addr, name).await
     }
 
     /// The clients of tenant `t` (same keys) connected to this server, e.g. a replica.
@@ -393,6 +373,32 @@ pub struct Tenant {
     pub agent: Client,
     pub tenant_key: String,
     pub agent_key: String,
+}
+
+/// A tenant created through `admin`, with a tenant key and an agent key,
+/// and clients of both on the server at `addr`.
+pub async fn tenant_of(admin: &Client, addr: SocketAddr, name: &str) -> Tenant {
+    let tenant = admin.create_tenant(name).await.expect("create tenant");
+    let key = |role: pb::Role| {
+        let admin = admin.clone();
+        let tenant_id = tenant.id.clone();
+        async move {
+            admin
+                .create_api_key(agentry_client::CreateApiKey::new(role).tenant(tenant_id))
+                .await
+                .expect("create key")
+                .secret
+        }
+    };
+    let tenant_key = key(pb::Role::Tenant).await;
+    let agent_key = key(pb::Role::Agent).await;
+    Tenant {
+        client: client(addr, &tenant_key).await,
+        agent: client(addr, &agent_key).await,
+        id: tenant.id,
+        tenant_key,
+        agent_key,
+    }
 }
 
 /// The gRPC code of a failed call.
