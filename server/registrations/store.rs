@@ -366,34 +366,3 @@ pub async fn transition(
     tx.commit().await?;
     Ok(Ok(row))
 }
-
-/// Persists heartbeat times of many sessions in one statement. Rows whose
-/// epoch moved on (another connection took over) or that were deactivated are
-/// left alone; the ids that were updated are returned.
-///
-/// The rows are locked in id order first, as the registration writer locks
-/// its batch (`registrations/writer.rs`): updated in the join's order, this
-/// statement and a writer batch over the same rows deadlocked, and the
-/// loser (often the writer's batch of load reports) waited for the deadlock
-/// timeout and was written again.
-pub async fn touch_many(
-    pool: &PgPool,
-    ids: &[Uuid],
-    epochs: &[i64],
-    seen: &[DateTime<Utc>],
-) -> Result<Vec<Uuid>> {
-    Ok(sqlx::query_scalar(
-        "WITH v AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[]) AS v(id, epoch, seen)), \
-         locked AS (SELECT r.id FROM agent_registrations r JOIN v ON v.id = r.id \
-                    WHERE r.epoch = v.epoch AND r.registration_status = 'active' \
-                    ORDER BY r.id FOR UPDATE OF r) \
-         UPDATE agent_registrations r SET last_health_check = greatest(r.last_health_check, v.seen) \
-         FROM v JOIN locked ON locked.id = v.id \
-         WHERE r.id = v.id AND r.epoch = v.epoch AND r.registration_status = 'active' RETURNING r.id",
-    )
-    .bind(ids)
-    .bind(epochs)
-    .bind(seen)
-    .fetch_all(pool)
-    .await?)
-}

@@ -1550,6 +1550,7 @@ mod tests {
             routable: matches!(health, "healthy" | "degraded"),
             created_at: Utc::now(),
             updated_at: Utc::now(),
+            replica_id: None,
             load: Default::default(),
         }
     }
@@ -1579,6 +1580,7 @@ mod tests {
             configurations: vec![a.clone(), b.clone()],
             registrations: instances.clone(),
             open_leases: vec![],
+            ..Default::default()
         });
         let fleet = Fleet {
             view,
@@ -1775,6 +1777,7 @@ mod tests {
                 registration_id: busy.id,
                 count: 3,
             }],
+            ..Default::default()
         });
         (c, busy, idle)
     }
@@ -2015,5 +2018,62 @@ mod tests {
             row: Some(manifest_row(f.manifest, "deprecated")),
         }]);
         check("ide");
+    }
+
+    /// An instance is offered while its holder's lease runs by the database
+    /// clock the feed brings (not this process's), is held out once that
+    /// clock passes the lease, comes back with a renewal, and an instance
+    /// naming a holder the view never heard of is not offered.
+    #[test]
+    fn instances_follow_their_holders_lease_by_the_feeds_clock() {
+        use crate::registrations::replicas::ReplicaLease;
+        let (f, _) = fleet();
+        let c = configuration(Uuid::new_v4(), f.tenant, f.manifest, 0, 10);
+        let (holder, stranger) = (Uuid::new_v4(), Uuid::new_v4());
+        let t0 = Utc::now() - chrono::Duration::hours(1);
+        let mut held = instance(&c, "healthy", 0);
+        held.replica_id = Some(holder);
+        let mut unknown = instance(&c, "healthy", 0);
+        unknown.replica_id = Some(stranger);
+        f.view.load(&Snapshot {
+            manifests: vec![manifest_row(f.manifest, "active")],
+            configurations: vec![c.clone()],
+            registrations: vec![held.clone(), unknown.clone()],
+            replicas: vec![ReplicaLease {
+                id: holder,
+                expires_at: Some(t0 + chrono::Duration::seconds(10)),
+            }],
+            replicas_at: t0,
+            ..Default::default()
+        });
+        let offered = |f: &Fleet| -> Vec<Uuid> {
+            f.view
+                .candidates(f.tenant, &Filter::default(), 10)
+                .into_iter()
+                .map(|(_, i)| i)
+                .collect()
+        };
+        // The lease ran out an hour ago by this clock, not by the feed's.
+        assert_eq!(offered(&f), vec![held.id], "only the known holder's");
+        let renewal = |expires: i64, at: i64| Update::Replica {
+            lease: ReplicaLease {
+                id: holder,
+                expires_at: Some(t0 + chrono::Duration::seconds(expires)),
+            },
+            at: t0 + chrono::Duration::seconds(at),
+        };
+        // Another replica's renewal brings the clock past the lease.
+        f.view.apply(&[Update::Replica {
+            lease: ReplicaLease {
+                id: stranger,
+                expires_at: None,
+            },
+            at: t0 + chrono::Duration::seconds(11),
+        }]);
+        assert!(offered(&f).is_empty(), "held out once the clock passed its lease");
+        f.view.apply(&[renewal(25, 12)]);
+        assert_eq!(offered(&f), vec![held.id], "back with a renewal");
+        f.view.apply(&[renewal(25, 26)]);
+        assert!(offered(&f).is_empty());
     }
 }

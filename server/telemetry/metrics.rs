@@ -27,10 +27,6 @@ pub const RPC_DURATION: &str = "agentry_rpc_duration_seconds";
 pub const HEALTH_STREAMS: &str = "agentry_health_streams";
 /// Heartbeats received on all health streams.
 pub const HEARTBEATS: &str = "agentry_heartbeats_total";
-/// Heartbeat flushes (one statement each) and their latency.
-pub const HEARTBEAT_FLUSH_DURATION: &str = "agentry_heartbeat_flush_duration_seconds";
-/// Registration rows the heartbeat flushes updated.
-pub const HEARTBEAT_ROWS: &str = "agentry_heartbeat_rows_total";
 /// Items waiting for a batching writer, by `writer`.
 pub const WRITER_QUEUE: &str = "agentry_writer_queue_depth";
 /// Items per batch that landed, by `writer`.
@@ -138,15 +134,6 @@ fn describe() {
     );
     describe_gauge!(HEALTH_STREAMS, "health streams open on this server");
     describe_counter!(HEARTBEATS, "heartbeats received");
-    describe_histogram!(
-        HEARTBEAT_FLUSH_DURATION,
-        Unit::Seconds,
-        "heartbeat flush statements and their latency"
-    );
-    describe_counter!(
-        HEARTBEAT_ROWS,
-        "registration rows updated by heartbeat flushes"
-    );
     describe_gauge!(
         WRITER_QUEUE,
         "items waiting for a batching writer (registration, hello, lease)"
