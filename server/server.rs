@@ -32,9 +32,9 @@ use crate::pb::registration_service_server::RegistrationServiceServer;
 use crate::pb::routing_service_server::RoutingServiceServer;
 use crate::periodic::Ticker;
 use crate::registrations::RegistrationApi;
-use crate::registrations::replicas::Replica;
 use crate::registrations::hellos::HelloWriter;
 use crate::registrations::registry::Registry;
+use crate::registrations::replicas::Replica;
 use crate::registrations::sessions::Sessions;
 use crate::registrations::stream::{HealthStreams, StreamTiming};
 use crate::registrations::sweeper::{SweepSettings, Sweeper};
@@ -239,7 +239,9 @@ impl Server {
         // start-up is retried by the renewals.
         match tokio::time::timeout(replica.lease(), replica.start()).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot take this replica's lease yet; retrying"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot take this replica's lease yet; retrying")
+            }
             Err(_) => tracing::warn!("taking this replica's lease timed out; retrying"),
         }
         let feed = Feed::new(pool.clone(), feed_pool)
@@ -488,8 +490,13 @@ impl Server {
         // (ends not written in time) is taken over now, not at the lease's end.
         match replica.release().await {
             Ok(0) => {}
-            Ok(n) => tracing::warn!(instances = n, "instances whose stream end was not written taken over at shutdown"),
-            Err(e) => tracing::warn!(error = %e, "cannot end this replica's lease; it expires by itself"),
+            Ok(n) => tracing::warn!(
+                instances = n,
+                "instances whose stream end was not written taken over at shutdown"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot end this replica's lease; it expires by itself")
+            }
         }
         tracing::info!("server stopped");
         result
@@ -548,7 +555,11 @@ fn default_replica_name(listen: std::net::SocketAddr) -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
         .unwrap_or_else(|| "localhost".into());
     format!("{host}:{}", listen.port())
 }

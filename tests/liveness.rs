@@ -16,7 +16,12 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 /// `n` SDK sessions of `agent_id` on `s`, 500 per client (a connection
 /// carries at most `--connection-streams` of them).
-async fn fleet(s: &TestServer, key: &str, prefix: &str, n: usize) -> Vec<agentry_client::AgentSession> {
+async fn fleet(
+    s: &TestServer,
+    key: &str,
+    prefix: &str,
+    n: usize,
+) -> Vec<agentry_client::AgentSession> {
     let mut sessions = Vec::with_capacity(n);
     for chunk in 0..n.div_ceil(500) {
         let client = common::client(s.addr, key).await;
@@ -158,12 +163,11 @@ async fn a_replica_whose_lease_runs_out_loses_its_instances_everywhere() {
             == 20
     })
     .await;
-    let orphaned: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM registration_events WHERE kind = 'orphaned'",
-    )
-    .fetch_one(&a.pool)
-    .await
-    .expect("events");
+    let orphaned: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM registration_events WHERE kind = 'orphaned'")
+            .fetch_one(&a.pool)
+            .await
+            .expect("events");
     assert_eq!(orphaned, 20);
     // Three stale timeouts after b's last renewal, a sweep deactivates them:
     // a replica's death is not the registry's trouble.
@@ -223,7 +227,12 @@ async fn a_replica_restarted_after_a_crash_offers_nothing_it_does_not_hold() {
     let first = common::binary::ServerProcess::start(&args).await;
     let admin = common::client(first.addr, &secret).await;
     admin
-        .create_manifest(agentry_client::CreateManifest::new("ide-agent", "ide", "IDE", "1.0.0"))
+        .create_manifest(agentry_client::CreateManifest::new(
+            "ide-agent",
+            "ide",
+            "IDE",
+            "1.0.0",
+        ))
         .await
         .expect("manifest");
     let t = common::tenant_of(&admin, first.addr, "acme").await;
@@ -283,7 +292,11 @@ async fn a_held_instance_is_never_swept_and_reads_as_heard_from_at_its_holders_r
     .await
     .expect("silence the row");
     let report = s.admin.cleanup(None, true).await.expect("cleanup");
-    assert_eq!((report.marked_unknown, report.deactivated), (0, 0), "{report:?}");
+    assert_eq!(
+        (report.marked_unknown, report.deactivated),
+        (0, 0),
+        "{report:?}"
+    );
     let registration = t
         .client
         .get_registration_by_instance_id("inst-1")
@@ -291,6 +304,9 @@ async fn a_held_instance_is_never_swept_and_reads_as_heard_from_at_its_holders_r
         .expect("get");
     let heard = registration.last_health_check.expect("last health check");
     let age = chrono::Utc::now().timestamp() - heard.seconds;
-    assert!(age <= 2, "heard from {age} s ago, as of the holder's renewal");
+    assert!(
+        age <= 2,
+        "heard from {age} s ago, as of the holder's renewal"
+    );
     drop(session);
 }

@@ -196,7 +196,9 @@ impl HelloWriter {
                     tracing::warn!(error = %e, registrations = batch.len(), "registration batch refused; registering one by one");
                     for request in batch {
                         let alone = std::slice::from_ref(&request);
-                        match register(&pool, alone, self.create_unknown_manifests, self.replica).await {
+                        match register(&pool, alone, self.create_unknown_manifests, self.replica)
+                            .await
+                        {
                             Ok(registered) => self.answer(vec![request], registered),
                             Err(e) => fail(request, &e),
                         }

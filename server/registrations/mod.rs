@@ -6,8 +6,8 @@
 
 pub mod hellos;
 pub mod load;
-pub mod replicas;
 pub mod registry;
+pub mod replicas;
 pub mod request;
 mod service;
 pub mod sessions;

@@ -86,7 +86,10 @@ impl RegistrationService for RegistrationApi {
             .auth
             .accept::<_, Announcement>(request, REGISTRANTS)
             .await?;
-        let registered = self.registry.register(caller.owning_tenant("")?, a, false).await?;
+        let registered = self
+            .registry
+            .register(caller.owning_tenant("")?, a, false)
+            .await?;
         Ok(Response::new(pb::RegisterInstanceResponse {
             registration: Some(registered.row.into()),
             created: registered.created,

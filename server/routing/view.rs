@@ -267,7 +267,11 @@ impl Replicas {
 
     /// Takes `lease` as the feed brought it at database time `at`; returns
     /// the replicas whose standing changed (died by the clock, or came back).
-    fn take(&mut self, lease: &crate::registrations::replicas::ReplicaLease, at: DateTime<Utc>) -> Vec<Uuid> {
+    fn take(
+        &mut self,
+        lease: &crate::registrations::replicas::ReplicaLease,
+        at: DateTime<Utc>,
+    ) -> Vec<Uuid> {
         self.clock = self.clock.max(at);
         let was = self.leases.get(&lease.id).map(|(_, alive)| *alive);
         let mut changed = Vec::new();
@@ -280,7 +284,11 @@ impl Replicas {
                 }
             }
             None => {
-                if self.leases.remove(&lease.id).is_some_and(|(_, alive)| alive) {
+                if self
+                    .leases
+                    .remove(&lease.id)
+                    .is_some_and(|(_, alive)| alive)
+                {
                     changed.push(lease.id);
                 }
             }
@@ -633,7 +641,9 @@ impl View {
                 self.publish(state, *tenant, Some(*id));
             }
             Update::Registration { tenant, id, row } => {
-                let alive = row.as_ref().is_none_or(|r| state.replicas.alive(r.replica_id));
+                let alive = row
+                    .as_ref()
+                    .is_none_or(|r| state.replicas.alive(r.replica_id));
                 let t = state.tenants.entry(*tenant).or_default();
                 let now = Utc::now();
                 let mut touched = vec![];
@@ -2070,7 +2080,10 @@ mod tests {
             },
             at: t0 + chrono::Duration::seconds(11),
         }]);
-        assert!(offered(&f).is_empty(), "held out once the clock passed its lease");
+        assert!(
+            offered(&f).is_empty(),
+            "held out once the clock passed its lease"
+        );
         f.view.apply(&[renewal(25, 12)]);
         assert_eq!(offered(&f), vec![held.id], "back with a renewal");
         f.view.apply(&[renewal(25, 26)]);
