@@ -290,6 +290,12 @@ pub struct RegistryConfig {
     #[arg(long, env = "AGENTRY_REPLICA_NAME")]
     pub replica_name: Option<String>,
 
+    /// Registrations (`Hello`, `RegisterInstance`) that may wait for this
+    /// server's hello writer; past it, a registration waits up to 5 s for
+    /// room, then is answered UNAVAILABLE with a retry pushback.
+    #[arg(long, env = "AGENTRY_HELLO_QUEUE", default_value_t = 10_000)]
+    pub hello_queue: usize,
+
     /// How often the background sweeper looks for stale instances.
     #[arg(long, env = "AGENTRY_SWEEP_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
     pub sweep_interval: Duration,
@@ -365,6 +371,7 @@ impl Default for RegistryConfig {
             stale_timeout: Duration::from_secs(60),
             hello_timeout: Duration::from_secs(10),
             heartbeat_flush_interval: Duration::from_secs(1),
+            hello_queue: 10_000,
             replica_lease: Duration::from_secs(10),
             replica_name: None,
             sweep_interval: Duration::from_secs(15),

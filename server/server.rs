@@ -135,6 +135,7 @@ impl Server {
             hellos: Arc::new(HelloWriter::new(
                 config.registry.create_unknown_manifests,
                 replica.id(),
+                config.registry.hello_queue,
             )),
             view,
             leases: Arc::default(),

@@ -310,3 +310,46 @@ async fn a_held_instance_is_never_swept_and_reads_as_heard_from_at_its_holders_r
     );
     drop(session);
 }
+
+/// A fleet that connects at once, larger than the hello queue: the
+/// registrations past the queue wait for room on their open streams (the
+/// writer's statement held meanwhile), and every one is welcomed, none
+/// turned away to retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_past_the_hello_queue_wait_for_room_instead_of_being_turned_away() {
+    let db = common::TestDb::new().await;
+    let (proxy, pool) = db
+        .through_proxy_with(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(30)),
+        )
+        .await;
+    let s = TestServer::with_pool_and(pool, |c| c.registry.hello_queue = 4).await;
+    s.manifest("ide-agent").await;
+    let t = s.tenant("acme").await;
+    proxy.hold_statements("agentry_register_batch");
+    let channel = common::raw::channel(s.url()).await;
+    let mut opening = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let (channel, key) = (channel.clone(), t.agent_key.clone());
+        opening.spawn(async move {
+            let (tx, stream) =
+                common::stream::raw_stream_on(channel, &key, &format!("inst-{i}")).await;
+            let mut stream = stream.expect("welcomed, not turned away");
+            common::stream::welcome(&mut stream).await;
+            (tx, stream)
+        });
+    }
+    eventually(DEADLINE, "registrations waiting past the full queue", || async {
+        s.hellos.stats.waited.load(std::sync::atomic::Ordering::SeqCst) >= 20
+    })
+    .await;
+    proxy.release_statements();
+    let opened = opening.join_all().await;
+    assert_eq!(opened.len(), 40);
+    assert_eq!(
+        s.hellos.stats.turned_away.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
