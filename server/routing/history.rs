@@ -11,12 +11,15 @@
 //! the view telling the same entry twice is one change.
 //!
 //! A tenant's stream starts when it is first watched on this replica (until
-//! then the view records nothing for it) and lasts as long as the process: a
-//! restarted server or another replica has other streams, so a watch resumed
-//! there is resynced rather than sent wrong events.
+//! then the view records nothing for it) and ends [`UNWATCHED`] after its
+//! last watch went away, with the changes it held: a watch that resumes
+//! after that, like one resumed on a restarted server or another replica
+//! (which have other streams), is resynced rather than sent wrong events.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+
+use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use tokio::sync::watch;
@@ -25,6 +28,11 @@ use uuid::Uuid;
 use super::filter::ManifestFacts;
 use super::request::Filter;
 use crate::pb;
+
+/// How long a tenant's stream outlives its last watch: long enough for a
+/// watch that broke to resume here, short enough that a tenant watched once
+/// does not keep its entries and changes in memory for good.
+pub const UNWATCHED: Duration = Duration::from_secs(10);
 
 /// A configuration's entry as a watch of any filter may see it.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,6 +123,8 @@ struct TenantStream {
     /// The latest changes, oldest first; the last one is at `revision`.
     held: VecDeque<Arc<Change>>,
     revisions: watch::Sender<u64>,
+    /// Since when no watch holds a subscription.
+    unwatched_since: Option<Instant>,
 }
 
 /// The streams of the watched tenants and the buffer of their latest changes.
@@ -170,7 +180,9 @@ impl History {
                 .collect(),
             held: VecDeque::new(),
             revisions: watch::channel(1).0,
+            unwatched_since: None,
         });
+        t.unwatched_since = None;
         Subscription {
             stream: t.stream.clone(),
             revisions: t.revisions.subscribe(),
@@ -223,6 +235,32 @@ impl History {
     /// Bytes of the changes held now.
     pub fn held_bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Ends the streams of tenants no watch has held for `after` (as of
+    /// `now`), with their entries and changes; returns how many ended.
+    pub fn forget_unwatched(&mut self, now: Instant, after: Duration) -> usize {
+        let mut gone = Vec::new();
+        for (tenant, t) in &mut self.tenants {
+            if t.revisions.receiver_count() > 0 {
+                t.unwatched_since = None;
+                continue;
+            }
+            let since = *t.unwatched_since.get_or_insert(now);
+            if now.duration_since(since) >= after {
+                gone.push(*tenant);
+            }
+        }
+        if gone.is_empty() {
+            return 0;
+        }
+        for tenant in &gone {
+            if let Some(t) = self.tenants.remove(tenant) {
+                self.bytes -= t.held.iter().map(|c| c.bytes).sum::<usize>();
+            }
+        }
+        self.order.retain(|t| !gone.contains(t));
+        gone.len()
     }
 
     /// Records that `tenant`'s entries are now `records`, all others
@@ -413,5 +451,25 @@ mod tests {
         let s = h.subscribe(tenant, Vec::new);
         h.update(tenant, a, Some(big(1)));
         assert_eq!(revisions(h.since(tenant, &s.stream, 1, 10)), [2]);
+    }
+
+    #[test]
+    fn a_tenant_no_watch_holds_is_forgotten_after_a_while_with_its_changes() {
+        let (tenant, other, a) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let mut h = History::new(100, usize::MAX);
+        let s = h.subscribe(tenant, Vec::new);
+        let kept = h.subscribe(other, Vec::new);
+        h.update(tenant, a, Some(record("x", 0.5)));
+        h.update(other, a, Some(record("y", 0.5)));
+        let now = Instant::now();
+        assert_eq!(h.forget_unwatched(now, UNWATCHED), 0, "both watched");
+        drop(s);
+        assert_eq!(h.forget_unwatched(now, UNWATCHED), 0, "not for long yet");
+        assert_eq!(h.forget_unwatched(now + UNWATCHED, UNWATCHED), 1);
+        assert!(!h.watches(tenant));
+        assert!(h.watches(other));
+        assert_eq!(h.held_bytes(), record("y", 0.5).bytes(), "its changes went too");
+        h.update(other, a, Some(record("z", 0.5)));
+        assert_eq!(revisions(h.since(other, &kept.stream, 1, 10)), [2, 3]);
     }
 }

@@ -336,9 +336,12 @@ impl View {
     }
 
     /// Ranks again the instances whose rank changed with time since the
-    /// last call (a blackout ended, a report went stale, a flap hold ended);
-    /// called about once a second.
+    /// last call (a blackout ended, a report went stale, a flap hold ended),
+    /// and ends the watch streams of tenants no watch held for
+    /// [`super::history::UNWATCHED`]; called every 200 ms.
     pub fn tick(&self, now: DateTime<Utc>) {
+        self.history()
+            .forget_unwatched(std::time::Instant::now(), super::history::UNWATCHED);
         let due = |state: &State| -> Vec<(Uuid, Uuid, Uuid)> {
             let mut due = Vec::new();
             for (tenant, t) in &state.tenants {

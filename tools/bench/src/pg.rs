@@ -49,6 +49,16 @@ pub(crate) async fn transactions(db: &sqlx::PgPool) -> Result<i64, Error> {
     .await?)
 }
 
+/// Registration rows updated so far (`n_tup_upd` of the table; published
+/// late, as the transaction counters are).
+pub(crate) async fn registration_updates(db: &sqlx::PgPool) -> Result<i64, Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT n_tup_upd::bigint FROM pg_stat_user_tables WHERE relname = 'agent_registrations'",
+    )
+    .fetch_one(db)
+    .await?)
+}
+
 /// The stored `current_workload` of configuration `id`.
 pub(crate) async fn current_workload(db: &sqlx::PgPool, id: &str) -> Result<i32, sqlx::Error> {
     sqlx::query_scalar("SELECT current_workload FROM agent_configurations WHERE id = $1::uuid")
