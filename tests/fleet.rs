@@ -771,7 +771,6 @@ async fn state(pool: &PgPool, instance: &str) -> State {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_follows_the_streams_word() {
     use pb::HealthStatus::Healthy;
-    const STALE: Duration = Duration::from_secs(1);
     const SETTLE: Duration = Duration::from_secs(30);
     let mut s = TestServer::start().await;
     let t = fleet_tenant(&s).await;
