@@ -51,12 +51,12 @@ async fn routable(client: &Client, offered: bool, what: &str) {
 }
 
 /// What reached PostgreSQL over `window` once `n` agents heartbeat every
-/// 200 ms, after the change feed caught up with their registrations: the
+/// second, after the change feed caught up with their registrations: the
 /// statements' texts, the probe of grpc.health.v1 aside.
 async fn statements_with(n: usize, window: Duration) -> (Vec<String>, u64) {
     let (_db, proxy, s) = common::counted_server(|c| {
-        c.registry.heartbeat_interval = Duration::from_millis(200);
-        c.registry.replica_lease = Duration::from_millis(1500);
+        c.registry.heartbeat_interval = Duration::from_secs(1);
+        c.registry.replica_lease = Duration::from_secs(3);
         c.limits.tenant_streams = 0;
     })
     .await;
@@ -70,7 +70,8 @@ async fn statements_with(n: usize, window: Duration) -> (Vec<String>, u64) {
         .update_configuration(UpdateConfiguration::new(&configuration.id).system_prompt("settled"))
         .await
         .expect("update");
-    eventually(Duration::from_secs(60), "the feed caught up", || async {
+    // Generous: 2,000 hellos on a busy 2-core machine.
+    eventually(Duration::from_secs(120), "the feed caught up", || async {
         let got = t.client.get_available_agents(AgentFilter::new(), 1).await;
         got.ok()
             .and_then(|a| a.first().and_then(|a| a.configuration.clone()))
@@ -116,9 +117,9 @@ async fn heartbeats_cost_the_database_the_same_for_100_and_for_2000_agents() {
     // One renewal and one take-over check per third of the lease: the same
     // for both, give or take the tick at the window's edge.
     let (a, b) = (small.len() as i64, large.len() as i64);
-    // At most seven ticks of 500 ms fit a window of 3 s.
+    // At most four ticks of 1 s fit a window of 3 s.
     assert!(
-        (a - b).abs() <= 2 && a <= 2 * 7,
+        (a - b).abs() <= 2 && a <= 2 * 4,
         "{a} statements for 100 agents, {b} for 2,000: {small:#?} {large:#?}"
     );
 }
