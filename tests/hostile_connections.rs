@@ -10,7 +10,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use agentry_client::{AgentFilter, CreateConfiguration, UpdateConfiguration, pb};
-use common::routing::{DEADLINE, manifest, register, wait_available};
+use common::routing::{
+    DEADLINE, a_large_entry_changing_under_an_unread_watch, manifest, wait_available,
+};
 use common::{TestServer, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -208,29 +210,9 @@ async fn connection_caps_refuse_at_accept_and_existing_clients_keep_working() {
 #[tokio::test]
 async fn a_watch_that_does_not_read_is_resynced_and_is_sent_a_bounded_amount() {
     let s = TestServer::start_with(|c| c.registry.watch_outbox_bytes = 64 * 1024).await;
-    manifest(&s, "ide-agent", "ide", &[], pb::ManifestStatus::Active).await;
-    let t = s.tenant("acme").await;
-    let c = t
-        .client
-        .create_configuration(
-            CreateConfiguration::for_agent("ide-agent")
-                .max_workload(1000)
-                .system_prompt("p".repeat(30 * 1024)),
-        )
-        .await
-        .expect("configuration");
-    register(&t, "i1", "ide-agent").await;
-    wait_available(&t.client, AgentFilter::new(), "available", |a| a.len() == 1).await;
-    let mut events = t
-        .client
-        .watch_available_agents(AgentFilter::new())
-        .await
-        .expect("watch");
     // 400 changes of a 30 KiB entry: 12 MB, three times the history's
     // default 4 MiB (its count bound, 16,384, would hold them all).
-    for _ in 0..400 {
-        t.client.update_workload(&c.id, 1).await.expect("+1");
-    }
+    let (_t, mut events) = a_large_entry_changing_under_an_unread_watch(&s).await;
     let (mut before_resync, mut saw_resync) = (0usize, false);
     loop {
         let event = tokio::time::timeout(DEADLINE, events.message())

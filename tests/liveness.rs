@@ -342,15 +342,26 @@ async fn registrations_past_the_hello_queue_wait_for_room_instead_of_being_turne
             (tx, stream)
         });
     }
-    eventually(DEADLINE, "registrations waiting past the full queue", || async {
-        s.hellos.stats.waited.load(std::sync::atomic::Ordering::SeqCst) >= 20
-    })
+    eventually(
+        DEADLINE,
+        "registrations waiting past the full queue",
+        || async {
+            s.hellos
+                .stats
+                .waited
+                .load(std::sync::atomic::Ordering::SeqCst)
+                >= 20
+        },
+    )
     .await;
     proxy.release_statements();
     let opened = opening.join_all().await;
     assert_eq!(opened.len(), 40);
     assert_eq!(
-        s.hellos.stats.turned_away.load(std::sync::atomic::Ordering::SeqCst),
+        s.hellos
+            .stats
+            .turned_away
+            .load(std::sync::atomic::Ordering::SeqCst),
         0
     );
 }

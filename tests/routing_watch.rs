@@ -4,9 +4,12 @@
 
 mod common;
 
-use agentry_client::{AgentFilter, CreateConfiguration, pb};
+use agentry_client::{AgentFilter, pb};
 use common::TestServer;
-use common::routing::{DEADLINE, close, configure, manifest, next, register, wait_available};
+use common::routing::{
+    DEADLINE, a_large_entry_changing_under_an_unread_watch, close, configure, manifest, next,
+    register, wait_available,
+};
 
 #[tokio::test]
 async fn watch_sends_a_snapshot_then_changes() {
@@ -60,29 +63,9 @@ async fn watch_sends_a_snapshot_then_changes() {
 #[tokio::test]
 async fn a_slow_watcher_gets_a_resync_and_a_fresh_snapshot() {
     let s = TestServer::start_with(|c| c.registry.watch_buffer = 8).await;
-    manifest(&s, "ide-agent", "ide", &[], pb::ManifestStatus::Active).await;
-    let t = s.tenant("acme").await;
-    // Large events (a 30 KiB prompt), so that HTTP/2 flow control fills up after a few dozen.
-    let c = t
-        .client
-        .create_configuration(
-            CreateConfiguration::for_agent("ide-agent")
-                .max_workload(1000)
-                .system_prompt("p".repeat(30 * 1024)),
-        )
-        .await
-        .expect("configuration");
-    register(&t, "i1", "ide-agent").await;
-    wait_available(&t.client, AgentFilter::new(), "available", |a| a.len() == 1).await;
-    let mut events = t
-        .client
-        .watch_available_agents(AgentFilter::new())
-        .await
-        .expect("watch");
-    // Do not read while far more changes happen than the buffer and flow control hold.
-    for _ in 0..400 {
-        t.client.update_workload(&c.id, 1).await.expect("+1");
-    }
+    // Large events (a 30 KiB prompt), so that HTTP/2 flow control fills up
+    // after a few dozen; far more changes than the buffer and flow control hold.
+    let (_t, mut events) = a_large_entry_changing_under_an_unread_watch(&s).await;
     let mut saw_resync = false;
     loop {
         let event = tokio::time::timeout(DEADLINE, events.message())

@@ -468,7 +468,11 @@ mod tests {
         assert_eq!(h.forget_unwatched(now + UNWATCHED, UNWATCHED), 1);
         assert!(!h.watches(tenant));
         assert!(h.watches(other));
-        assert_eq!(h.held_bytes(), record("y", 0.5).bytes(), "its changes went too");
+        assert_eq!(
+            h.held_bytes(),
+            record("y", 0.5).bytes(),
+            "its changes went too"
+        );
         h.update(other, a, Some(record("z", 0.5)));
         assert_eq!(revisions(h.since(other, &kept.stream, 1, 10)), [2, 3]);
     }

@@ -96,3 +96,34 @@ pub async fn workload(client: &Client, configuration_id: &str) -> i32 {
         .expect("get configuration")
         .current_workload
 }
+
+/// A tenant of `s` with one instance of a configuration whose entry is
+/// large (a 30 KiB prompt), and a watch of it that has not read yet; the
+/// configuration's workload then changes 400 times (12 MB of entries) while
+/// the watch does not read.
+pub async fn a_large_entry_changing_under_an_unread_watch(
+    s: &TestServer,
+) -> (Tenant, agentry_client::AvailabilityEvents) {
+    manifest(s, "ide-agent", "ide", &[], pb::ManifestStatus::Active).await;
+    let t = s.tenant("acme").await;
+    let c = t
+        .client
+        .create_configuration(
+            CreateConfiguration::for_agent("ide-agent")
+                .max_workload(1000)
+                .system_prompt("p".repeat(30 * 1024)),
+        )
+        .await
+        .expect("configuration");
+    register(&t, "i1", "ide-agent").await;
+    wait_available(&t.client, AgentFilter::new(), "available", |a| a.len() == 1).await;
+    let events = t
+        .client
+        .watch_available_agents(AgentFilter::new())
+        .await
+        .expect("watch");
+    for _ in 0..400 {
+        t.client.update_workload(&c.id, 1).await.expect("+1");
+    }
+    (t, events)
+}
