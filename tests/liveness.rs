@@ -365,3 +365,71 @@ async fn registrations_past_the_hello_queue_wait_for_room_instead_of_being_turne
         0
     );
 }
+
+/// The holder judges silence: a stream that heartbeats past several stale
+/// timeouts lives on, and once it stops it is ended DEADLINE_EXCEEDED after
+/// the stale timeout, its row unknown with one more failure.
+#[tokio::test]
+async fn the_holder_ends_a_stream_that_stops_heartbeating() {
+    use agentry_client::pb;
+    let stale = Duration::from_millis(600);
+    let s = TestServer::start_with(|c| c.registry.stale_timeout = stale).await;
+    s.manifest("ide-agent").await;
+    let t = s.tenant("acme").await;
+    let (tx, stream) = common::stream::raw_stream(
+        &s,
+        &t.agent_key,
+        vec![common::stream::hello("inst-1", "ide-agent")],
+    )
+    .await;
+    let mut stream = stream.expect("stream");
+    let epoch = common::stream::welcome(&mut stream).await.epoch;
+    // Three stale timeouts of heartbeats, each acked: the stream lives on.
+    let mut beat = tokio::time::interval(stale / 6);
+    for sequence in 1..=18 {
+        beat.tick().await;
+        tx.send(common::stream::heartbeat(
+            sequence,
+            pb::HealthStatus::Healthy,
+            epoch,
+        ))
+        .await
+        .expect("send");
+        let ack = tokio::time::timeout(DEADLINE, stream.message())
+            .await
+            .expect("in time")
+            .expect("an ack, not the end");
+        assert!(ack.is_some(), "the stream ended while heartbeating");
+    }
+    // Silence: the holder ends it.
+    let end = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("ended in time");
+    assert_eq!(end.code(), tonic::Code::DeadlineExceeded, "{end:?}");
+    eventually(DEADLINE, "unknown with one more failure", || async {
+        sqlx::query_as::<_, (String, i32, Option<uuid::Uuid>)>(
+            "SELECT health_status, failure_count, replica_id FROM agent_registrations",
+        )
+        .fetch_one(&s.pool)
+        .await
+        .expect("row")
+            == ("unknown".into(), 1, None)
+    })
+    .await;
+    assert_eq!(
+        s.sessions
+            .stats
+            .silenced
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    drop(tx);
+}

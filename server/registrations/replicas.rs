@@ -25,6 +25,7 @@
 //! the lease) takes a new one and drains its streams: the agents register
 //! again, and their rows name it again.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -79,6 +80,8 @@ pub enum Renewed {
 #[derive(Debug)]
 pub struct Replica {
     id: Uuid,
+    /// Whether the lease was ever taken.
+    started: AtomicBool,
     name: String,
     lease: Duration,
     pool: PgPool,
@@ -97,6 +100,7 @@ impl Replica {
     pub fn new(pool: PgPool, name: String, lease: Duration) -> Self {
         Replica {
             id: Uuid::new_v4(),
+            started: AtomicBool::new(false),
             name,
             lease,
             pool,
@@ -127,6 +131,7 @@ impl Replica {
         .bind(interval(self.lease))
         .execute(&self.pool)
         .await?;
+        self.started.store(true, Ordering::Release);
         let taken = self.take_over_expired().await?;
         tracing::info!(replica = %self.id, name = %self.name, lease = ?self.lease, taken_over = taken, "replica lease taken");
         Ok(())
@@ -142,11 +147,15 @@ impl Replica {
         .execute(&self.pool)
         .await?
         .rows_affected();
-        let outcome = if renewed == 0 {
+        let outcome = if renewed > 0 {
+            Renewed::Held
+        } else if self.started.load(Ordering::Acquire) {
             tracing::warn!(replica = %self.id, "this replica's lease was taken over while it could not renew; taking a new one, its streams register again");
             self.start().await?;
             Renewed::Lost
         } else {
+            // The lease was never taken (the database was away at start-up).
+            self.start().await?;
             Renewed::Held
         };
         let taken = self.take_over_expired().await?;

@@ -198,10 +198,14 @@ async fn run(
     let mut passing = Passing::default();
     // The holder of a stream is the judge of its silence: an agent that
     // keeps the stream open but stops heartbeating is cut off here, as the
-    // sweep would have marked it, and nothing is written until then.
+    // sweep would have marked it, and nothing is written until then. One
+    // timer per stream, re-armed only when it fires early: a heartbeat
+    // costs no timer work.
+    let stale = streams.timing.stale_timeout;
     let mut heard = tokio::time::Instant::now();
+    let silence = tokio::time::sleep_until(heard + stale);
+    tokio::pin!(silence);
     let end = loop {
-        let silence = tokio::time::sleep_until(heard + streams.timing.stale_timeout);
         tokio::select! {
             message = inbound.message() => match message {
                 Ok(Some(pb::HealthStreamRequest { message: Some(In::Heartbeat(hb)) })) => {
@@ -261,8 +265,12 @@ async fn run(
                 }
                 None => break End::Released,
             },
-            () = silence => {
-                tracing::info!(stale_timeout = ?streams.timing.stale_timeout, "no heartbeat within the stale timeout; ending the stream");
+            () = &mut silence => {
+                if heard + stale > tokio::time::Instant::now() {
+                    silence.as_mut().reset(heard + stale);
+                    continue;
+                }
+                tracing::info!(stale_timeout = ?stale, "no heartbeat within the stale timeout; ending the stream");
                 streams.sessions.stats.silenced.fetch_add(1, Ordering::Relaxed);
                 tx.finish(Err(Error::DeadlineExceeded(
                     "no heartbeat within the stale timeout; reconnect",
