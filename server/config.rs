@@ -278,6 +278,12 @@ pub struct RegistryConfig {
     #[arg(long, env = "AGENTRY_HEARTBEAT_FLUSH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub heartbeat_flush_interval: Duration,
 
+    /// How often this replica publishes the load reports its streams passed
+    /// on (one statement for all of them, no row written): the most a
+    /// report waits before routing on every replica can hear of it.
+    #[arg(long, env = "AGENTRY_LOAD_FLUSH_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub load_flush_interval: Duration,
+
     /// How long a replica's lease vouches for the streams it holds: a
     /// replica that dies or is cut off has its instances taken out of
     /// routing this long after its last renewal (every third of it).
@@ -371,6 +377,7 @@ impl Default for RegistryConfig {
             stale_timeout: Duration::from_secs(60),
             hello_timeout: Duration::from_secs(10),
             heartbeat_flush_interval: Duration::from_secs(1),
+            load_flush_interval: Duration::from_millis(100),
             hello_queue: 10_000,
             replica_lease: Duration::from_secs(10),
             replica_name: None,

@@ -20,6 +20,7 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod batching;
 pub mod config;
 pub mod configurations;
 pub mod connections;

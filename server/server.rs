@@ -33,6 +33,7 @@ use crate::pb::routing_service_server::RoutingServiceServer;
 use crate::periodic::Ticker;
 use crate::registrations::RegistrationApi;
 use crate::registrations::hellos::HelloWriter;
+use crate::registrations::load_writer::LoadWriter;
 use crate::registrations::registry::Registry;
 use crate::registrations::replicas::Replica;
 use crate::registrations::sessions::Sessions;
@@ -97,6 +98,7 @@ pub struct Server {
     leases: Arc<LeaseWriter>,
     replica: Arc<Replica>,
     writer: Arc<RegistrationWriter>,
+    loads: Arc<LoadWriter>,
     hellos: Arc<HelloWriter>,
     sweeper: Arc<Sweeper>,
     connections: Arc<Connections>,
@@ -132,6 +134,7 @@ impl Server {
         Server {
             auth: Authenticator::new(pool.clone(), Arc::new(Limits::new(&config.limits))),
             writer: Arc::new(RegistrationWriter::new(sessions.clone(), view.clone())),
+            loads: Arc::new(LoadWriter::new(config.registry.load_flush_interval)),
             hellos: Arc::new(HelloWriter::new(
                 config.registry.create_unknown_manifests,
                 replica.id(),
@@ -175,6 +178,11 @@ impl Server {
         self.writer.clone()
     }
 
+    /// The load writer of this server, and its counters.
+    pub fn loads(&self) -> Arc<LoadWriter> {
+        self.loads.clone()
+    }
+
     /// The lease writer of this server, and its counters.
     pub fn leases(&self) -> Arc<LeaseWriter> {
         self.leases.clone()
@@ -203,6 +211,7 @@ impl Server {
             leases,
             replica,
             writer,
+            loads,
             hellos,
             sweeper,
             connections,
@@ -291,6 +300,12 @@ impl Server {
                 let (leases, pool) = (leases.clone(), pool.clone());
                 async move { leases.run(pool).await }
             }),
+            // Reports are worth something only for seconds: what is queued at
+            // shutdown is not published (the agents report to the next replica).
+            tokio::spawn({
+                let (loads, pool) = (loads.clone(), pool.clone());
+                async move { loads.run(pool).await }
+            }),
             tokio::spawn({
                 // Load reports going stale, blackouts and flap holds ending.
                 let (view, stopping) = (view.clone(), stopping.clone());
@@ -344,6 +359,7 @@ impl Server {
             registrar.clone(),
             sessions.clone(),
             writer.clone(),
+            loads.clone(),
             StreamTiming {
                 hello_timeout: registry.hello_timeout,
                 heartbeat_interval: registry.heartbeat_interval,

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use agentry_client::{AgentFilter, Client, UpdateConfiguration};
+use agentry_client::{AgentFilter, Client, UpdateConfiguration, pb};
 use common::{TestServer, eventually};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -54,6 +54,14 @@ async fn routable(client: &Client, offered: bool, what: &str) {
 /// second, after the change feed caught up with their registrations: the
 /// statements' texts, the probe of grpc.health.v1 aside.
 async fn statements_with(n: usize, window: Duration) -> (Vec<String>, u64) {
+    let (ran, beats, _) = fleet_statements(n, window, false).await;
+    (ran, beats)
+}
+
+/// [`statements_with`], and with `reports`, every agent's load report
+/// moving every 500 ms meanwhile (each move passed on); also answers the
+/// reports the load writer published.
+async fn fleet_statements(n: usize, window: Duration, reports: bool) -> (Vec<String>, u64, u64) {
     let (_db, proxy, s) = common::counted_server(|c| {
         c.registry.heartbeat_interval = Duration::from_secs(1);
         c.registry.replica_lease = Duration::from_secs(3);
@@ -79,19 +87,37 @@ async fn statements_with(n: usize, window: Duration) -> (Vec<String>, u64) {
     })
     .await;
     let stats = &s.sessions.stats;
-    let (mark, beats0) = (
+    let published = || {
+        s.loads
+            .stats()
+            .changes
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let (mark, beats0, published0) = (
         proxy.statements(),
         stats.heartbeats.load(std::sync::atomic::Ordering::SeqCst),
+        published(),
     );
     let started = tokio::time::Instant::now();
-    eventually(window * 4, "heartbeats flowing for the window", || async {
-        started.elapsed() >= window
-    })
-    .await;
+    let mut tick = 0u32;
+    let mut moves = tokio::time::interval(Duration::from_millis(500));
+    while started.elapsed() < window {
+        moves.tick().await;
+        if reports {
+            tick += 1;
+            for session in &sessions {
+                session.report(pb::LoadReport {
+                    utilization: if tick.is_multiple_of(2) { 0.2 } else { 0.8 },
+                    ..Default::default()
+                });
+            }
+        }
+    }
     let ran = proxy.statements_since(mark);
     let beats = stats.heartbeats.load(std::sync::atomic::Ordering::SeqCst) - beats0;
+    let published = published() - published0;
     drop(sessions);
-    (ran, beats)
+    (ran, beats, published)
 }
 
 /// Counted on the wire: 100 and 2,000 streaming agents over the same window
@@ -122,6 +148,39 @@ async fn heartbeats_cost_the_database_the_same_for_100_and_for_2000_agents() {
         (a - b).abs() <= 2 && a <= 2 * 4,
         "{a} statements for 100 agents, {b} for 2,000: {small:#?} {large:#?}"
     );
+}
+
+/// Counted on the wire: 100 and 1,000 agents whose load reports all move
+/// twice a second cost the same statements: the lease's, and one
+/// publication of the replica's reports per --load-flush-interval at most;
+/// no report writes a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_reports_cost_one_statement_per_replica_and_interval_whatever_the_fleet() {
+    let window = Duration::from_secs(3);
+    let (small, _, small_reports) = fleet_statements(100, window, true).await;
+    let (large, _, large_reports) = fleet_statements(1_000, window, true).await;
+    assert!(
+        large_reports > 5 * small_reports.max(1) && small_reports >= 100,
+        "reports published: {small_reports} for 100 agents, {large_reports} for 1,000"
+    );
+    let publications = |ran: &[String]| {
+        for statement in ran {
+            assert!(
+                statement.contains("agentry_replicas") || statement.contains("pg_notify"),
+                "only the lease is written and the reports published: {statement}"
+            );
+        }
+        ran.iter().filter(|s| s.contains("pg_notify")).count()
+    };
+    // The default interval, 100 ms: at most about 30 in 3 s, and more than
+    // a handful, since the reports move every 500 ms.
+    let (a, b) = (publications(&small), publications(&large));
+    for n in [a, b] {
+        assert!(
+            (5..=40).contains(&n),
+            "{a} publications for 100 agents, {b} for 1,000"
+        );
+    }
 }
 
 /// Replica `b`'s database goes away (through the proxy): its lease runs out,

@@ -20,8 +20,11 @@ pub enum Op {
     Delete,
 }
 
-/// A registration whose load report alone changed, with the report: what
-/// the view needs of the row, so that nobody reads it back (migration 0014).
+/// A registration whose load report changed, with the report: what the
+/// view needs, so that nobody reads anything back. Sent by the holding
+/// replica's load writer, many in one notification (`"loads"`, migration
+/// 0017); by replicas before 0017, one per row write (`"load"`, 0014),
+/// with the row's health check and update times.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct LoadNote {
     pub id: Uuid,
@@ -39,12 +42,13 @@ pub struct LoadNote {
     pub reported_at: Option<DateTime<Utc>>,
     #[serde(deserialize_with = "optional_time")]
     pub first_reported_at: Option<DateTime<Utc>>,
-    #[serde(deserialize_with = "time")]
-    pub last_health_check: DateTime<Utc>,
-    /// The row's `updated_at` after the write: orders this note against a
-    /// row the view read itself.
-    #[serde(deserialize_with = "time")]
-    pub updated_at: DateTime<Utc>,
+    /// The row's `last_health_check` after a row write (0014 only).
+    #[serde(default, deserialize_with = "optional_time")]
+    pub last_health_check: Option<DateTime<Utc>>,
+    /// The row's `updated_at` after a row write (0014 only): orders the
+    /// note against a row the view read itself.
+    #[serde(default, deserialize_with = "optional_time")]
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
 impl LoadNote {
@@ -91,6 +95,8 @@ pub enum Change {
     Registration { id: Uuid, tenant: Uuid },
     /// Only a registration's load report changed; the report travels.
     Load(LoadNote),
+    /// A replica's load reports of one interval (migration 0017).
+    Loads { reports: Vec<LoadNote> },
     /// A manifest was created, changed or deleted.
     Manifest { id: Uuid },
     /// One statement opened (`delta` > 0) or closed leases of an instance.
@@ -168,8 +174,8 @@ mod tests {
                     metrics: Some(serde_json::json!({"tokens": 7})),
                     reported_at: Some(at("2026-12-02T07:00:00.123456Z")),
                     first_reported_at: Some(at("2026-12-02T07:00:00Z")),
-                    last_health_check: at("2026-12-02T07:00:00.5Z"),
-                    updated_at: at("2026-12-02T07:00:00.123456Z"),
+                    last_health_check: Some(at("2026-12-02T07:00:00.5Z")),
+                    updated_at: Some(at("2026-12-02T07:00:00.123456Z")),
                 }),
             ),
             (
@@ -191,8 +197,8 @@ mod tests {
                     metrics: None,
                     reported_at: None,
                     first_reported_at: None,
-                    last_health_check: at("2026-12-02T07:00:00Z"),
-                    updated_at: at("2026-12-02T07:00:00Z"),
+                    last_health_check: Some(at("2026-12-02T07:00:00Z")),
+                    updated_at: Some(at("2026-12-02T07:00:00Z")),
                 }),
             ),
             (

@@ -251,9 +251,9 @@ async fn resolve(pool: &PgPool, changes: Vec<Change>) -> Result<Vec<Update>> {
             mans.insert(row.id, row);
         }
     }
-    Ok(changes
-        .into_iter()
-        .map(|change| match change {
+    let mut updates = Vec::with_capacity(changes.len());
+    for change in changes {
+        updates.push(match change {
             Change::Configuration { op, id, tenant } => Update::Configuration {
                 tenant,
                 id,
@@ -275,6 +275,10 @@ async fn resolve(pool: &PgPool, changes: Vec<Change>) -> Result<Vec<Update>> {
                 row: regs.get(&id).filter(|r| r.tenant_id == tenant).cloned(),
             },
             Change::Load(note) => Update::Load(note),
+            Change::Loads { reports } => {
+                updates.extend(reports.into_iter().map(Update::Load));
+                continue;
+            }
             Change::Manifest { id } => Update::Manifest {
                 id,
                 row: mans.get(&id).cloned(),
@@ -298,6 +302,7 @@ async fn resolve(pool: &PgPool, changes: Vec<Change>) -> Result<Vec<Update>> {
                 },
                 at: chrono::DateTime::from_timestamp_millis(at).unwrap_or_default(),
             },
-        })
-        .collect())
+        });
+    }
+    Ok(updates)
 }

@@ -2,11 +2,11 @@
 //! of a stream's reports are worth passing on to routing.
 //!
 //! Every heartbeat may carry a report, but routing on every replica hears of
-//! one only through a row write and the change feed. So a stream passes a
-//! report on only when it differs meaningfully from the last one it passed
-//! on, or when that one is getting old (a third of the TTL routing keeps a
-//! report for): 10,000 agents that report every second cost a write each
-//! only when their load moves.
+//! one only through the load writer (`load_writer.rs`) and the change feed.
+//! So a stream passes a report on only when it differs meaningfully from the
+//! last one it passed on, or when that one is getting old (a third of the
+//! TTL routing keeps a report for): 10,000 agents that report every second
+//! cost something only when their load moves.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -118,7 +118,7 @@ impl Load {
     }
 }
 
-/// What a stream passes on to the registration writer.
+/// What a stream passes on to the load writer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LoadChange {
     Set(Load),
@@ -130,6 +130,9 @@ pub enum LoadChange {
 #[derive(Debug, Default)]
 pub struct Passing {
     last: Option<(Load, Instant)>,
+    /// When the stream passed on the first report of its current run of
+    /// reports (routing's blackout starts there).
+    first: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Passing {
@@ -146,6 +149,7 @@ impl Passing {
             (None, None) => None,
             (None, Some(_)) => {
                 self.last = None;
+                self.first = None;
                 Some(LoadChange::Clear)
             }
             (Some(load), Some((passed, at)))
@@ -155,9 +159,15 @@ impl Passing {
             }
             (Some(load), _) => {
                 self.last = Some((load.clone(), now));
+                self.first.get_or_insert_with(chrono::Utc::now);
                 Some(LoadChange::Set(load))
             }
         }
+    }
+
+    /// When the first report of the current run was passed on.
+    pub fn first(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.first
     }
 }
 

@@ -2,10 +2,11 @@
 //! registered: validated requests (`request`), registering (`registry`, batched by `hellos`) and fenced
 //! changes (`registry`), the bidirectional health stream (`stream`), the live streams
 //! in memory (`sessions`), this replica's lease, which vouches for the
-//! streams it holds (`replicas`), the registration writer for the streams' state changes (`writer`), the stale sweep (`sweeper`), and the SQL (`store`).
+//! streams it holds (`replicas`), the registration writer for the streams' state changes (`writer`), the load writer that publishes their load reports (`load_writer`), the stale sweep (`sweeper`), and the SQL (`store`).
 
 pub mod hellos;
 pub mod load;
+pub mod load_writer;
 pub mod registry;
 pub mod replicas;
 pub mod request;

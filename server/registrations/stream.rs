@@ -17,6 +17,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::load::Passing;
+use super::load_writer::{LoadWriter, Reporter};
 use super::registry::Registry;
 use super::request::{Announcement, Beat};
 use super::sessions::{Control, Session, Sessions};
@@ -94,22 +95,25 @@ pub struct HealthStreams {
     registry: Registry,
     sessions: Arc<Sessions>,
     writer: Arc<RegistrationWriter>,
+    loads: Arc<LoadWriter>,
     timing: StreamTiming,
 }
 
 impl HealthStreams {
     /// Streams registering through `registry`, held in `sessions`, their
-    /// state changes written by `writer`.
+    /// state changes written by `writer`, their load reports by `loads`.
     pub fn new(
         registry: Registry,
         sessions: Arc<Sessions>,
         writer: Arc<RegistrationWriter>,
+        loads: Arc<LoadWriter>,
         timing: StreamTiming,
     ) -> Self {
         HealthStreams {
             registry,
             sessions,
             writer,
+            loads,
             timing,
         }
     }
@@ -337,9 +341,13 @@ fn heartbeat(
     metrics::counter!(telemetry::HEARTBEATS).increment(1);
     session.load.store(beat.current_load, Ordering::Relaxed);
     if let Some(load) = passing.take(beat.load, Instant::now(), streams.timing.load_refresh) {
-        streams
-            .writer
-            .record_load(session.registration_id, session.epoch, load);
+        let from = Reporter {
+            tenant: session.tenant,
+            registration: session.registration_id,
+            configuration: session.configuration_id,
+            epoch: session.epoch,
+        };
+        streams.loads.record(from, &load, passing.first());
     }
     session.seen(now);
     if *reported != session.stored_health() {

@@ -20,27 +20,20 @@
 //! than a batch waiting, and an instance must not wait behind reports that
 //! came after its own.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use tokio::sync::{Mutex, mpsc, watch};
 use uuid::Uuid;
 
-use super::load::LoadChange;
 use super::sessions::Sessions;
+use crate::batching::{Batcher, Pending};
 use crate::error::Result;
 use crate::pb::HealthStatus;
-use crate::telemetry::metrics as telemetry;
 
 /// Changes one statement carries at most.
 const MAX_BATCH: usize = 2048;
-/// First and longest pause before a failed batch is tried again.
-const RETRY_MIN: Duration = Duration::from_millis(50);
-const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// What happened to an instance, as its stream saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,114 +71,48 @@ pub trait Departures: Send + Sync + std::fmt::Debug {
     fn departed(&self, tenant: Uuid, registration: Uuid);
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct Item {
     id: Uuid,
     epoch: i64,
-    /// `None`: only a load report.
-    change: Option<StreamChange>,
-    load: Option<LoadChange>,
-    /// When the stream last heard from the agent, for an end: the row's
-    /// last health check (the holder wrote none while it held the stream).
-    seen: Option<DateTime<Utc>>,
-    /// When the queue first took a change of this instance that is still
-    /// waiting (its turn; `u64::MAX` until the queue takes it).
-    turn: u64,
+    change: StreamChange,
+    /// When the stream last heard from the agent: written with an end (the
+    /// holder wrote none while it held the stream).
+    seen: DateTime<Utc>,
 }
 
-impl Item {
-    /// `self` with what `older` (of the same instance and epoch) carries
-    /// that `self` does not: a load report does not undo a health change
-    /// waiting before it, nor the other way round.
-    fn over(mut self, older: &Item) -> Item {
-        // Replacing a waiting change keeps its turn.
-        self.turn = self.turn.min(older.turn);
-        if older.epoch == self.epoch {
-            if self.change.is_none() {
-                self.change = older.change;
-            }
-            if self.load.is_none() {
-                self.load.clone_from(&older.load);
-            }
-            self.seen = self.seen.max(older.seen);
+impl Pending for Item {
+    type Key = Uuid;
+    fn key(&self) -> Uuid {
+        self.id
+    }
+
+    /// Per instance, the last change wins (for one epoch there is at most
+    /// one end, and it comes last), unless it belongs to an older epoch.
+    fn merge(mut newer: Item, older: &Item) -> Item {
+        if older.epoch > newer.epoch {
+            return older.clone();
         }
-        self
+        if older.epoch == newer.epoch {
+            newer.seen = newer.seen.max(older.seen);
+        }
+        newer
     }
 }
 
-/// Counters for tests and benchmarks.
+/// Counters for tests and benchmarks (batches and retries: the batcher's).
 #[derive(Debug, Default)]
 pub struct WriterStats {
-    /// Statements that landed.
-    pub batches: AtomicU64,
-    /// Changes those statements applied.
+    /// Changes the statements applied.
     pub applied: AtomicU64,
     /// Changes the epoch fence refused (a newer connection, or inactive).
     pub fenced: AtomicU64,
-    /// Batches that failed and were tried again.
-    pub retries: AtomicU64,
-}
-
-/// What the writer holds between batches.
-#[derive(Debug)]
-struct Queue {
-    rx: mpsc::UnboundedReceiver<Item>,
-    /// Changes not yet landed, by registration.
-    pending: HashMap<Uuid, Item>,
-    /// The next turn to hand out.
-    turns: u64,
-}
-
-impl Queue {
-    /// Adds `item` unless a change queued after it is already waiting.
-    fn keep(&mut self, mut item: Item, newer_wins: bool) {
-        if item.turn == u64::MAX {
-            item.turn = self.turns;
-            self.turns += 1;
-        }
-        match self.pending.get(&item.id) {
-            Some(waiting) if waiting.epoch > item.epoch => {}
-            Some(waiting) if !newer_wins => {
-                // `item` is older: what it carries only fills the gaps.
-                let merged = waiting.clone().over(&item);
-                self.pending.insert(item.id, merged);
-            }
-            Some(waiting) => {
-                let merged = item.over(waiting);
-                self.pending.insert(merged.id, merged);
-            }
-            None => {
-                self.pending.insert(item.id, item);
-            }
-        }
-    }
-
-    fn take_queued(&mut self) {
-        while let Ok(item) = self.rx.try_recv() {
-            self.keep(item, true);
-        }
-    }
-
-    /// The changes waiting longest, at most [`MAX_BATCH`].
-    fn batch(&mut self) -> Vec<Item> {
-        if self.pending.len() <= MAX_BATCH {
-            return self.pending.drain().map(|(_, item)| item).collect();
-        }
-        let mut turns: Vec<(u64, Uuid)> = self.pending.values().map(|i| (i.turn, i.id)).collect();
-        turns.select_nth_unstable(MAX_BATCH);
-        turns[..MAX_BATCH]
-            .iter()
-            .filter_map(|(_, id)| self.pending.remove(id))
-            .collect()
-    }
 }
 
 /// The handle streams use; [`RegistrationWriter::run`] is the task behind it.
 #[derive(Debug)]
 pub struct RegistrationWriter {
-    tx: mpsc::UnboundedSender<Item>,
-    queue: Mutex<Queue>,
-    closing: watch::Sender<bool>,
+    batcher: Batcher<Item>,
     departures: Arc<dyn Departures>,
     sessions: Arc<Sessions>,
     /// Counters.
@@ -196,15 +123,8 @@ impl RegistrationWriter {
     /// A writer closing `sessions` whose changes are fenced, telling
     /// `departures` of ended streams.
     pub fn new(sessions: Arc<Sessions>, departures: Arc<dyn Departures>) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
         RegistrationWriter {
-            tx,
-            queue: Mutex::new(Queue {
-                rx,
-                pending: HashMap::new(),
-                turns: 0,
-            }),
-            closing: watch::channel(false).0,
+            batcher: Batcher::new("registration", MAX_BATCH),
             departures,
             sessions,
             stats: WriterStats::default(),
@@ -224,100 +144,38 @@ impl RegistrationWriter {
         if change.ends() {
             self.departures.departed(tenant, id);
         }
-        // The receiver lives as long as the writer: this cannot fail.
-        let _ = self.tx.send(Item {
+        self.batcher.push(Item {
             id,
             epoch,
-            change: Some(change),
-            load: None,
-            seen: Some(seen),
-            turn: u64::MAX,
-        });
-    }
-
-    /// Queues a load report (or its end) of registration `id` at `epoch`.
-    pub fn record_load(&self, id: Uuid, epoch: i64, load: LoadChange) {
-        metrics::counter!(telemetry::LOAD_REPORTS).increment(1);
-        let _ = self.tx.send(Item {
-            id,
-            epoch,
-            change: None,
-            load: Some(load),
-            seen: None,
-            turn: u64::MAX,
+            change,
+            seen,
         });
     }
 
     /// Applies queued changes until [`RegistrationWriter::close`] was
     /// called and nothing is left to write.
     pub async fn run(&self, pool: PgPool) {
-        let mut queue = self.queue.lock().await;
-        let mut closing = self.closing.subscribe();
-        let mut pause = RETRY_MIN;
-        loop {
-            if queue.pending.is_empty() {
-                metrics::gauge!(telemetry::WRITER_QUEUE, "writer" => "registration").set(0.0);
-                let mut first = Vec::new();
-                tokio::select! {
-                    n = queue.rx.recv_many(&mut first, MAX_BATCH) => if n == 0 { return },
-                    _ = closing.wait_for(|c| *c) => {
-                        queue.take_queued();
-                        if queue.pending.is_empty() {
-                            return;
-                        }
-                    }
-                }
-                for item in first {
-                    queue.keep(item, true);
-                }
-            }
-            queue.take_queued();
-            let batch = queue.batch();
-            // The channel is unbounded and its sender cannot count: the
-            // depth is what this task saw when it took the batch.
-            metrics::gauge!(telemetry::WRITER_QUEUE, "writer" => "registration")
-                .set((batch.len() + queue.pending.len()) as f64);
-            match self.apply(&pool, &batch).await {
-                Ok(()) => pause = RETRY_MIN,
-                Err(e) => {
-                    telemetry::batch_failed("registration");
-                    self.stats.retries.fetch_add(1, Relaxed);
-                    tracing::warn!(
-                        error = %e, changes = batch.len(), retry_in = ?pause,
-                        "registration changes not written yet; retrying"
-                    );
-                    for item in batch {
-                        queue.keep(item, false);
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(RETRY_MAX);
-                }
-            }
-        }
+        self.batcher
+            .run(std::time::Duration::ZERO, |batch| self.apply(&pool, batch))
+            .await;
     }
 
     /// Lets [`RegistrationWriter::run`] return once it has written
     /// everything queued (at shutdown, after the streams ended).
     pub fn close(&self) {
-        self.closing.send_replace(true);
+        self.batcher.close();
     }
 
     /// Changes queued or waiting for a retry; exact only once `run` returned.
     pub fn unwritten(&self) -> usize {
-        self.queue
-            .try_lock()
-            .map(|q| q.pending.len() + q.rx.len())
-            .unwrap_or(0)
+        self.batcher.unwritten()
     }
 
-    async fn apply(&self, pool: &PgPool, batch: &[Item]) -> Result<()> {
+    async fn apply(&self, pool: &PgPool, batch: Vec<Item>) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        let started = std::time::Instant::now();
-        let landed = write(pool, batch).await?;
-        telemetry::batch_landed("registration", batch.len(), started.elapsed());
-        self.stats.batches.fetch_add(1, Relaxed);
+        let landed = write(pool, &batch).await?;
         self.stats.applied.fetch_add(landed.len() as u64, Relaxed);
         if landed.len() < batch.len() {
             let landed: std::collections::HashSet<Uuid> = landed.into_iter().collect();
@@ -346,75 +204,33 @@ impl RegistrationWriter {
 async fn write(pool: &PgPool, batch: &[Item]) -> Result<Vec<Uuid>> {
     let ids: Vec<Uuid> = batch.iter().map(|i| i.id).collect();
     let epochs: Vec<i64> = batch.iter().map(|i| i.epoch).collect();
-    let kinds: Vec<&str> = batch
+    let kinds: Vec<&str> = batch.iter().map(|i| i.change.kind()).collect();
+    let healths: Vec<&str> = batch
         .iter()
-        .map(|i| i.change.map_or("load", StreamChange::kind))
-        .collect();
-    let healths: Vec<Option<&str>> = batch
-        .iter()
-        .map(|i| {
-            i.change.map(|c| match c {
-                StreamChange::Report(h) => h.db_name().unwrap_or("unknown"),
-                StreamChange::Goodbye => "disconnected",
-                StreamChange::Broken | StreamChange::Released => "unknown",
-            })
+        .map(|i| match i.change {
+            StreamChange::Report(h) => h.db_name().unwrap_or("unknown"),
+            StreamChange::Goodbye => "disconnected",
+            StreamChange::Broken | StreamChange::Released => "unknown",
         })
         .collect();
-    // Per item: whether it sets the load report (true), clears it (false)
-    // or leaves it (NULL), and the report.
-    let loads: Vec<Option<bool>> = batch
-        .iter()
-        .map(|i| i.load.as_ref().map(|l| matches!(l, LoadChange::Set(_))))
-        .collect();
-    let set = |i: &Item| match &i.load {
-        Some(LoadChange::Set(l)) => Some(l.clone()),
-        _ => None,
-    };
-    let in_flight: Vec<Option<i32>> = batch
-        .iter()
-        .map(|i| set(i).map(|l| l.in_flight as i32))
-        .collect();
-    let queue_depth: Vec<Option<i32>> = batch
-        .iter()
-        .map(|i| set(i).map(|l| l.queue_depth as i32))
-        .collect();
-    let utilization: Vec<Option<f64>> = batch
-        .iter()
-        .map(|i| set(i).map(|l| l.utilization))
-        .collect();
-    let metrics: Vec<Option<serde_json::Value>> = batch
-        .iter()
-        .map(|i| set(i).map(|l| serde_json::json!(l.metrics)))
-        .collect();
-    let seen: Vec<Option<DateTime<Utc>>> = batch.iter().map(|i| i.seen).collect();
+    let seen: Vec<DateTime<Utc>> = batch.iter().map(|i| i.seen).collect();
     Ok(sqlx::query_scalar(
         "WITH v AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], \
-                                         $5::boolean[], $6::int[], $7::int[], $8::float8[], $9::jsonb[], \
-                                         $10::timestamptz[]) \
-                      AS v(id, epoch, kind, health, load, in_flight, queue_depth, utilization, metrics, seen)), \
+                                         $5::timestamptz[]) \
+                      AS v(id, epoch, kind, health, seen)), \
          old AS (SELECT r.id, r.health_status FROM agent_registrations r JOIN v ON v.id = r.id \
                  WHERE r.id = ANY($1) AND r.epoch = v.epoch AND r.registration_status = 'active' \
                  ORDER BY r.id FOR UPDATE OF r), \
          upd AS (UPDATE agent_registrations r SET \
              registration_status = CASE WHEN v.kind = 'goodbye' THEN 'inactive' ELSE 'active' END, \
-             health_status = coalesce(v.health, r.health_status), \
-             load_in_flight = CASE WHEN v.load IS NULL THEN r.load_in_flight ELSE v.in_flight END, \
-             load_queue_depth = CASE WHEN v.load IS NULL THEN r.load_queue_depth ELSE v.queue_depth END, \
-             load_utilization = CASE WHEN v.load IS NULL THEN r.load_utilization ELSE v.utilization END, \
-             load_metrics = CASE WHEN v.load IS NULL THEN r.load_metrics ELSE v.metrics END, \
-             load_reported_at = CASE WHEN v.kind = 'goodbye' THEN NULL \
-                                     WHEN v.load IS NULL THEN r.load_reported_at \
-                                     WHEN v.load THEN now() END, \
-             load_first_reported_at = CASE WHEN v.kind = 'goodbye' THEN NULL \
-                                           WHEN v.load IS NULL THEN r.load_first_reported_at \
-                                           WHEN v.load THEN coalesce(r.load_first_reported_at, now()) END, \
+             health_status = v.health, \
              failure_count = CASE v.kind WHEN 'broken' THEN r.failure_count + 1 \
                                          WHEN 'report' THEN CASE WHEN v.health = 'healthy' THEN 0 \
                                                                  ELSE r.failure_count END \
                                          ELSE r.failure_count END, \
-             last_health_check = CASE WHEN v.kind IN ('report', 'load') THEN greatest(r.last_health_check, now()) \
+             last_health_check = CASE WHEN v.kind = 'report' THEN greatest(r.last_health_check, now()) \
                                       ELSE greatest(r.last_health_check, v.seen) END, \
-             replica_id = CASE WHEN v.kind IN ('report', 'load') THEN r.replica_id ELSE NULL END, \
+             replica_id = CASE WHEN v.kind = 'report' THEN r.replica_id ELSE NULL END, \
              deactivation_date = CASE WHEN v.kind = 'goodbye' THEN now() ELSE r.deactivation_date END, \
              updated_at = now() \
            FROM v JOIN old ON old.id = v.id WHERE r.id = v.id \
@@ -433,57 +249,7 @@ async fn write(pool: &PgPool, batch: &[Item]) -> Result<Vec<Uuid>> {
     .bind(&epochs)
     .bind(&kinds)
     .bind(&healths)
-    .bind(&loads)
-    .bind(&in_flight)
-    .bind(&queue_depth)
-    .bind(&utilization)
-    .bind(&metrics)
     .bind(&seen)
     .fetch_all(pool)
     .await?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn item(id: Uuid) -> Item {
-        Item {
-            id,
-            epoch: 1,
-            change: None,
-            load: Some(LoadChange::Clear),
-            seen: None,
-            turn: u64::MAX,
-        }
-    }
-
-    #[test]
-    fn a_batch_takes_the_changes_waiting_longest() {
-        let (_tx, rx) = mpsc::unbounded_channel();
-        let mut queue = Queue {
-            rx,
-            pending: HashMap::new(),
-            turns: 0,
-        };
-        let first = Uuid::new_v4();
-        queue.keep(item(first), true);
-        let ids: Vec<Uuid> = (0..MAX_BATCH * 2).map(|_| Uuid::new_v4()).collect();
-        for id in &ids {
-            queue.keep(item(*id), true);
-        }
-        // A newer change of the first instance keeps its turn.
-        queue.keep(item(first), true);
-        let batch: Vec<Uuid> = queue.batch().iter().map(|i| i.id).collect();
-        assert_eq!(batch.len(), MAX_BATCH);
-        assert!(batch.contains(&first));
-        let mut expected: Vec<Uuid> = ids[..MAX_BATCH - 1].to_vec();
-        expected.push(first);
-        let (mut got, mut want) = (batch.clone(), expected);
-        got.sort();
-        want.sort();
-        assert_eq!(got, want);
-        assert_eq!(queue.batch().len(), MAX_BATCH);
-        assert_eq!(queue.batch().len(), 1);
-    }
 }

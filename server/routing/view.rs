@@ -88,6 +88,45 @@ struct Instance {
     recheck: Option<DateTime<Utc>>,
 }
 
+/// An instance's load report as the view holds it. Reports travel in the
+/// feed, not in rows (migration 0017): a row read again (its health
+/// changed, the view reloaded) carries none, or an older one, and must not
+/// undo the report the view holds for the same activation.
+#[derive(Debug, Clone)]
+struct HeldReport {
+    epoch: i64,
+    reported: Reported,
+    load: Option<pb::LoadReport>,
+    time: Option<prost_types::Timestamp>,
+}
+
+impl HeldReport {
+    fn of(instance: &Instance) -> Option<HeldReport> {
+        Some(HeldReport {
+            epoch: instance.registration.epoch,
+            reported: instance.reported?,
+            load: instance.registration.load.clone(),
+            time: instance.registration.load_report_time,
+        })
+    }
+
+    /// Puts the held report into `fresh`, the same instance read again,
+    /// unless `fresh` is another activation or holds a newer report.
+    fn carry_into(self, fresh: &mut Instance) {
+        if fresh.registration.epoch != self.epoch
+            || fresh
+                .reported
+                .as_ref()
+                .is_some_and(|r| r.at >= self.reported.at)
+        {
+            return;
+        }
+        fresh.reported = Some(self.reported);
+        fresh.registration.load = self.load;
+        fresh.registration.load_report_time = self.time;
+    }
+}
+
 /// What ranking an instance depends on besides the instance.
 struct Ctx<'a> {
     now: DateTime<Utc>,
@@ -470,6 +509,19 @@ impl View {
 
     /// Replaces the whole view with `snapshot`.
     pub fn load(&self, snapshot: &Snapshot) {
+        // Reports travel in the feed, not in the rows: what the view holds
+        // outlives the reload (those that came meanwhile come again within
+        // a third of their TTL).
+        let mut held: HashMap<Uuid, HeldReport> = {
+            let state = self.read();
+            state
+                .tenants
+                .values()
+                .flat_map(|t| t.configs.values())
+                .flat_map(|c| c.instances.iter())
+                .filter_map(|(id, i)| Some((*id, HeldReport::of(i)?)))
+                .collect()
+        };
         let mut fresh = State::default();
         for m in &snapshot.manifests {
             fresh.manifests.insert(m.id, manifest_info(m));
@@ -509,7 +561,8 @@ impl View {
         for r in &snapshot.registrations {
             let alive = fresh.replicas.alive(r.replica_id);
             let tenant = fresh.tenants.entry(r.tenant_id).or_default();
-            place_instance(tenant, r.clone(), alive, now, &self.routing);
+            let held = held.remove(&r.id);
+            place_instance(tenant, r.clone(), alive, now, &self.routing, held);
         }
         // Watched tenants that are gone lose their entries too.
         let mut tenants: Vec<Uuid> = fresh.tenants.keys().copied().collect();
@@ -650,10 +703,11 @@ impl View {
                 let t = state.tenants.entry(*tenant).or_default();
                 let now = Utc::now();
                 let mut touched = vec![];
-                let mut was = None;
+                let (mut was, mut held) = (None, None);
                 if let Some(old) = t.instance_config.remove(id) {
                     if let Some(c) = t.configs.get_mut(&old) {
                         was = c.instances.get(id).map(|i| i.health);
+                        held = c.instances.get(id).and_then(HeldReport::of);
                         c.remove_instance(*id);
                     }
                     touched.push(old);
@@ -667,7 +721,7 @@ impl View {
                         tracing::info!(registration = %id, "instance held out of routing: its health keeps changing");
                     }
                     touched.push(row.configuration_id);
-                    place_instance(t, row.clone(), alive, now, &self.routing);
+                    place_instance(t, row.clone(), alive, now, &self.routing, held);
                 }
                 touched.dedup();
                 for config in touched {
@@ -760,7 +814,9 @@ impl View {
         let Some(instance) = c.instances.get_mut(&note.id) else {
             return false;
         };
-        if instance.registration.epoch != note.epoch || instance.updated_at > note.updated_at {
+        if instance.registration.epoch != note.epoch
+            || note.updated_at.is_some_and(|at| instance.updated_at > at)
+        {
             return false;
         }
         // Only the best instance is in the configuration's entry: a report
@@ -769,13 +825,16 @@ impl View {
         let was_best = c.ranked.first().is_some_and(|r| r.id == note.id);
         let load = note.columns();
         instance.reported = reported(&load);
-        instance.updated_at = note.updated_at;
-        // What the row now holds, as reading it would have given.
         let r = &mut instance.registration;
         r.load = load.report();
         r.load_report_time = pb::opt_timestamp(load.load_reported_at);
-        r.last_health_check = Some(pb::timestamp(note.last_health_check));
-        r.update_time = Some(pb::timestamp(note.updated_at));
+        // A report written into the row (replicas before migration 0017):
+        // what the row now holds, as reading it would have given.
+        if let (Some(checked), Some(updated)) = (note.last_health_check, note.updated_at) {
+            instance.updated_at = updated;
+            r.last_health_check = Some(pb::timestamp(checked));
+            r.update_time = Some(pb::timestamp(updated));
+        }
         c.rerank(note.id, &ctx);
         was_best || c.ranked.first().is_some_and(|r| r.id == note.id)
     }
@@ -1402,16 +1461,17 @@ fn reported(load: &LoadColumns) -> Option<Reported> {
 }
 
 /// Places row `r` in its tenant; `alive`: its holder's lease runs (or it
-/// has none).
+/// has none); `held`: the report the view held for it before a reload.
 fn place_instance(
     t: &mut TenantState,
     r: RegistrationRow,
     alive: bool,
     now: DateTime<Utc>,
     routing: &RoutingConfig,
+    held: Option<HeldReport>,
 ) {
     let (id, config) = (r.id, r.configuration_id);
-    let instance = Instance {
+    let mut instance = Instance {
         health: HealthStatus::from_db_name(&r.health_status),
         failures: r.failure_count,
         routable: r.routable,
@@ -1424,6 +1484,9 @@ fn place_instance(
         recheck: None,
         registration: r.into(),
     };
+    if let Some(held) = held {
+        held.carry_into(&mut instance);
+    }
     let TenantState {
         configs,
         instance_config,
@@ -1841,9 +1904,58 @@ mod tests {
             metrics: Some(serde_json::json!({})),
             reported_at: Some(at),
             first_reported_at: Some(at - chrono::Duration::hours(1)),
-            last_health_check: at,
-            updated_at: at,
+            last_health_check: Some(at),
+            updated_at: Some(at),
         })
+    }
+
+    /// A report as a holding replica's load writer sends it: no row times.
+    fn published(c: &ConfigurationRow, r: &RegistrationRow, utilization: f64) -> Update {
+        let mut update = note(c, r, utilization, 0);
+        if let Update::Load(n) = &mut update {
+            (n.last_health_check, n.updated_at) = (None, None);
+        }
+        update
+    }
+
+    #[test]
+    fn a_published_report_outlives_its_row_read_again_and_a_reload() {
+        let (f, instances) = fleet();
+        let a = &instances[0];
+        let load_of = |view: &View| {
+            view.explain(f.tenant, &everything(), 10)
+                .candidates
+                .iter()
+                .flat_map(|c| &c.instances)
+                .find(|i| i.registration_id == a.id.to_string())
+                .map(|i| (i.load, i.load_source))
+        };
+        f.view.apply(&[published(&f.a, a, 0.7)]);
+        let reported = Some((0.7, pb::LoadSource::Report as i32));
+        assert_eq!(load_of(&f.view), reported);
+        // Its health changed: the row, read again, holds no report.
+        let mut row = a.clone();
+        row.health_status = "degraded".into();
+        row.updated_at = Utc::now() + chrono::Duration::seconds(5);
+        f.view.apply(&[Update::Registration {
+            tenant: f.tenant,
+            id: a.id,
+            row: Some(row.clone()),
+        }]);
+        assert_eq!(load_of(&f.view), reported);
+        // The feed reconnected: the view reloads from rows without reports.
+        let snapshot = |row: RegistrationRow| Snapshot {
+            manifests: vec![manifest_row(f.manifest, "active")],
+            configurations: vec![f.a.clone(), f.b.clone()],
+            registrations: vec![row, instances[1].clone(), instances[2].clone()],
+            ..Default::default()
+        };
+        f.view.load(&snapshot(row.clone()));
+        assert_eq!(load_of(&f.view), reported);
+        // Another activation of the instance starts without it.
+        row.epoch += 1;
+        f.view.load(&snapshot(row));
+        assert_ne!(load_of(&f.view).map(|l| l.1), reported.map(|l| l.1));
     }
 
     #[test]

@@ -164,6 +164,8 @@ pub struct TestServer {
     pub sessions: std::sync::Arc<agentry_server::registrations::sessions::Sessions>,
     pub leases: std::sync::Arc<agentry_server::routing::writer::LeaseWriter>,
     pub hellos: std::sync::Arc<agentry_server::registrations::hellos::HelloWriter>,
+    /// The load writer, which publishes the streams' load reports.
+    pub loads: std::sync::Arc<agentry_server::registrations::load_writer::LoadWriter>,
     /// The listener's connections and their counters.
     pub connections: std::sync::Arc<agentry_server::connections::Connections>,
     pub config: agentry_server::ServeConfig,
@@ -251,6 +253,7 @@ impl TestServer {
         let sessions = server.sessions();
         let leases = server.leases();
         let hellos = server.hellos();
+        let loads = server.loads();
         let connections = server.connections();
         let task = tokio::spawn(server.run(listener, async {
             let _ = stopped.await;
@@ -270,6 +273,7 @@ impl TestServer {
             sessions,
             leases,
             hellos,
+            loads,
             connections,
             config,
         }

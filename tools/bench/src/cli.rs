@@ -95,7 +95,33 @@ pub(crate) enum Mode {
         #[arg(long)]
         bare: bool,
     },
-    /// The baseline server for `storm --bare`: tonic alone, no database.
+    /// A fleet at its real pace: all say hello at once, heartbeat at the
+    /// server's interval, then all say goodbye at once. Server and
+    /// PostgreSQL CPU, transactions and rows written per second at steady
+    /// state, RSS per agent, time to welcome all and until all are
+    /// inactive, ends lost.
+    Fleet {
+        #[arg(long, default_value_t = 10_000)]
+        agents: usize,
+        /// Streams per HTTP/2 connection (1: one connection per agent).
+        #[arg(long, default_value_t = 100)]
+        per_connection: usize,
+        /// The window measured at steady state (after 11 s for the
+        /// welcome's counters to land).
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// --heartbeat-ms 0 (the default here): the interval the server's
+        /// welcome asks for (10 s against `bare-server`).
+        #[command(flatten)]
+        pace: Pace,
+        /// Heartbeats carry load reports (see `heartbeats --load-reports`).
+        #[arg(long)]
+        load_reports: bool,
+        /// Against `bare-server`: the same fleet on tonic alone.
+        #[arg(long)]
+        bare: bool,
+    },
+    /// The baseline server for `storm --bare` and `fleet --bare`: tonic alone, no database.
     BareServer {
         #[arg(long, default_value = "127.0.0.1:50099")]
         listen: std::net::SocketAddr,

@@ -5,7 +5,7 @@
 //! file descriptors on each side.
 //!
 //! This file parses the command line and dispatches to the mode's module
-//! (`heartbeats`, `propagation`, `idle`, `storm`, `available`, `search`,
+//! (`heartbeats`, `fleet` in `scale`, `propagation`, `idle`, `storm`, `available`, `search`,
 //! `acquire`, and the hostile clients `slow_watch` and `silent`);
 //! `available`, `search` and `acquire` share the unary load driver in
 //! `driver`. The rest are the parts the modes share: `cli`
@@ -27,6 +27,7 @@ mod pg;
 mod propagation;
 mod raw;
 mod rss;
+mod scale;
 mod search;
 mod setup;
 mod silent;
@@ -90,6 +91,26 @@ async fn run(args: Args) -> Result<(), Error> {
             per_connection,
             bare: true,
         } => storm::run_bare(&args, agents, per_connection).await,
+        Mode::Fleet {
+            agents,
+            per_connection,
+            seconds,
+            pace,
+            load_reports,
+            bare,
+        } => {
+            let f = scale::Fleet {
+                agents,
+                per_connection,
+                seconds,
+                pace,
+                load_reports,
+            };
+            match bare {
+                false => scale::run(&args, Some(&db().await?), f).await,
+                true => scale::run(&args, None, f).await,
+            }
+        }
         Mode::BareServer { listen } => bare::run(listen).await,
         Mode::Available {
             shape,

@@ -59,6 +59,16 @@ pub(crate) async fn registration_updates(db: &sqlx::PgPool) -> Result<i64, Error
     .await?)
 }
 
+/// Rows inserted, updated and deleted so far in every table of the
+/// database (published late, as the transaction counters are).
+pub(crate) async fn rows_written(db: &sqlx::PgPool) -> Result<i64, Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint FROM pg_stat_user_tables",
+    )
+    .fetch_one(db)
+    .await?)
+}
+
 /// The stored `current_workload` of configuration `id`.
 pub(crate) async fn current_workload(db: &sqlx::PgPool, id: &str) -> Result<i32, sqlx::Error> {
     sqlx::query_scalar("SELECT current_workload FROM agent_configurations WHERE id = $1::uuid")

@@ -43,27 +43,14 @@ pub(crate) async fn run(
         failed,
     } = welcome_all(&connections, per_connection, &s.agent_key, &prefix, agents).await?;
     let welcomed = started.elapsed();
-    let count = |sql: &'static str| {
-        let prefix = format!("{prefix}%");
-        async move {
-            sqlx::query_scalar::<_, i64>(sql)
-                .bind(prefix)
-                .fetch_one(db)
-                .await
-        }
-    };
     let want = streams.len() as i64;
-    // Spelled out rather than the `routable` column, so that the same
-    // command measures servers from before migration 0008 side by side.
-    while count(
-        "SELECT count(*) FROM agent_registrations WHERE instance_id LIKE $1 \
-         AND registration_status = 'active' AND health_status = 'healthy' AND drain_time IS NULL",
+    wait_for_count(
+        db,
+        &prefix,
+        "AND registration_status = 'active' AND health_status = 'healthy' AND drain_time IS NULL",
+        |n| n >= want,
     )
-    .await?
-        < want
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    .await?;
     let routable = started.elapsed();
     if let (Some(before), Some(after)) = (rss_before, server_rss_kib(args.server_pid)) {
         println!(
@@ -83,18 +70,11 @@ pub(crate) async fn run(
 
     let leaving = Instant::now();
     goodbye_all(&streams, "storm over").await;
-    let mut active = want;
-    while leaving.elapsed() < ENDS_DEADLINE {
-        active = count(
-            "SELECT count(*) FROM agent_registrations WHERE instance_id LIKE $1 \
-             AND registration_status = 'active'",
-        )
-        .await?;
-        if active == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let deadline = leaving + ENDS_DEADLINE;
+    let active = wait_for_count(db, &prefix, "AND registration_status = 'active'", |n| {
+        n == 0 || Instant::now() > deadline
+    })
+    .await?;
     println!("all_inactive_ms: {}", leaving.elapsed().as_millis());
     println!("ends_lost: {active}");
     drop(streams);
@@ -102,15 +82,15 @@ pub(crate) async fn run(
 }
 
 /// What a storm of hellos came to.
-struct Welcomed {
-    streams: Vec<Stream>,
-    turned_away: usize,
-    failed: usize,
+pub(crate) struct Welcomed {
+    pub(crate) streams: Vec<Stream>,
+    pub(crate) turned_away: usize,
+    pub(crate) failed: usize,
 }
 
 /// Sends `agents` hellos at once on `connections`, `per_connection` each;
 /// the turned-away retry after the server's pushback, as the SDK does.
-async fn welcome_all(
+pub(crate) async fn welcome_all(
     connections: &[tonic::transport::Channel],
     per_connection: usize,
     key: &str,
@@ -163,6 +143,31 @@ async fn welcome_all(
         turned_away,
         failed,
     })
+}
+
+/// Polls the count of registrations named `prefix…` that meet `condition`
+/// (SQL after the prefix's `WHERE`) until `done` says so; answers the last
+/// count. Spelled out rather than the `routable` column, so that the same
+/// command measures servers from before migration 0008 side by side.
+pub(crate) async fn wait_for_count(
+    db: &PgPool,
+    prefix: &str,
+    condition: &str,
+    done: impl Fn(i64) -> bool,
+) -> Result<i64, Error> {
+    let sql =
+        format!("SELECT count(*) FROM agent_registrations WHERE instance_id LIKE $1 {condition}");
+    let pattern = format!("{prefix}%");
+    loop {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(&pattern)
+            .fetch_one(db)
+            .await?;
+        if done(n) {
+            return Ok(n);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// The same storm against `bare-server`: the time tonic and HTTP/2 alone
