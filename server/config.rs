@@ -297,10 +297,18 @@ pub struct RegistryConfig {
     pub replica_name: Option<String>,
 
     /// Registrations (`Hello`, `RegisterInstance`) that may wait for this
-    /// server's hello writer; past it, a registration waits up to 5 s for
-    /// room, then is answered UNAVAILABLE with a retry pushback.
+    /// server's hello writer; past it, a registration waits up to
+    /// --hello-wait for room, then is answered UNAVAILABLE with a retry
+    /// pushback.
     #[arg(long, env = "AGENTRY_HELLO_QUEUE", default_value_t = 10_000)]
     pub hello_queue: usize,
+
+    /// How long a registration past the full --hello-queue waits for room
+    /// on its open stream before it is turned away: a fleet that connects
+    /// at once waits rather than comes back (below the SDK's 30 s call
+    /// timeout, so that its sessions hear the answer).
+    #[arg(long, env = "AGENTRY_HELLO_WAIT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub hello_wait: Duration,
 
     /// How often the background sweeper looks for stale instances.
     #[arg(long, env = "AGENTRY_SWEEP_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
@@ -379,6 +387,7 @@ impl Default for RegistryConfig {
             heartbeat_flush_interval: Duration::from_secs(1),
             load_flush_interval: Duration::from_millis(100),
             hello_queue: 10_000,
+            hello_wait: Duration::from_secs(20),
             replica_lease: Duration::from_secs(10),
             replica_name: None,
             sweep_interval: Duration::from_secs(15),

@@ -139,6 +139,7 @@ impl Server {
                 config.registry.create_unknown_manifests,
                 replica.id(),
                 config.registry.hello_queue,
+                config.registry.hello_wait,
             )),
             view,
             leases: Arc::default(),

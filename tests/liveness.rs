@@ -425,6 +425,74 @@ async fn registrations_past_the_hello_queue_wait_for_room_instead_of_being_turne
     );
 }
 
+/// Past --hello-wait, a registration that found the queue full is turned
+/// away: UNAVAILABLE with a retry pushback, never a pool time-out; once the
+/// database answers again, the same instances register.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_that_waits_past_the_hello_wait_is_turned_away_with_a_pushback() {
+    let db = common::TestDb::new().await;
+    let (proxy, pool) = db
+        .through_proxy_with(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(30)),
+        )
+        .await;
+    let s = TestServer::with_pool_and(pool, |c| {
+        c.registry.hello_queue = 2;
+        c.registry.hello_wait = Duration::from_millis(300);
+    })
+    .await;
+    s.manifest("ide-agent").await;
+    let t = s.tenant("acme").await;
+    proxy.hold_statements("agentry_register_batch");
+    let channel = common::raw::channel(s.url()).await;
+    let mut opening = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let (channel, key) = (channel.clone(), t.agent_key.clone());
+        opening.spawn(async move {
+            common::stream::raw_stream_on(channel, &key, &format!("inst-{i}")).await
+        });
+    }
+    let turned_away = || {
+        s.hellos
+            .stats
+            .turned_away
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    eventually(DEADLINE, "registrations turned away", || async {
+        turned_away() >= 10
+    })
+    .await;
+    proxy.release_statements();
+    let (mut refused, mut welcomed) = (0, 0);
+    for (_tx, opened) in opening.join_all().await {
+        match opened {
+            Ok(mut stream) => {
+                common::stream::welcome(&mut stream).await;
+                welcomed += 1;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                assert!(
+                    status.metadata().get("grpc-retry-pushback-ms").is_some(),
+                    "{status:?}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(refused as u64, turned_away());
+    assert_eq!(welcomed + refused, 20);
+    // The turned-away come back and are welcomed.
+    for i in 0..20 {
+        let (_tx, stream) =
+            common::stream::raw_stream_on(channel.clone(), &t.agent_key, &format!("inst-{i}"))
+                .await;
+        common::stream::welcome(&mut stream.expect("welcomed on retry")).await;
+    }
+}
+
 /// The holder judges silence: a stream that heartbeats past several stale
 /// timeouts lives on, and once it stops it is ended DEADLINE_EXCEEDED after
 /// the stale timeout, its row unknown with one more failure.

@@ -121,6 +121,27 @@ pub(crate) enum Mode {
         #[arg(long)]
         bare: bool,
     },
+    /// A fleet over several replicas of one database (--url is the
+    /// first, where the tenant is set up); the replica at --kill is killed
+    /// with SIGKILL once the fleet heartbeats, and its agents reconnect to
+    /// the others: time until all are welcomed again, until no row names
+    /// the dead replica, reconnect latency.
+    Failover {
+        /// Every replica's URL, --url among them.
+        #[arg(long, value_delimiter = ',', required = true)]
+        replica_urls: Vec<String>,
+        /// Index in --replica-urls of the replica to kill.
+        #[arg(long, default_value_t = 0)]
+        kill: usize,
+        /// PID of that replica.
+        #[arg(long)]
+        kill_pid: u32,
+        #[arg(long, default_value_t = 1000)]
+        agents_per_replica: usize,
+        /// Seconds of steady state measured before the kill.
+        #[arg(long, default_value_t = 20)]
+        steady: u64,
+    },
     /// The baseline server for `storm --bare` and `fleet --bare`: tonic alone, no database.
     BareServer {
         #[arg(long, default_value = "127.0.0.1:50099")]

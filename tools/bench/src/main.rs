@@ -5,7 +5,7 @@
 //! file descriptors on each side.
 //!
 //! This file parses the command line and dispatches to the mode's module
-//! (`heartbeats`, `fleet` in `scale`, `propagation`, `idle`, `storm`, `available`, `search`,
+//! (`heartbeats`, `fleet` in `scale`, `failover`, `propagation`, `idle`, `storm`, `available`, `search`,
 //! `acquire`, and the hostile clients `slow_watch` and `silent`);
 //! `available`, `search` and `acquire` share the unary load driver in
 //! `driver`. The rest are the parts the modes share: `cli`
@@ -20,6 +20,7 @@ mod available;
 mod bare;
 mod cli;
 mod driver;
+mod failover;
 mod fleet;
 mod heartbeats;
 mod idle;
@@ -110,6 +111,22 @@ async fn run(args: Args) -> Result<(), Error> {
                 false => scale::run(&args, Some(&db().await?), f).await,
                 true => scale::run(&args, None, f).await,
             }
+        }
+        Mode::Failover {
+            ref replica_urls,
+            kill,
+            kill_pid,
+            agents_per_replica,
+            steady,
+        } => {
+            let f = failover::Failover {
+                urls: replica_urls.clone(),
+                kill,
+                kill_pid,
+                per_replica: agents_per_replica,
+                steady,
+            };
+            failover::run(&args, &db().await?, f).await
         }
         Mode::BareServer { listen } => bare::run(listen).await,
         Mode::Available {
