@@ -16,9 +16,11 @@
 //!
 //! Ordering: per instance, the last change queued wins (for one epoch there
 //! is at most one end, and it comes last). Between instances, a batch takes
-//! the changes waiting longest first: a fleet's load reports can keep more
-//! than a batch waiting, and an instance must not wait behind reports that
-//! came after its own.
+//! the changes waiting longest first: a fleet's goodbyes can keep more than
+//! a batch waiting, and an instance must not wait behind changes that came
+//! after its own. The queue, its batches and its retries are the batching
+//! skeleton's (`crate::batching`); load reports have a writer of their own
+//! (`load_writer.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

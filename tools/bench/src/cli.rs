@@ -68,9 +68,9 @@ pub(crate) enum Mode {
         /// for the blackout to start late).
         #[arg(long, default_value_t = 20)]
         seconds: u64,
-        /// The server's heartbeat flush interval (--heartbeat-flush-interval,
-        /// 1 s by default), in ms: only printed, with the bound it sets.
-        #[arg(long, default_value_t = 1000)]
+        /// The server's --load-flush-interval (100 ms by default), in ms:
+        /// only printed, with the bound it sets.
+        #[arg(long, default_value_t = 100)]
         flush_ms: u64,
         /// Pause of the poller between calls, in ms.
         #[arg(long, default_value_t = 5)]

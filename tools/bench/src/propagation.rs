@@ -26,7 +26,7 @@ use crate::stream::{Stream, goodbye_all, open_many, open_stream};
 pub(crate) struct Probe {
     /// How long it changes its load, after the blackout.
     pub(crate) seconds: u64,
-    /// The server's flush interval (printed with the bound).
+    /// The server's load flush interval (printed with the bound).
     pub(crate) flush: Duration,
     /// The poller's pause between calls.
     pub(crate) poll: Duration,
@@ -111,7 +111,7 @@ pub(crate) async fn run(
     );
     let bound = prober.interval + probe.flush;
     println!(
-        "bound_ms: {} (heartbeat interval {} ms + flush interval {} ms)",
+        "bound_ms: {} (heartbeat interval {} ms + load flush interval {} ms)",
         bound.as_millis(),
         prober.interval.as_millis(),
         probe.flush.as_millis()
