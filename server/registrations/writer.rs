@@ -111,10 +111,16 @@ pub struct WriterStats {
     pub fenced: AtomicU64,
 }
 
+/// Batches in flight at once, each from a lane of its own: an instance's
+/// changes always take the same lane (by its id), so they land in order.
+/// One lane took 10.2 s to write 100,000 goodbyes (about 200 ms a batch of
+/// 2,048, PostgreSQL idle half the time).
+const LANES: usize = 2;
+
 /// The handle streams use; [`RegistrationWriter::run`] is the task behind it.
 #[derive(Debug)]
 pub struct RegistrationWriter {
-    batcher: Batcher<Item>,
+    lanes: [Batcher<Item>; LANES],
     departures: Arc<dyn Departures>,
     sessions: Arc<Sessions>,
     /// Counters.
@@ -126,7 +132,7 @@ impl RegistrationWriter {
     /// `departures` of ended streams.
     pub fn new(sessions: Arc<Sessions>, departures: Arc<dyn Departures>) -> Self {
         RegistrationWriter {
-            batcher: Batcher::new("registration", MAX_BATCH),
+            lanes: std::array::from_fn(|_| Batcher::new("registration", MAX_BATCH)),
             departures,
             sessions,
             stats: WriterStats::default(),
@@ -146,7 +152,8 @@ impl RegistrationWriter {
         if change.ends() {
             self.departures.departed(tenant, id);
         }
-        self.batcher.push(Item {
+        let lane = &self.lanes[(id.as_u128() % LANES as u128) as usize];
+        lane.push(Item {
             id,
             epoch,
             change,
@@ -157,20 +164,25 @@ impl RegistrationWriter {
     /// Applies queued changes until [`RegistrationWriter::close`] was
     /// called and nothing is left to write.
     pub async fn run(&self, pool: PgPool) {
-        self.batcher
-            .run(std::time::Duration::ZERO, |batch| self.apply(&pool, batch))
-            .await;
+        let [a, b] = &self.lanes;
+        let apply = |batch| self.apply(&pool, batch);
+        tokio::join!(
+            a.run(std::time::Duration::ZERO, apply),
+            b.run(std::time::Duration::ZERO, apply)
+        );
     }
 
     /// Lets [`RegistrationWriter::run`] return once it has written
     /// everything queued (at shutdown, after the streams ended).
     pub fn close(&self) {
-        self.batcher.close();
+        for lane in &self.lanes {
+            lane.close();
+        }
     }
 
     /// Changes queued or waiting for a retry; exact only once `run` returned.
     pub fn unwritten(&self) -> usize {
-        self.batcher.unwritten()
+        self.lanes.iter().map(Batcher::unwritten).sum()
     }
 
     async fn apply(&self, pool: &PgPool, batch: Vec<Item>) -> Result<()> {
