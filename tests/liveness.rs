@@ -377,15 +377,7 @@ async fn a_held_instance_is_never_swept_and_reads_as_heard_from_at_its_holders_r
 /// turned away to retry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_past_the_hello_queue_wait_for_room_instead_of_being_turned_away() {
-    let db = common::TestDb::new().await;
-    let (proxy, pool) = db
-        .through_proxy_with(
-            sqlx::postgres::PgPoolOptions::new()
-                .max_connections(8)
-                .acquire_timeout(Duration::from_secs(30)),
-        )
-        .await;
-    let s = TestServer::with_pool_and(pool, |c| c.registry.hello_queue = 4).await;
+    let (_db, proxy, s) = common::counted_server(|c| c.registry.hello_queue = 4).await;
     s.manifest("ide-agent").await;
     let t = s.tenant("acme").await;
     proxy.hold_statements("agentry_register_batch");
@@ -430,15 +422,7 @@ async fn registrations_past_the_hello_queue_wait_for_room_instead_of_being_turne
 /// database answers again, the same instances register.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registration_that_waits_past_the_hello_wait_is_turned_away_with_a_pushback() {
-    let db = common::TestDb::new().await;
-    let (proxy, pool) = db
-        .through_proxy_with(
-            sqlx::postgres::PgPoolOptions::new()
-                .max_connections(8)
-                .acquire_timeout(Duration::from_secs(30)),
-        )
-        .await;
-    let s = TestServer::with_pool_and(pool, |c| {
+    let (_db, proxy, s) = common::counted_server(|c| {
         c.registry.hello_queue = 2;
         c.registry.hello_wait = Duration::from_millis(300);
     })

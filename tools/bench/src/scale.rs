@@ -21,8 +21,8 @@ use crate::fleet::{self, Pace};
 use crate::pg::{COUNTERS_SETTLE, rows_written, transactions};
 use crate::rss::{postgres_cpu_ms, server_cpu_ms, server_rss_kib};
 use crate::setup::setup;
-use crate::storm::{wait_for_count, welcome_all};
-use crate::stream::{channels, goodbye_all};
+use crate::storm::{leave_all, wait_for_count, welcome_all};
+use crate::stream::channels;
 
 /// What `fleet` runs.
 #[derive(Clone, Copy, Debug)]
@@ -37,8 +37,6 @@ pub(crate) struct Fleet {
 
 /// The heartbeat interval when the server does not say (`bare-server`).
 const BARE_INTERVAL: Duration = Duration::from_secs(10);
-/// How long the database may take to show every end before they count as lost.
-const ENDS_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Transactions and rows written so far, when there is a database.
 async fn counters(db: Option<&PgPool>) -> Result<Option<(i64, i64)>, Error> {
@@ -166,18 +164,5 @@ pub(crate) async fn run(args: &Args, db: Option<&PgPool>, f: Fleet) -> Result<()
         println!("server_rss_kib: {rss}");
     }
 
-    let leaving = Instant::now();
-    goodbye_all(&streams, "fleet done").await;
-    println!("goodbyes_sent_ms: {}", leaving.elapsed().as_millis());
-    if let Some(db) = db {
-        let deadline = leaving + ENDS_DEADLINE;
-        let active = wait_for_count(db, &prefix, "AND registration_status = 'active'", |n| {
-            n == 0 || Instant::now() > deadline
-        })
-        .await?;
-        println!("all_inactive_ms: {}", leaving.elapsed().as_millis());
-        println!("ends_lost: {active}");
-    }
-    drop(streams);
-    Ok(())
+    leave_all(db, &prefix, &streams, "fleet done").await
 }

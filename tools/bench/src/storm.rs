@@ -16,7 +16,7 @@ use crate::setup::{agent_id, setup};
 use crate::stream::{Stream, channels, goodbye_all, open_stream};
 
 /// How long the database may take to show every end before they count as lost.
-const ENDS_DEADLINE: Duration = Duration::from_secs(30);
+const ENDS_DEADLINE: Duration = Duration::from_secs(60);
 
 pub(crate) async fn run(
     args: &Args,
@@ -68,16 +68,30 @@ pub(crate) async fn run(
         want as f64 / routable.as_secs_f64()
     );
 
+    leave_all(Some(db), &prefix, &streams, "storm over").await
+}
+
+/// Every stream says goodbye at once; with the server's database, waits
+/// until none of the registrations named `prefix…` is active (at most
+/// [`ENDS_DEADLINE`]) and reports how long that took and the ends lost.
+pub(crate) async fn leave_all(
+    db: Option<&PgPool>,
+    prefix: &str,
+    streams: &[Stream],
+    reason: &str,
+) -> Result<(), Error> {
     let leaving = Instant::now();
-    goodbye_all(&streams, "storm over").await;
-    let deadline = leaving + ENDS_DEADLINE;
-    let active = wait_for_count(db, &prefix, "AND registration_status = 'active'", |n| {
-        n == 0 || Instant::now() > deadline
-    })
-    .await?;
-    println!("all_inactive_ms: {}", leaving.elapsed().as_millis());
-    println!("ends_lost: {active}");
-    drop(streams);
+    goodbye_all(streams, reason).await;
+    println!("goodbyes_sent_ms: {}", leaving.elapsed().as_millis());
+    if let Some(db) = db {
+        let deadline = leaving + ENDS_DEADLINE;
+        let active = wait_for_count(db, prefix, "AND registration_status = 'active'", |n| {
+            n == 0 || Instant::now() > deadline
+        })
+        .await?;
+        println!("all_inactive_ms: {}", leaving.elapsed().as_millis());
+        println!("ends_lost: {active}");
+    }
     Ok(())
 }
 
@@ -197,8 +211,5 @@ pub(crate) async fn run_bare(
         "welcomes_per_sec: {:.0}",
         welcomed.streams.len() as f64 / elapsed.as_secs_f64()
     );
-    let leaving = Instant::now();
-    goodbye_all(&welcomed.streams, "storm over").await;
-    println!("goodbyes_sent_ms: {}", leaving.elapsed().as_millis());
-    Ok(())
+    leave_all(None, "bare-", &welcomed.streams, "storm over").await
 }

@@ -145,9 +145,10 @@ fn admin_key(db: &Database) -> String {
         .to_owned()
 }
 
-fn run_bench(args: &[&str]) -> String {
+/// Runs the bench with `args`, words separated by spaces.
+fn run_bench(args: &str) -> String {
     let out: Output = Command::new(bench())
-        .args(args)
+        .args(args.split_whitespace())
         .output()
         .expect("run agentry-bench");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -173,28 +174,9 @@ fn the_fleet_mode_welcomes_every_agent_and_loses_no_end() {
     let key = admin_key(&db);
     let (url, pid) = (format!("http://{addr}"), server.0.id().to_string());
     let db_url = db.url();
-    let out = run_bench(&[
-        "--url",
-        &url,
-        "--admin-key",
-        &key,
-        "--database-url",
-        &db_url,
-        "--server-pid",
-        &pid,
-        "--threads",
-        "1",
-        "fleet",
-        "--agents",
-        "300",
-        "--per-connection",
-        "100",
-        "--seconds",
-        "2",
-        "--load-reports",
-        "--move-every",
-        "1",
-    ]);
+    let out = run_bench(&format!(
+        "--url {url} --admin-key {key} --database-url {db_url} --server-pid {pid} --threads 1 fleet --agents 300 --per-connection 100 --seconds 2 --load-reports --move-every 1"
+    ));
     assert_eq!(figure(&out, "welcomed"), "300");
     assert_eq!(figure(&out, "hellos_failed"), "0");
     assert_eq!(
@@ -245,24 +227,9 @@ fn the_fleet_mode_runs_against_bare_tonic() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let pid = bare.0.id().to_string();
-    let out = run_bench(&[
-        "--url",
-        &url,
-        "--admin-key",
-        "x",
-        "--server-pid",
-        &pid,
-        "--threads",
-        "1",
-        "fleet",
-        "--agents",
-        "200",
-        "--seconds",
-        "1",
-        "--heartbeat-ms",
-        "500",
-        "--bare",
-    ]);
+    let out = run_bench(&format!(
+        "--url {url} --admin-key x --server-pid {pid} --threads 1 fleet --agents 200 --seconds 1 --heartbeat-ms 500 --bare"
+    ));
     assert_eq!(figure(&out, "welcomed"), "200");
     assert_eq!(figure(&out, "heartbeat_interval_ms"), "500");
     figure(&out, "steady_cpu_cores");
