@@ -208,7 +208,24 @@ impl<P: Pending> Batcher<P> {
                     for (change, turn) in batch {
                         queue.keep(change, Some(turn), false);
                     }
-                    tokio::time::sleep(pause).await;
+                    // Keep taking changes while waiting: merged by key, what
+                    // waits stays one change per key however long the
+                    // database is away, not everything the streams sent.
+                    let until = tokio::time::Instant::now() + pause;
+                    loop {
+                        let mut more = Vec::new();
+                        tokio::select! {
+                            () = tokio::time::sleep_until(until) => break,
+                            n = queue.rx.recv_many(&mut more, self.max_batch) => {
+                                if n == 0 {
+                                    break;
+                                }
+                                for change in more {
+                                    queue.keep(change, None, true);
+                                }
+                            }
+                        }
+                    }
                     pause = (pause * 2).min(RETRY_MAX);
                 }
             }
