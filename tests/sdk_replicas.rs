@@ -178,7 +178,16 @@ async fn calls_carry_on_when_one_of_three_replicas_is_killed_and_held_leases_kee
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Calls flowing through both replicas before the kill.
+    common::eventually(
+        Duration::from_secs(30),
+        "calls through both replicas",
+        || async {
+            done.load(Ordering::SeqCst) >= 20
+                && s2.leases.stats.operations.load(Ordering::SeqCst) > 0
+        },
+    )
+    .await;
     let on_s2 = s2.leases.stats.operations.load(Ordering::SeqCst);
     let before = done.load(Ordering::SeqCst);
     fronts[1].kill();
