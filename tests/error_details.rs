@@ -196,19 +196,9 @@ async fn an_unreachable_database_is_unavailable_with_retry_info() {
     proxy.restore();
 }
 
-/// The status that ends `stream`, whatever messages come before it.
-async fn end_of<T: std::fmt::Debug>(stream: &mut tonic::Streaming<T>) -> tonic::Status {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match stream.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("the stream ended with OK"),
-                Err(status) => return status,
-            }
-        }
-    })
-    .await
-    .expect("the stream ended in time")
+/// The status that ends `stream`.
+async fn end_of<T>(stream: &mut tonic::Streaming<T>) -> tonic::Status {
+    common::stream::end_of(stream, Duration::from_secs(10)).await
 }
 
 /// Asserts that `status` has `code` and an `ErrorInfo` of `reason`.

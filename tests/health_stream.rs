@@ -425,17 +425,8 @@ async fn heartbeats_of_a_stream_taken_over_through_another_replica_do_not_reach_
         "the old stream's heartbeats did not move last_health_check past what the new epoch wrote"
     );
     x.proxy.release_listeners();
-    let end = tokio::time::timeout(DEADLINE, async {
-        loop {
-            match x.old.message().await {
-                Ok(Some(_)) => {}
-                Ok(None) => panic!("the old stream ended without a status"),
-                Err(status) => return status,
-            }
-        }
-    })
-    .await
-    .expect("the old stream was closed once its replica heard of the takeover");
+    // Closed once its replica heard of the takeover.
+    let end = common::stream::end_of(&mut x.old, DEADLINE).await;
     assert_eq!(end.code(), tonic::Code::Aborted, "{end:?}");
     let (status, health, _, epoch) = stored(&x.b, "inst").await;
     assert_eq!(

@@ -289,16 +289,7 @@ async fn an_agent_that_does_not_read_its_health_stream_is_cut_off() {
             .expect("update");
     }
     // Reading again, the agent finds the stream ended, with the limit named.
-    let status = loop {
-        match tokio::time::timeout(DEADLINE, stream.message())
-            .await
-            .expect("in time")
-        {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("the stream ended without a status"),
-            Err(status) => break status,
-        }
-    };
+    let status = common::stream::end_of(&mut stream, DEADLINE).await;
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     assert!(
         status.message().contains("--stream-outbox-bytes"),

@@ -513,17 +513,7 @@ async fn the_holder_ends_a_stream_that_stops_heartbeating() {
         assert!(ack.is_some(), "the stream ended while heartbeating");
     }
     // Silence: the holder ends it.
-    let end = tokio::time::timeout(DEADLINE, async {
-        loop {
-            match stream.message().await {
-                Ok(Some(_)) => {}
-                Ok(None) => panic!("ended without a status"),
-                Err(status) => return status,
-            }
-        }
-    })
-    .await
-    .expect("ended in time");
+    let end = common::stream::end_of(&mut stream, DEADLINE).await;
     assert_eq!(end.code(), tonic::Code::DeadlineExceeded, "{end:?}");
     eventually(DEADLINE, "unknown with one more failure", || async {
         sqlx::query_as::<_, (String, i32, Option<uuid::Uuid>)>(

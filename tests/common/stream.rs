@@ -98,3 +98,22 @@ pub async fn welcome(stream: &mut tonic::Streaming<pb::HealthStreamResponse>) ->
         other => panic!("expected a welcome, got {other:?}"),
     }
 }
+
+/// The status that ends `stream`, whatever messages come before it; a
+/// stream that ends with OK, or not within `deadline`, fails the test.
+pub async fn end_of<T>(
+    stream: &mut tonic::Streaming<T>,
+    deadline: std::time::Duration,
+) -> tonic::Status {
+    tokio::time::timeout(deadline, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended with OK, without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the stream ended in time")
+}
